@@ -1,0 +1,134 @@
+"""The one skeleton shared by ViT, CRATE and CRATE-α: patch embedding → [class token] + positions → blocks →
+final norm → pooling → head. The families differ only in the block they stack and in their initialisation.
+
+The timm model contract: `forward_features`, `forward_head(x, pre_logits=False)`, `reset_classifier`,
+`no_weight_decay`, `num_features`, `pretrained_cfg`; plus `forward_attention` for attention maps.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ._layers import CratePatchEmbed, PatchEmbed, sincos_2d_position_embedding
+
+__all__ = ["ImageTransformer"]
+
+
+class ImageTransformer(nn.Module):
+    """Args:
+        block_fn: `block_fn(index) -> nn.Module`; each block maps (B, N, d) → (B, N, d) and has
+            `forward_with_attention(x) -> (x, attn (B, H, N, N))`.
+        patch_embed: 'conv' (timm / CRATE-α) or 'crate' (official CRATE: LN → Linear → LN).
+        pos_embed: 'learn' or 'sincos' (fixed 2-D sin-cos, class slot zero, stored but not trained).
+        global_pool: 'token' (class token; the final norm runs on every token, as timm) or 'avg' (mean of the patch
+            tokens, then the final norm as `fc_norm`, as timm).
+    """
+
+    def __init__(self, *, block_fn: Callable[[int], nn.Module], img_size: int = 224, patch_size: int = 16,
+                 in_chans: int = 3, num_classes: int = 1000, embed_dim: int = 768, depth: int = 12,
+                 num_heads: int = 12, patch_embed: str = "conv", patch_embed_bias: bool = True,
+                 pos_embed: str = "learn", class_token: bool = True, global_pool: str = "token",
+                 norm_eps: float = 1e-6, head_bias: bool = True):
+        super().__init__()
+        if global_pool not in ("token", "avg"):
+            raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
+        if global_pool == "token" and not class_token:
+            raise ValueError("global_pool='token' needs class_token=True")
+        if pos_embed not in ("learn", "sincos"):
+            raise ValueError(f"pos_embed must be 'learn' or 'sincos', got {pos_embed!r}")
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.num_features = self.embed_dim = embed_dim
+        self.num_heads, self.depth = num_heads, depth
+        self.num_prefix_tokens = 1 if class_token else 0
+        self.pos_embed_type = pos_embed
+
+        if patch_embed == "conv":
+            self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, bias=patch_embed_bias)
+        elif patch_embed == "crate":
+            self.patch_embed = CratePatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        else:
+            raise ValueError(f"patch_embed must be 'conv' or 'crate', got {patch_embed!r}")
+        num_tokens = self.patch_embed.num_patches + self.num_prefix_tokens
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens, embed_dim), requires_grad=pos_embed == "learn")
+        self.blocks = nn.Sequential(*[block_fn(i) for i in range(depth)])
+        use_fc_norm = global_pool == "avg"
+        self.norm = nn.Identity() if use_fc_norm else nn.LayerNorm(embed_dim, eps=norm_eps)
+        self.fc_norm = nn.LayerNorm(embed_dim, eps=norm_eps) if use_fc_norm else nn.Identity()
+        self.head = nn.Linear(embed_dim, num_classes, bias=head_bias) if num_classes > 0 else nn.Identity()
+        self.reset_position_embedding()
+
+    # --------------------------------------------------------------------------------------------------------
+    def reset_position_embedding(self) -> None:
+        """Writes the fixed sin-cos table (pos_embed='sincos'); a learned table is set by the family's init."""
+        if self.pos_embed_type == "sincos":
+            table = sincos_2d_position_embedding(self.patch_embed.grid_size, self.embed_dim)  # (N_patches, d)
+            with torch.no_grad():
+                self.pos_embed.zero_()
+                self.pos_embed[0, self.num_prefix_tokens:] = table
+
+    def no_weight_decay(self) -> set[str]:
+        """Full names of every parameter the family's official recipe does not decay (not only timm's shortlist)."""
+        return {name for name, p in self.named_parameters() if p.ndim <= 1} | {"pos_embed", "cls_token"}
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """New zero-initialised head (timm contract); changing pooling between 'token' and 'avg' is refused because
+        it moves the final norm."""
+        if global_pool is not None and global_pool != self.global_pool:
+            raise ValueError(f"cannot change global_pool from {self.global_pool!r} to {global_pool!r} after "
+                             "construction; create the model with global_pool=... instead")
+        self.num_classes = num_classes
+        bias = not isinstance(self.head, nn.Linear) or self.head.bias is not None
+        self.head = nn.Linear(self.embed_dim, num_classes, bias=bias) if num_classes > 0 else nn.Identity()
+        if isinstance(self.head, nn.Linear):
+            nn.init.zeros_(self.head.weight)
+            if self.head.bias is not None:
+                nn.init.zeros_(self.head.bias)
+
+    # --------------------------------------------------------------------------------------------------------
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(x)  # (B, N_patches, d)
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, N, d)
+        return x + self.pos_embed  # (B, N, d)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) images → (B, N, d) tokens after the final norm (token pooling) or before it (avg)."""
+        x = self.blocks(self._embed(x))  # (B, N, d)
+        return self.norm(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.global_pool == "avg":
+            x = x[:, self.num_prefix_tokens:].mean(dim=1)  # (B, d)
+        else:
+            x = x[:, 0]  # (B, d)
+        x = self.fc_norm(x)
+        return x if pre_logits else self.head(x)  # (B, d) or (B, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    @torch.no_grad()
+    def forward_attention(self, x: torch.Tensor) -> torch.Tensor:
+        """Softmax attention probabilities of every block: (B, layers, heads, N, N), class token at index 0."""
+        x = self._embed(x)
+        maps = []
+        for block in self.blocks:
+            x, attn = block.forward_with_attention(x)
+            maps.append(attn)
+        return torch.stack(maps, dim=1)
+
+
+def trunc_normal_linear_init_(module: nn.Module, std: float = 0.02) -> None:
+    """timm's ViT init for Linear layers: truncated normal(std) weights (±2σ), zero bias."""
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=std, a=-2 * std, b=2 * std)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+

@@ -1,0 +1,232 @@
+"""Layers shared by the ViT, CRATE and CRATE-α models.
+
+Shapes: B batch, N tokens (class token included), d width, H heads, dh = d / H head width,
+m = overcomplete_ratio · d dictionary atoms.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "PatchEmbed", "CratePatchEmbed", "sincos_2d_position_embedding",
+    "Attention", "SubspaceAttention", "Mlp", "SparseCoding",
+]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Patch embeddings
+
+
+class PatchEmbed(nn.Module):
+    """Conv2d(kernel P, stride P) patchify, tokens in row-major patch order (timm's `patch_embed.proj`)."""
+
+    def __init__(self, img_size: int, patch_size: int, in_chans: int, embed_dim: int, bias: bool = True):
+        super().__init__()
+        if img_size % patch_size:
+            raise ValueError(f"img_size {img_size} is not divisible by patch_size {patch_size}")
+        self.img_size, self.patch_size = img_size, patch_size
+        self.grid_size = img_size // patch_size
+        self.num_patches = self.grid_size**2
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.proj(x)  # (B, d, g, g)
+        return x.flatten(2).transpose(1, 2)  # (B, N, d)
+
+
+class CratePatchEmbed(nn.Module):
+    """Official CRATE patch embedding: patchify → LayerNorm(C·P·P) → Linear(C·P·P, d) → LayerNorm(d).
+
+    Each patch vector is flattened as (row-in-patch, column-in-patch, channel), channel fastest, exactly as the
+    official `Rearrange('b c (h p1) (w p2) -> b (h w) (p1 p2 c)')`.
+    """
+
+    def __init__(self, img_size: int, patch_size: int, in_chans: int, embed_dim: int, eps: float = 1e-5):
+        super().__init__()
+        if img_size % patch_size:
+            raise ValueError(f"img_size {img_size} is not divisible by patch_size {patch_size}")
+        self.img_size, self.patch_size = img_size, patch_size
+        self.grid_size = img_size // patch_size
+        self.num_patches = self.grid_size**2
+        patch_dim = in_chans * patch_size * patch_size
+        self.norm_in = nn.LayerNorm(patch_dim, eps=eps)
+        self.proj = nn.Linear(patch_dim, embed_dim)
+        self.norm_out = nn.LayerNorm(embed_dim, eps=eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        P = self.patch_size
+        x = x.reshape(B, C, H // P, P, W // P, P)  # (B, C, gh, P, gw, P)
+        x = x.permute(0, 2, 4, 3, 5, 1).reshape(B, (H // P) * (W // P), P * P * C)  # (B, N, P·P·C)
+        return self.norm_out(self.proj(self.norm_in(x)))  # (B, N, d)
+
+
+def sincos_2d_position_embedding(grid_size: int, dim: int, temperature: float = 10000.0) -> torch.Tensor:
+    """Fixed 2-D sin-cos position embedding (MAE / big_vision layout), shape (grid_size², dim).
+
+    The first half of the channels encodes the row, the second half the column; each half is [sin | cos] over
+    dim/4 frequencies ω_i = 1 / temperature^(i / (dim/4)).
+    """
+    if dim % 4:
+        raise ValueError(f"2-D sin-cos position embedding needs a width divisible by 4, got {dim}")
+    omega = 1.0 / temperature ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))  # (dim/4,)
+    coords = torch.arange(grid_size, dtype=torch.float64)
+    rows, cols = torch.meshgrid(coords, coords, indexing="ij")  # (g, g) each
+    out_rows = rows.reshape(-1, 1) * omega  # (g², dim/4)
+    out_cols = cols.reshape(-1, 1) * omega  # (g², dim/4)
+    emb = torch.cat([out_rows.sin(), out_rows.cos(), out_cols.sin(), out_cols.cos()], dim=1)  # (g², dim)
+    return emb.float()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Attention
+
+
+def _explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float):
+    """softmax(q kᵀ · scale) v with the probabilities returned: (B, H, N, dh), (B, H, N, N)."""
+    attn = (q * scale) @ k.transpose(-2, -1)  # (B, H, N, N)
+    attn = attn.softmax(dim=-1)
+    return attn @ v, attn
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with a fused qkv projection (timm's `Attention`, same keys and layout).
+
+    qkv rows are ordered q | k | v, each block head-major: row = s·d + h·dh + j.
+    """
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, proj_bias: bool = True):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"width {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim**-0.5
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim, bias=proj_bias)
+
+    def _heads(self, x: torch.Tensor):
+        B, N, d = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim)  # (B, N, 3, H, dh)
+        return qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 × (B, H, N, dh)
+
+    def _merge(self, out: torch.Tensor) -> torch.Tensor:
+        B, H, N, dh = out.shape
+        return self.proj(out.transpose(1, 2).reshape(B, N, H * dh))  # (B, N, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self._heads(x)
+        return self._merge(F.scaled_dot_product_attention(q, k, v))
+
+    def forward_with_attention(self, x: torch.Tensor):
+        q, k, v = self._heads(x)
+        out, attn = _explicit_attention(q, k, v, self.scale)
+        return self._merge(out), attn  # (B, N, d), (B, H, N, N)
+
+
+class SubspaceAttention(nn.Module):
+    """MSSA, multi-head subspace self-attention (CRATE eq. 9; CRATE-α §3).
+
+    One bias-free projection U = [U_1; …; U_K] (`subspace`, rows head-major) gives w = U z, which serves as query,
+    key AND value: per head softmax(w_k w_kᵀ / √dh) w_k. This is a gradient step on the compression term
+    R^c(Z; U_[K]); `proj` maps the concatenated heads back (CRATE: with bias, CRATE-α: without).
+    """
+
+    def __init__(self, dim: int, num_heads: int, proj_bias: bool = True):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"width {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim**-0.5
+        self.subspace = nn.Linear(dim, dim, bias=False)  # U_[K]
+        self.proj = nn.Linear(dim, dim, bias=proj_bias)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, d = x.shape
+        w = self.subspace(x)  # (B, N, d)  w = U* z
+        return w.reshape(B, N, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, N, dh)
+
+    def _merge(self, out: torch.Tensor) -> torch.Tensor:
+        B, H, N, dh = out.shape
+        return self.proj(out.transpose(1, 2).reshape(B, N, H * dh))  # (B, N, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self._heads(x)
+        return self._merge(F.scaled_dot_product_attention(w, w, w))  # q = k = v = U* z
+
+    def forward_with_attention(self, x: torch.Tensor):
+        w = self._heads(x)
+        out, attn = _explicit_attention(w, w, w, self.scale)
+        return self._merge(out), attn  # (B, N, d), (B, H, N, N)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Token-wise blocks
+
+
+class Mlp(nn.Module):
+    """fc1 → GELU (exact erf) → fc2, timm's `Mlp` keys."""
+
+    def __init__(self, dim: int, hidden_dim: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))  # (B, N, d)
+
+
+class SparseCoding(nn.Module):
+    """Sparse coding of the tokens against a learned dictionary by ISTA (CRATE eq. 11, CRATE-α eqs. 5-7).
+
+    With row vectors and a dictionary `D` of shape (d, m), a code A ∈ R^m reconstructs h as A Dᵀ; one proximal
+    step of the non-negative LASSO  min_A ½‖h − A Dᵀ‖² + λ‖A‖₁, A ≥ 0  is
+
+        A ← ReLU(A − η (A Dᵀ − h) D − η λ).
+
+    * `overcomplete_ratio == 1` is CRATE's complete dictionary (m = d): ONE step from A⁰ = h, and the code itself is
+      the output (no decoding).
+    * `overcomplete_ratio > 1` is CRATE-α's ODL (m = ratio · d): TWO steps from A⁰ = 0, then the code is decoded
+      back to R^d by `D1` (`decoupled_dictionary=True`) or by `D` itself.
+    """
+
+    def __init__(self, dim: int, overcomplete_ratio: int = 1, decoupled_dictionary: bool = False,
+                 ista_step_size: float = 0.1, ista_lambda: float = 0.1):
+        super().__init__()
+        if overcomplete_ratio < 1:
+            raise ValueError(f"overcomplete_ratio must be >= 1, got {overcomplete_ratio}")
+        if decoupled_dictionary and overcomplete_ratio == 1:
+            raise ValueError("decoupled_dictionary needs an overcomplete dictionary (overcomplete_ratio > 1): "
+                             "CRATE's complete ISTA outputs the code itself and never decodes")
+        self.overcomplete_ratio = overcomplete_ratio
+        self.decoupled_dictionary = decoupled_dictionary
+        self.ista_step_size = ista_step_size  # η
+        self.ista_lambda = ista_lambda  # λ
+        self.D = nn.Parameter(torch.empty(dim, overcomplete_ratio * dim))  # (d, m) dictionary
+        self.D1 = nn.Parameter(torch.empty(dim, overcomplete_ratio * dim)) if decoupled_dictionary else None
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        eta, lam, D = self.ista_step_size, self.ista_lambda, self.D
+        if self.overcomplete_ratio == 1:
+            # CRATE eq. 11, from A⁰ = h:  A¹ = ReLU(h + η Dᵀh − η DᵀD h − ηλ)  (column form)
+            hD = h @ D  # (B, N, d)   row form of Dᵀh
+            recon = h @ D.t()  # (B, N, d)   h Dᵀ
+            return F.relu(h + eta * (hD - recon @ D) - eta * lam)  # (B, N, d)
+        # CRATE-α eq. 5-6, ODL from A⁰ = 0
+        hD = h @ D  # (B, N, m)   Dᵀh, reused by both steps
+        A1 = F.relu(eta * hD - eta * lam)  # (B, N, m)   A¹ = ReLU(η Dᵀh − ηλ)
+        A2 = F.relu(A1 - eta * ((A1 @ D.t()) @ D) + eta * hD - eta * lam)  # A² = ReLU(A¹ − η Dᵀ(D A¹ − h) − ηλ)
+        decoder = self.D1 if self.D1 is not None else D
+        return A2 @ decoder.t()  # (B, N, d)   eq. 7: D1 A²
+
+
+def init_dictionary_(param: torch.Tensor, fan_in: int) -> None:
+    """Uniform ±√(6 / fan_in) (Kaiming-uniform, gain √2)."""
+    bound = math.sqrt(6.0 / fan_in)
+    nn.init.uniform_(param, -bound, bound)

@@ -1,0 +1,114 @@
+"""Model registry with timm semantics: `register_model`, `list_models(pattern)`, `create_model(name, **overrides)`.
+
+Canonical names are timm style (`crate_alpha_base_patch16_224`); each also gets a short alias
+(`crate_alpha_b16`; `vit_t2_32` for 32 px models).
+"""
+from __future__ import annotations
+
+import fnmatch
+import re
+from typing import Any, Callable
+
+from torch import nn
+
+__all__ = ["register_model", "list_models", "is_model", "create_model", "resolve_model_name", "get_pretrained_cfg"]
+
+_MODELS: dict[str, Callable[..., nn.Module]] = {}
+_CFGS: dict[str, dict[str, Any]] = {}
+_ALIASES: dict[str, str] = {}
+_SIZE_LETTERS = {"tiny": "t", "small": "s", "base": "b", "large": "l", "huge": "h"}
+
+
+def short_alias(name: str) -> str | None:
+    """`crate_alpha_base_patch16_224` → `crate_alpha_b16`; `vit_tiny_patch2_32` → `vit_t2_32`."""
+    match = re.fullmatch(r"(.+)_(tiny|small|base|large|huge)_patch(\d+)_(\d+)", name)
+    if match is None:
+        return None
+    family, size, patch, img = match.groups()
+    suffix = "" if img == "224" else f"_{img}"
+    return f"{family}_{_SIZE_LETTERS[size]}{patch}{suffix}"
+
+
+def register_model(fn: Callable[..., nn.Module] | None = None, *, name: str | None = None,
+                   cfg: dict[str, Any] | None = None):
+    """Decorator (or call): registers `fn` under `name` (default: its own name) and the name's short alias, with
+    its pretrained_cfg."""
+
+    def wrap(fn):
+        nonlocal name
+        name = name or fn.__name__
+        if name in _MODELS or name in _ALIASES:
+            raise ValueError(f"model {name!r} is registered twice")
+        _MODELS[name] = fn
+        _CFGS[name] = dict(cfg or {})
+        alias = short_alias(name)
+        if alias is not None:
+            _ALIASES[alias] = name
+        return fn
+
+    return wrap(fn) if fn is not None else wrap
+
+
+def list_models(pattern: str | list[str] = "", include_aliases: bool = False) -> list[str]:
+    """Sorted registered names matching a shell-style pattern (or any of several): `list_models('crate_alpha_*')`."""
+    names = list(_MODELS) + (list(_ALIASES) if include_aliases else [])
+    patterns = [pattern] if isinstance(pattern, str) else list(pattern)
+    if patterns and any(patterns):
+        names = [n for n in names if any(fnmatch.fnmatch(n, p) for p in patterns if p)]
+    return sorted(names)
+
+
+def is_model(name: str) -> bool:
+    return name in _MODELS or name in _ALIASES
+
+
+def resolve_model_name(name: str) -> str:
+    """Canonical name of a model or alias; a clear error with close matches for an unknown one."""
+    if name in _MODELS:
+        return name
+    if name in _ALIASES:
+        return _ALIASES[name]
+    import difflib
+
+    close = difflib.get_close_matches(name, list(_MODELS) + list(_ALIASES), n=5)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    raise ValueError(f"unknown model {name!r}.{hint} `vitlab.list_models()` lists all {len(_MODELS)} models.")
+
+
+def get_pretrained_cfg(name: str) -> dict[str, Any]:
+    return dict(_CFGS[resolve_model_name(name)])
+
+
+def create_model(name: str, pretrained: bool = False, *, pretrained_cfg_overlay: dict[str, Any] | None = None,
+                 checkpoint_path: str | None = None, init: str | None = None,
+                 init_kwargs: dict[str, Any] | None = None, **kwargs) -> nn.Module:
+    """Builds a registered model: `create_model('crate_alpha_b16', num_classes=10, img_size=32)`.
+
+    Args:
+        pretrained: load the weights named by the model's pretrained_cfg (downloaded once into the cache).
+        pretrained_cfg_overlay: entries that replace those of the registered pretrained_cfg (e.g. `url`, `file`).
+        checkpoint_path: a local weight file (safetensors, or a .pth in our or an official layout) to load.
+        init: None for the family's default initialisation, or 'mimetic' (Trockman & Kolter 2023).
+        init_kwargs: keyword arguments for the chosen init, e.g. `dict(alpha_qk=0.7, beta_qk=0.7, seed=0)`.
+        **kwargs: constructor overrides (num_classes, img_size, patch_size, embed_dim, depth, num_heads, ...).
+    """
+    canonical = resolve_model_name(name)
+    cfg = {**_CFGS[canonical], **(pretrained_cfg_overlay or {})}
+    try:
+        model = _MODELS[canonical](**kwargs)
+    except TypeError as err:
+        raise TypeError(f"create_model({name!r}): {err}") from None
+    model.pretrained_cfg = {**cfg, "architecture": canonical}
+    if init == "mimetic":
+        from ..init import mimetic_init_
+
+        mimetic_init_(model, **(init_kwargs or {}))
+    elif init is not None:
+        raise ValueError(f"unknown init {init!r}; expected None or 'mimetic'")
+    elif init_kwargs:
+        raise ValueError("init_kwargs given without init")
+    if pretrained or checkpoint_path:
+        from ._pretrained import load_pretrained
+
+        load_pretrained(model, checkpoint_path=checkpoint_path)
+    return model

@@ -1,0 +1,105 @@
+"""CRATE, the white-box transformer of Yu et al., "White-Box Transformers via Sparse Rate Reduction" (NeurIPS 2023),
+exactly as the official code (Ma-Lab-Berkeley/CRATE, `model/crate.py`).
+
+Each layer is one step of sparse rate reduction, max R(Z) − R^c(Z; U_[K]) − λ‖Z‖₀:
+  compression  z ← z + MSSA(LN1(z))           (eq. 9: gradient step on R^c)
+  sparsify     z ← ISTA(LN2(z))               (eq. 11: proximal step of the non-negative LASSO; no residual)
+
+`CrateBlock` is shared with CRATE-α, whose three changes (overcomplete dictionary, decoupled dictionary, residual)
+are its constructor switches.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from torch import nn
+
+from ._base import ImageTransformer
+from ._constants import CIFAR10_MEAN, CIFAR10_STD, model_cfg
+from ._layers import SparseCoding, SubspaceAttention, init_dictionary_
+from ._registry import register_model
+
+__all__ = ["CrateBlock", "CRATE"]
+
+
+
+class CrateBlock(nn.Module):
+    """One CRATE / CRATE-α layer.
+
+    Args:
+        overcomplete_ratio: 1 = CRATE's complete ISTA; 4 = CRATE-α's overcomplete dictionary learning (ODL).
+        decoupled_dictionary: decode the sparse code with a separate dictionary D1 (CRATE-α).
+        residual_sparse_coding: z ← z + ODL(LN2(z)) (CRATE-α) instead of z ← ISTA(LN2(z)) (CRATE).
+        attn_proj_bias: bias on MSSA's output projection (CRATE: yes, CRATE-α: no).
+    """
+
+    def __init__(self, dim: int, num_heads: int, overcomplete_ratio: int = 1, decoupled_dictionary: bool = False,
+                 residual_sparse_coding: bool = False, attn_proj_bias: bool = True, norm_eps: float = 1e-5,
+                 ista_step_size: float = 0.1, ista_lambda: float = 0.1):
+        super().__init__()
+        self.residual_sparse_coding = residual_sparse_coding
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.attn = SubspaceAttention(dim, num_heads, proj_bias=attn_proj_bias)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.ista = SparseCoding(dim, overcomplete_ratio, decoupled_dictionary, ista_step_size, ista_lambda)
+
+    def _sparsify(self, z: torch.Tensor) -> torch.Tensor:
+        code = self.ista(self.norm2(z))  # (B, N, d)   ISTA / ODL
+        return z + code if self.residual_sparse_coding else code  # CRATE-α residual, or CRATE's replacement
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = x + self.attn(self.norm1(x))  # (B, N, d)   z^{ℓ+1/2} = z^ℓ + MSSA(z^ℓ | U_[K])   (eq. 9)
+        return self._sparsify(z)  # z^{ℓ+1} = ISTA(z^{ℓ+1/2} | D)   (eq. 11)
+
+    def forward_with_attention(self, x: torch.Tensor):
+        out, attn = self.attn.forward_with_attention(self.norm1(x))
+        return self._sparsify(x + out), attn
+
+
+class CRATE(ImageTransformer):
+    """CRATE classifier as the official code: LN → Linear → LN patch embedding, learned positions and class token
+    (both std 1), LayerNorm eps 1e-5, PyTorch-default Linear init, Kaiming-uniform square dictionaries, ISTA step
+    η = 0.1 and λ = 0.1, head LN(d) → Linear on the class token.
+
+    One opt-in difference: global_pool='avg' averages the patch tokens only, where the official pool='mean' also
+    averages the class token.
+    """
+
+    def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, num_classes: int = 1000,
+                 embed_dim: int = 768, depth: int = 12, num_heads: int = 12, global_pool: str = "token",
+                 ista_step_size: float = 0.1, ista_lambda: float = 0.1):
+        super().__init__(
+            block_fn=lambda i: CrateBlock(embed_dim, num_heads, ista_step_size=ista_step_size,
+                                          ista_lambda=ista_lambda),
+            img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
+            embed_dim=embed_dim, depth=depth, num_heads=num_heads, patch_embed="crate", pos_embed="learn",
+            class_token=True, global_pool=global_pool, norm_eps=1e-5)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        nn.init.normal_(self.pos_embed, std=1.0)  # official: torch.randn
+        nn.init.normal_(self.cls_token, std=1.0)
+        for block in self.blocks:
+            init_dictionary_(block.ista.D, fan_in=block.ista.D.shape[1])  # kaiming_uniform_ on (d, d)
+
+    def no_weight_decay(self) -> set[str]:
+        """Empty: the official CRATE recipe (Lion, `Lion(model.parameters(), weight_decay=...)`) decays every
+        parameter."""
+        return set()
+
+
+_SIZES = {"tiny": (384, 12, 6), "small": (576, 12, 12), "base": (768, 12, 12), "large": (1024, 24, 16)}
+_PAPER = "Yu et al. 2023, CRATE (official Ma-Lab-Berkeley/CRATE)"
+
+
+def _register_all() -> None:
+    for size, (dim, depth, heads) in _SIZES.items():
+        shape = dict(embed_dim=dim, depth=depth, num_heads=heads)
+        register_model(partial(CRATE, patch_size=16, **shape), name=f"crate_{size}_patch16_224",
+                       cfg=model_cfg(224, paper=_PAPER))
+        register_model(partial(CRATE, patch_size=4, img_size=32, num_classes=10, **shape), name=f"crate_{size}_patch4_32",
+                       cfg=model_cfg(32, CIFAR10_MEAN, CIFAR10_STD, num_classes=10, paper=_PAPER))
+
+
+_register_all()

@@ -1,0 +1,101 @@
+"""CRATE-α, Yang et al., "Scaling White-Box Transformers for Vision" (NeurIPS 2024; official UCSC-VLAA/CRATE-alpha,
+JAX training code and a PyTorch inference port).
+
+A CRATE-α layer is MSSA followed by overcomplete dictionary learning (ODL, eqs. 5-7):
+  z ← z + MSSA(LN1(z))                               (bias-free shared projection U)
+  A¹ = ReLU(η Dᵀh − ηλ),  A² = ReLU(A¹ − η Dᵀ(D A¹ − h) − ηλ),  h = LN2(z),  D ∈ R^{d×4d}
+  z ← z + D1 A²
+
+The three changes from CRATE are constructor switches (`overcomplete_ratio`, `decoupled_dictionary`,
+`residual_sparse_coding`), so the paper's ablation (B/32: CRATE 68.5 → +overcomplete 73.8 → +decoupled 75.8 →
++residual 76.5) is configuration only:
+    create_model('crate_alpha_base_patch32_224', overcomplete_ratio=1, decoupled_dictionary=False,
+                 residual_sparse_coding=False)
+"""
+from __future__ import annotations
+
+from functools import partial
+
+from torch import nn
+
+from ._base import ImageTransformer
+from ._constants import CIFAR10_MEAN, CIFAR10_STD, model_cfg
+from ._layers import init_dictionary_
+from ._registry import register_model
+from .crate import CrateBlock
+
+__all__ = ["CRATEAlpha"]
+
+
+class CRATEAlpha(ImageTransformer):
+    """CRATE-α classifier following the official JAX model (the code that produced the paper's numbers):
+    Conv2d stem with bias, class token (std 1e-6), learned positions (std 0.02) or 2-D sin-cos, block LayerNorm
+    eps 1e-6, final LayerNorm (JAX `encoder_norm`, eps 1e-6) then the class token then a Linear head.
+    Init: attention and head kernels N(0, 0.02), D and D1 uniform ±√(6/d) (Flax fan-in d), stem Kaiming-uniform.
+    """
+
+    def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, num_classes: int = 1000,
+                 embed_dim: int = 768, depth: int = 12, num_heads: int = 12, overcomplete_ratio: int = 4,
+                 decoupled_dictionary: bool = True, residual_sparse_coding: bool = True, pos_embed: str = "learn",
+                 global_pool: str = "token", ista_step_size: float = 0.1, ista_lambda: float = 0.1):
+        super().__init__(
+            block_fn=lambda i: CrateBlock(
+                embed_dim, num_heads, overcomplete_ratio=overcomplete_ratio,
+                decoupled_dictionary=decoupled_dictionary, residual_sparse_coding=residual_sparse_coding,
+                attn_proj_bias=False, norm_eps=1e-6, ista_step_size=ista_step_size, ista_lambda=ista_lambda),
+            img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
+            embed_dim=embed_dim, depth=depth, num_heads=num_heads, patch_embed="conv", pos_embed=pos_embed,
+            class_token=True, global_pool=global_pool, norm_eps=1e-6)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        if self.pos_embed_type == "learn":
+            nn.init.normal_(self.pos_embed, std=0.02)
+        nn.init.normal_(self.cls_token, std=1e-6)
+        nn.init.kaiming_uniform_(self.patch_embed.proj.weight)  # Flax kaiming_uniform, fan-in 3·P·P
+        nn.init.zeros_(self.patch_embed.proj.bias)
+        for block in self.blocks:
+            nn.init.normal_(block.attn.subspace.weight, std=0.02)
+            nn.init.normal_(block.attn.proj.weight, std=0.02)
+            for dictionary in (block.ista.D, block.ista.D1):
+                if dictionary is not None:
+                    init_dictionary_(dictionary, fan_in=dictionary.shape[0])  # ±√(6/d), Flax fan-in = d
+        if isinstance(self.head, nn.Linear):
+            nn.init.normal_(self.head.weight, std=0.02)
+            nn.init.zeros_(self.head.bias)
+
+    def no_weight_decay(self) -> set[str]:
+        """The official mask: only the matrix kernels of attention, stem and head are decayed; the dictionaries
+        D and D1, LayerNorms, biases, class token and position embedding are not."""
+        decayed = {"patch_embed.proj.weight", "head.weight"}
+        for i in range(len(self.blocks)):
+            decayed |= {f"blocks.{i}.attn.subspace.weight", f"blocks.{i}.attn.proj.weight"}
+        return {name for name, _ in self.named_parameters() if name not in decayed}
+
+
+_SIZES = {"tiny": (192, 12, 3), "small": (576, 12, 12), "base": (768, 12, 12), "large": (1024, 24, 16),
+          "huge": (1280, 32, 16)}
+_PATCHES = (32, 16, 14, 8)
+_PAPER = "Yang et al. 2024, CRATE-α (official UCSC-VLAA/CRATE-alpha)"
+# Official PyTorch-port weights (ImageNet-21K pre-trained, ImageNet-1K fine-tuned): 81.2 / 83.9 top-1.
+_HF = "https://huggingface.co/UCSC-VLAA/CRATE-alpha/resolve/main/torch/"
+_OFFICIAL_WEIGHTS = {"crate_alpha_base_patch16_224": "crate_alpha_B16.pth",
+                     "crate_alpha_large_patch14_224": "crate_alpha_L14.pth"}
+
+
+def _register_all() -> None:
+    for size, (dim, depth, heads) in _SIZES.items():
+        shape = dict(embed_dim=dim, depth=depth, num_heads=heads)
+        for patch in _PATCHES:
+            name = f"crate_alpha_{size}_patch{patch}_224"
+            weights = _OFFICIAL_WEIGHTS.get(name)
+            cfg = model_cfg(224, paper=_PAPER)
+            if weights:
+                cfg.update(url=_HF + weights, file_layout="crate_alpha_official")
+            register_model(partial(CRATEAlpha, patch_size=patch, **shape), name=name, cfg=cfg)
+        register_model(partial(CRATEAlpha, patch_size=4, img_size=32, num_classes=10, **shape),
+                       name=f"crate_alpha_{size}_patch4_32",
+                       cfg=model_cfg(32, CIFAR10_MEAN, CIFAR10_STD, num_classes=10, paper=_PAPER))
+
+
+_register_all()

@@ -1,0 +1,80 @@
+"""Vision Transformer (Dosovitskiy et al. 2021) with timm's state-dict keys, and the mimetic paper's small-image
+ViTs (Trockman & Kolter 2023: ViT-Tiny, patch 2, 32 px, class token, 2-D sin-cos positions)."""
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from torch import nn
+
+from ._base import ImageTransformer, trunc_normal_linear_init_
+from ._constants import CIFAR10_MEAN, CIFAR10_STD, INCEPTION_MEAN, INCEPTION_STD, model_cfg
+from ._layers import Attention, Mlp
+from ._registry import register_model
+
+__all__ = ["Block", "VisionTransformer"]
+
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm1 x); x + mlp(norm2 x)."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
+                 norm_eps: float = 1e-6):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))  # (B, N, d)
+        return x + self.mlp(self.norm2(x))
+
+    def forward_with_attention(self, x: torch.Tensor):
+        out, attn = self.attn.forward_with_attention(self.norm1(x))
+        x = x + out
+        return x + self.mlp(self.norm2(x)), attn
+
+
+class VisionTransformer(ImageTransformer):
+    """timm's VisionTransformer contract and keys (`cls_token`, `pos_embed`, `patch_embed.proj`, `blocks.i.*`,
+    `norm`, `head`) with timm's default init: Linear trunc-normal std 0.02, learned positions std 0.02, class token
+    std 1e-6, conv stem PyTorch default."""
+
+    def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, num_classes: int = 1000,
+                 embed_dim: int = 768, depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0,
+                 qkv_bias: bool = True, pos_embed: str = "learn", class_token: bool = True,
+                 global_pool: str = "token", norm_eps: float = 1e-6):
+        super().__init__(
+            block_fn=lambda i: Block(embed_dim, num_heads, mlp_ratio, qkv_bias, norm_eps),
+            img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
+            embed_dim=embed_dim, depth=depth, num_heads=num_heads, patch_embed="conv", pos_embed=pos_embed,
+            class_token=class_token, global_pool=global_pool, norm_eps=norm_eps)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        if self.pos_embed_type == "learn":
+            nn.init.trunc_normal_(self.pos_embed, std=0.02, a=-0.04, b=0.04)
+        if self.cls_token is not None:
+            nn.init.normal_(self.cls_token, std=1e-6)
+        self.apply(trunc_normal_linear_init_)
+
+
+_SIZES = {"tiny": (192, 12, 3), "small": (384, 12, 6), "base": (768, 12, 12), "large": (1024, 24, 16)}
+_SMALL_IMAGE = dict(img_size=32, num_classes=10, pos_embed="sincos", class_token=True)
+
+
+def _register_all() -> None:
+    for size, (dim, depth, heads) in _SIZES.items():
+        cfg = model_cfg(224, INCEPTION_MEAN, INCEPTION_STD, crop_pct=0.9, paper="Dosovitskiy et al. 2021, timm")
+        register_model(partial(VisionTransformer, patch_size=16, embed_dim=dim, depth=depth, num_heads=heads),
+                       name=f"vit_{size}_patch16_224", cfg=cfg)
+    for patch in (2, 4):
+        cfg = model_cfg(32, CIFAR10_MEAN, CIFAR10_STD, num_classes=10,
+                        paper="Trockman & Kolter 2023, mimetic initialization (CIFAR ViT-Tiny)")
+        register_model(partial(VisionTransformer, patch_size=patch, embed_dim=192, depth=12, num_heads=3,
+                               **_SMALL_IMAGE), name=f"vit_tiny_patch{patch}_32", cfg=cfg)
+
+
+_register_all()
