@@ -1,0 +1,187 @@
+"""Every registered model at a tiny size, the paper parameter counts, timm parity and the model contract."""
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import vitlab
+from vitlab.convert import load_checkpoint
+from vitlab.models import CRATE, CRATEAlpha, VisionTransformer
+
+
+def tiny(name: str, **extra):
+    """The registered configuration shrunk: width 32, depth 2, 2 heads, a 2×2 patch grid, 5 classes."""
+    with torch.device("meta"):  # builds without allocating, to read the registered patch size
+        patch_size = vitlab.create_model(name).patch_embed.patch_size
+    return vitlab.create_model(name, embed_dim=32, depth=2, num_heads=2, num_classes=5,
+                               img_size=2 * patch_size, **extra)
+
+
+@pytest.mark.parametrize("name", vitlab.list_models())
+def test_every_model_forward_backward_roundtrip(name, tmp_path):
+    model = tiny(name)
+    img = model.patch_embed.img_size
+    x = torch.randn(2, 3, img, img)
+    out = model(x)
+    assert out.shape == (2, 5)
+    assert torch.isfinite(out).all()
+    out.square().mean().backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
+
+    path = tmp_path / "model.safetensors"
+    save_file(model.state_dict(), str(path))
+    fresh = tiny(name)
+    assert not torch.equal(fresh(x), out.detach())  # a fresh init differs ...
+    load_checkpoint(fresh, path)
+    torch.testing.assert_close(fresh.eval()(x), model.eval()(x), rtol=0, atol=0)  # ... until the weights load
+
+
+@pytest.mark.parametrize("name, millions", [
+    ("crate_tiny_patch16_224", 6.091), ("crate_small_patch16_224", 13.116), ("crate_base_patch16_224", 22.796),
+    ("crate_large_patch16_224", 77.641), ("crate_alpha_base_patch16_224", 72.329),
+    ("crate_alpha_large_patch14_224", 253.651),
+])
+def test_paper_parameter_counts(name, millions):
+    with torch.device("meta"):
+        model = vitlab.create_model(name)
+    assert round(sum(p.numel() for p in model.parameters()) / 1e6, 3) == millions
+
+
+def test_crate_alpha_layer_is_10_d_squared():
+    d = 96
+    one = vitlab.create_model("crate_alpha_tiny_patch16_224", embed_dim=d, depth=1, num_heads=2)
+    two = vitlab.create_model("crate_alpha_tiny_patch16_224", embed_dim=d, depth=2, num_heads=2)
+    per_layer = sum(p.numel() for p in two.parameters()) - sum(p.numel() for p in one.parameters())
+    assert per_layer == 10 * d * d + 4 * d  # U, out, D, D1 + two LayerNorms
+
+
+@pytest.mark.parametrize("ours, timm_kwargs", [
+    ("vit_tiny_patch16_224", {}),
+    ("vit_small_patch16_224", None),
+    ("vit_tiny_patch2_32", dict(img_size=32, patch_size=2, num_classes=10)),
+    ("vit_tiny_patch4_32", dict(img_size=32, patch_size=4, num_classes=10)),
+])
+def test_vit_keys_and_logits_equal_timm(ours, timm_kwargs):
+    timm = pytest.importorskip("timm")
+    timm_name = "vit_small_patch16_224" if timm_kwargs is None else "vit_tiny_patch16_224"
+    kwargs = dict(timm_kwargs or {})
+    if timm_kwargs is None or not timm_kwargs:
+        kwargs.update(depth=2)  # keys per block are identical at any depth; keep the test fast
+    reference = timm.create_model(timm_name, **kwargs).eval()
+    model = vitlab.create_model(ours, **({"depth": 2} if "depth" in kwargs else {})).eval()
+    ref_shapes = {k: tuple(v.shape) for k, v in reference.state_dict().items()}
+    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == ref_shapes
+    model.load_state_dict(reference.state_dict())
+    img = kwargs.get("img_size", 224)
+    x = torch.randn(2, 3, img, img)
+    torch.testing.assert_close(model(x), reference(x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(model.forward_features(x), reference.forward_features(x), rtol=1e-5, atol=1e-5)
+
+
+def test_mimetic_small_image_vit_matches_the_paper_setup():
+    model = vitlab.create_model("vit_tiny_patch2_32")
+    assert (model.embed_dim, model.depth, model.num_heads, model.patch_embed.patch_size) == (192, 12, 3, 2)
+    assert model.cls_token is not None and not model.pos_embed.requires_grad  # fixed 2-D sin-cos
+    table = model.pos_embed[0, 1:]  # (256, 192)
+    assert torch.all(model.pos_embed[0, 0] == 0)
+    assert torch.allclose(table[0, :48], torch.zeros(48)) and torch.allclose(table[0, 48:96], torch.ones(48))
+    # row part of patch (r, c) depends on r only, column part on c only
+    grid = table.reshape(16, 16, 192)
+    assert torch.allclose(grid[:, 0, :96], grid[:, 5, :96]) and torch.allclose(grid[0, :, 96:], grid[7, :, 96:])
+
+
+@pytest.mark.parametrize("name", ["vit_tiny_patch4_32", "crate_tiny_patch4_32", "crate_alpha_tiny_patch4_32"])
+def test_attention_maps(name):
+    model = vitlab.create_model(name, depth=3).eval()
+    x = torch.randn(2, 3, 32, 32)
+    maps = model.forward_attention(x)
+    n = 1 + 64
+    assert maps.shape == (2, 3, model.num_heads, n, n)
+    torch.testing.assert_close(maps.sum(-1), torch.ones(2, 3, model.num_heads, n))
+    # layer 0 recomputed by hand from the block's own weights
+    tokens = model._embed(x)
+    attn = model.blocks[0].attn
+    h = model.blocks[0].norm1(tokens)
+    if isinstance(model, VisionTransformer):
+        q, k = attn.qkv(h).reshape(2, n, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)[:2]
+    else:  # CRATE's MSSA: the same w = U z is query and key
+        q = k = attn.subspace(h).reshape(2, n, attn.num_heads, -1).transpose(1, 2)
+    expected = (q @ k.transpose(-2, -1) * attn.head_dim**-0.5).softmax(-1)
+    torch.testing.assert_close(maps[:, 0], expected, rtol=1e-5, atol=1e-6)
+    # the explicit-attention path computes the same function as the fused SDPA path
+    y = tokens
+    for block in model.blocks:
+        y, _ = block.forward_with_attention(y)
+    torch.testing.assert_close(model.forward_head(model.norm(y)), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_model_contract():
+    model = vitlab.create_model("crate_alpha_tiny_patch4_32", depth=2)
+    x = torch.randn(2, 3, 32, 32)
+    feats = model.forward_features(x)
+    assert feats.shape == (2, 65, model.num_features)
+    assert model.forward_head(feats, pre_logits=True).shape == (2, model.num_features)
+    model.reset_classifier(7)
+    assert model(x).shape == (2, 7) and model.get_classifier().out_features == 7
+    model.reset_classifier(0)
+    assert model(x).shape == (2, model.num_features)
+    avg = vitlab.create_model("vit_tiny_patch4_32", depth=1, global_pool="avg")
+    assert isinstance(avg.norm, torch.nn.Identity) and avg(x).shape == (2, 10)
+    cfg = model.pretrained_cfg
+    assert cfg["architecture"] == "crate_alpha_tiny_patch4_32" and cfg["input_size"] == (3, 32, 32)
+
+
+def test_no_weight_decay_follows_the_official_recipes():
+    alpha = vitlab.create_model("crate_alpha_tiny_patch16_224", depth=2)
+    decayed = {n for n, _ in alpha.named_parameters()} - alpha.no_weight_decay()
+    assert decayed == {"patch_embed.proj.weight", "head.weight", "blocks.0.attn.subspace.weight",
+                       "blocks.0.attn.proj.weight", "blocks.1.attn.subspace.weight", "blocks.1.attn.proj.weight"}
+    assert vitlab.create_model("crate_tiny_patch16_224", depth=1).no_weight_decay() == set()  # Lion on everything
+    vit = vitlab.create_model("vit_tiny_patch16_224", depth=1).no_weight_decay()
+    assert {"pos_embed", "cls_token", "blocks.0.attn.qkv.bias", "norm.weight"} <= vit
+    assert "blocks.0.attn.qkv.weight" not in vit
+
+
+def test_crate_alpha_ablation_is_configuration():
+    kwargs = dict(embed_dim=32, depth=1, num_heads=2, img_size=32, patch_size=16)
+    crate_like = vitlab.create_model("crate_alpha_base_patch32_224", overcomplete_ratio=1,
+                                     decoupled_dictionary=False, residual_sparse_coding=False, **kwargs)
+    ista = crate_like.blocks[0].ista
+    assert ista.D.shape == (32, 32) and ista.D1 is None and not crate_like.blocks[0].residual_sparse_coding
+    overcomplete = vitlab.create_model("crate_alpha_base_patch32_224", decoupled_dictionary=False,
+                                       residual_sparse_coding=False, **kwargs)
+    assert overcomplete.blocks[0].ista.D.shape == (32, 128) and overcomplete.blocks[0].ista.D1 is None
+    full = vitlab.create_model("crate_alpha_base_patch32_224", **kwargs)
+    assert full.blocks[0].ista.D1.shape == (32, 128) and full.blocks[0].residual_sparse_coding
+    with pytest.raises(ValueError, match="overcomplete"):
+        vitlab.create_model("crate_alpha_base_patch32_224", overcomplete_ratio=1, **kwargs)
+
+
+def test_crate_alpha_init_follows_jax():
+    model = vitlab.create_model("crate_alpha_base_patch16_224", depth=2)
+    d = model.embed_dim
+    D = model.blocks[0].ista.D
+    assert D.abs().max() <= (6 / d) ** 0.5 and D.abs().max() > 0.9 * (6 / d) ** 0.5  # ±√(6/d), fan-in d
+    assert abs(model.blocks[0].attn.subspace.weight.std().item() - 0.02) < 0.002
+    assert abs(model.pos_embed.std().item() - 0.02) < 0.002
+
+
+def test_registry():
+    assert vitlab.is_model("crate_alpha_b16") and vitlab.is_model("vit_t2_32")
+    assert "crate_alpha_b16" not in vitlab.list_models() and "crate_alpha_b16" in vitlab.list_models(
+        "crate_alpha_b*", include_aliases=True)
+    assert set(vitlab.list_models("vit_*")) == {"vit_tiny_patch16_224", "vit_small_patch16_224",
+                                                "vit_base_patch16_224", "vit_large_patch16_224",
+                                                "vit_tiny_patch2_32", "vit_tiny_patch4_32"}
+    alias = vitlab.create_model("crate_alpha_b16", depth=1)
+    assert isinstance(alias, CRATEAlpha) and alias.pretrained_cfg["architecture"] == "crate_alpha_base_patch16_224"
+    assert isinstance(vitlab.create_model("crate_t16", depth=1), CRATE)
+    with pytest.raises(ValueError, match="crate_alpha_b16"):
+        vitlab.create_model("crate_alpha_b61")
+    with pytest.raises(TypeError, match="no_such_option"):
+        vitlab.create_model("vit_t16", no_such_option=1)
+    with pytest.raises(ValueError, match="unknown init"):
+        vitlab.create_model("vit_t16", depth=1, init="xavier")
+    with pytest.raises(ValueError, match="register"):
+        vitlab.register_model(lambda: None, name="vit_tiny_patch16_224")

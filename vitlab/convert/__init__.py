@@ -1,0 +1,6 @@
+"""Loading weights: our safetensors files, timm ViT state dicts, and the official CRATE / CRATE-α layouts."""
+from .checkpoint import CheckpointMismatchError, convert_state_dict, load_checkpoint, read_weights, unwrap_state_dict
+from .official import LAYOUTS, detect_layout
+
+__all__ = ["CheckpointMismatchError", "load_checkpoint", "read_weights", "unwrap_state_dict", "convert_state_dict",
+           "detect_layout", "LAYOUTS"]

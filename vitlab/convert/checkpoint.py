@@ -1,0 +1,121 @@
+"""Reading weight files safely and loading them, in our layout or an official one, with strict checks.
+
+Files users hand us are untrusted: safetensors files are read as tensors only, and pickled `.pth` files go through
+`torch.load(weights_only=True)`, which refuses anything but tensors and plain containers (no code runs).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from .official import LAYOUTS, detect_layout
+
+__all__ = ["CheckpointMismatchError", "read_weights", "unwrap_state_dict", "convert_state_dict", "load_checkpoint"]
+
+_WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module")
+_PREFIXES = ("module.", "_orig_mod.")
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint's keys or shapes do not fit the model; the message lists every difference."""
+
+
+def read_weights(path: str | os.PathLike) -> dict:
+    """Loads a weight file: `.safetensors`, or a PyTorch pickle (`.pth`, `.pt`, `.pth.tar`, `.bin`, `.t7`) read with
+    `weights_only=True`. Errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as err:  # safetensors raises its own error types
+            raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"{path}: not a readable PyTorch weight file; it must hold only tensors and plain "
+                         f"containers (loaded with weights_only=True): {err}") from None
+
+
+def unwrap_state_dict(obj: Mapping, source: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """Finds the tensors in a training checkpoint (`{'state_dict': ...}`, `{'model': ...}`) and strips DDP's
+    `module.` and torch.compile's `_orig_mod.` prefixes."""
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"{source}: expected a dict of tensors, got {type(obj).__name__}")
+    for key in _WRAPPER_KEYS:
+        if key in obj and isinstance(obj[key], Mapping):
+            return unwrap_state_dict(obj[key], source)
+    tensors = {}
+    for key, value in obj.items():
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(f"{source}: entry {key!r} is a {type(value).__name__}, not a tensor, and no "
+                             f"'state_dict' / 'model' entry wraps the weights")
+        for prefix in _PREFIXES:
+            while key.startswith(prefix):
+                key = key[len(prefix):]
+        tensors[key] = value
+    return tensors
+
+
+def convert_state_dict(state_dict: Mapping[str, torch.Tensor], model: nn.Module,
+                       layout: str = "auto") -> tuple[dict[str, torch.Tensor], str]:
+    """Returns (state dict in this library's keys, layout name). `layout`: 'auto', 'vitlab' (also timm's ViT), or
+    one of the official layouts in `vitlab.convert.official.LAYOUTS`."""
+    if layout == "auto":
+        layout = detect_layout(state_dict)
+    if layout == "vitlab":
+        return dict(state_dict), layout
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown checkpoint layout {layout!r}; expected 'auto', 'vitlab' or one of "
+                         f"{sorted(LAYOUTS)}")
+    return LAYOUTS[layout].convert(state_dict, model), layout
+
+
+def _mismatch_report(ours: Mapping[str, torch.Tensor], theirs: Mapping[str, torch.Tensor],
+                     allow_missing: frozenset[str]) -> list[str]:
+    def listing(title: str, items: list[str]) -> list[str]:
+        shown = [f"    {item}" for item in items[:12]]
+        more = [f"    ... and {len(items) - 12} more"] if len(items) > 12 else []
+        return [f"  {title} ({len(items)}):"] + shown + more if items else []
+
+    missing = [k for k in ours if k not in theirs and k not in allow_missing]
+    unexpected = [k for k in theirs if k not in ours]
+    shapes = [f"{k}: checkpoint {tuple(theirs[k].shape)} vs model {tuple(ours[k].shape)}"
+              for k in ours if k in theirs and theirs[k].shape != ours[k].shape]
+    return (listing("missing from the checkpoint", missing) + listing("unexpected in the checkpoint", unexpected)
+            + listing("shape mismatches", shapes))
+
+
+def load_checkpoint(model: nn.Module, checkpoint: str | os.PathLike | Mapping, layout: str = "auto",
+                    skip_head: bool = False) -> nn.Module:
+    """Loads weights into `model` with strict key and shape checks; raises `CheckpointMismatchError` with a full
+    report and leaves the model untouched when anything does not fit.
+
+    Args:
+        checkpoint: a file path (see `read_weights`) or an already loaded dict / training checkpoint.
+        layout: 'auto' (detected from the keys), 'vitlab', 'crate_official' or 'crate_alpha_official'.
+        skip_head: keep the model's own classifier (`head.*`), e.g. to fine-tune on a new number of classes.
+    """
+    source = str(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else "checkpoint"
+    raw = read_weights(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
+    state_dict, layout = convert_state_dict(unwrap_state_dict(raw, source), model, layout)
+    ours = model.state_dict()
+    head = frozenset(k for k in ours if k.startswith("head."))
+    if skip_head:
+        state_dict = {k: v for k, v in state_dict.items() if k not in head}
+    problems = _mismatch_report(ours, state_dict, head if skip_head else frozenset())
+    if problems:
+        raise CheckpointMismatchError(f"{source} (layout {layout!r}) does not fit {type(model).__name__} "
+                                      f"{getattr(model, 'pretrained_cfg', {}).get('architecture', '')}:\n"
+                                      + "\n".join(problems))
+    model.load_state_dict(state_dict, strict=not skip_head)
+    if layout in LAYOUTS:
+        LAYOUTS[layout].after_load(model)
+    return model

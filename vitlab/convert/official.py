@@ -1,0 +1,107 @@
+"""Key maps from the official CRATE and CRATE-α PyTorch layouts to this library's keys.
+
+See ../shared/design/official_layouts.md §1-2. Both official models keep their weights under `transformer.layers.{i}`
+with `.0` the MSSA sub-block and `.1` the ISTA / ODL sub-block.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+import torch
+from torch import nn
+
+__all__ = ["LAYOUTS", "detect_layout"]
+
+Renames = list[tuple[str, str]]
+
+# Ma-Lab-Berkeley/CRATE model/crate.py
+_CRATE_RENAMES: Renames = [
+    (r"pos_embedding", "pos_embed"),
+    (r"cls_token", "cls_token"),
+    (r"to_patch_embedding\.1\.(weight|bias)", r"patch_embed.norm_in.\1"),
+    (r"to_patch_embedding\.2\.(weight|bias)", r"patch_embed.proj.\1"),
+    (r"to_patch_embedding\.3\.(weight|bias)", r"patch_embed.norm_out.\1"),
+    (r"transformer\.layers\.(\d+)\.0\.norm\.(weight|bias)", r"blocks.\1.norm1.\2"),
+    (r"transformer\.layers\.(\d+)\.0\.fn\.qkv\.weight", r"blocks.\1.attn.subspace.weight"),
+    (r"transformer\.layers\.(\d+)\.0\.fn\.to_out\.0\.(weight|bias)", r"blocks.\1.attn.proj.\2"),
+    (r"transformer\.layers\.(\d+)\.1\.norm\.(weight|bias)", r"blocks.\1.norm2.\2"),
+    (r"transformer\.layers\.(\d+)\.1\.fn\.weight", r"blocks.\1.ista.D"),
+    (r"mlp_head\.0\.(weight|bias)", r"norm.\1"),
+    (r"mlp_head\.1\.(weight|bias)", r"head.\1"),
+]
+
+# UCSC-VLAA/CRATE-alpha torch_inference/model/crate_alpha.py
+_CRATE_ALPHA_RENAMES: Renames = [
+    (r"pos_embedding", "pos_embed"),
+    (r"cls_token", "cls_token"),
+    (r"conv1\.(weight|bias)", r"patch_embed.proj.\1"),
+    (r"transformer\.layers\.(\d+)\.0\.norm\.(weight|bias)", r"blocks.\1.norm1.\2"),
+    (r"transformer\.layers\.(\d+)\.0\.fn\.qkv\.weight", r"blocks.\1.attn.subspace.weight"),
+    (r"transformer\.layers\.(\d+)\.0\.fn\.to_out\.0\.weight", r"blocks.\1.attn.proj.weight"),
+    (r"transformer\.layers\.(\d+)\.1\.norm\.(weight|bias)", r"blocks.\1.norm2.\2"),
+    (r"transformer\.layers\.(\d+)\.1\.fn\.(D|D1)", r"blocks.\1.ista.\2"),
+    (r"mlp_head\.0\.(weight|bias)", r"norm.\1"),
+    (r"mlp_head\.1\.(weight|bias)", r"head.\1"),
+]
+
+
+def _rename(state_dict: Mapping[str, torch.Tensor], renames: Renames) -> dict[str, torch.Tensor]:
+    """Applies the first full-match rename to each key; keys no rule matches keep their name (and are then reported
+    as unexpected by the strict check)."""
+    compiled = [(re.compile(pattern), repl) for pattern, repl in renames]
+    out = {}
+    for key, value in state_dict.items():
+        for pattern, repl in compiled:
+            if pattern.fullmatch(key):
+                key = pattern.sub(repl, key)
+                break
+        out[key] = value
+    return out
+
+
+def _from_crate(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    out = _rename(state_dict, _CRATE_RENAMES)
+    # The official `to_out` is an Identity (no keys) when heads == 1 and dim_head == dim.
+    for i, block in enumerate(getattr(model, "blocks", [])):
+        proj = getattr(getattr(block, "attn", None), "proj", None)
+        key = f"blocks.{i}.attn.proj.weight"
+        if proj is not None and key not in out and f"blocks.{i}.attn.subspace.weight" in out \
+                and block.attn.num_heads == 1:
+            out[key] = torch.eye(proj.weight.shape[0], dtype=proj.weight.dtype)
+            out[f"blocks.{i}.attn.proj.bias"] = torch.zeros(proj.weight.shape[0], dtype=proj.weight.dtype)
+    return out
+
+
+def _from_crate_alpha(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    return _rename(state_dict, _CRATE_ALPHA_RENAMES)
+
+
+def _crate_alpha_head_eps(model: nn.Module) -> None:
+    """The PyTorch port's head LayerNorm has eps 1e-5 (the JAX encoder_norm that trained the weights: 1e-6); use
+    the port's value so that its published files give the port's logits exactly."""
+    if isinstance(getattr(model, "norm", None), nn.LayerNorm):
+        model.norm.eps = 1e-5
+
+
+@dataclass(frozen=True)
+class Layout:
+    name: str
+    marker: str  # a key only this layout has
+    convert: Callable[[Mapping[str, torch.Tensor], nn.Module], dict[str, torch.Tensor]]
+    after_load: Callable[[nn.Module], None] = lambda model: None
+
+
+LAYOUTS: dict[str, Layout] = {
+    "crate_official": Layout("crate_official", "to_patch_embedding.2.weight", _from_crate),
+    "crate_alpha_official": Layout("crate_alpha_official", "conv1.weight", _from_crate_alpha, _crate_alpha_head_eps),
+}
+
+
+def detect_layout(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """'crate_official', 'crate_alpha_official', or 'vitlab' (our keys, which are also timm's for the ViT)."""
+    for layout in LAYOUTS.values():
+        if layout.marker in state_dict:
+            return layout.name
+    return "vitlab"

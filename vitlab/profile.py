@@ -1,0 +1,128 @@
+"""Parameters, FLOPs (torch.utils.flop_counter) and measured throughput of a model.
+
+FLOPs count multiply-adds as 2 FLOPs (MACs = FLOPs / 2). PyTorch's counter has no formula for the CPU
+scaled-dot-product-attention kernel, so one is registered here (the same count as its CUDA kernels); without it
+attention would silently count as zero on CPU.
+"""
+from __future__ import annotations
+
+import resource
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode, flop_registry, register_flop_formula, sdpa_flop_count
+from torch.utils.flop_counter import sdpa_backward_flop_count
+
+__all__ = ["Profile", "profile", "count_flops"]
+
+_aten = torch.ops.aten
+if _aten._scaled_dot_product_flash_attention_for_cpu.default not in flop_registry:
+    @register_flop_formula(_aten._scaled_dot_product_flash_attention_for_cpu)
+    def _cpu_sdpa_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+        return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+if _aten._scaled_dot_product_flash_attention_for_cpu_backward.default not in flop_registry:
+    @register_flop_formula(_aten._scaled_dot_product_flash_attention_for_cpu_backward)
+    def _cpu_sdpa_backward_flop(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None,
+                                **kwargs) -> int:
+        return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+
+@dataclass
+class Profile:
+    name: str
+    params: int
+    trainable_params: int
+    input_size: tuple[int, int, int]
+    forward_flops: int  # per image
+    train_flops: int  # forward + backward, per image
+    batch_size: int
+    device: str
+    infer_images_per_s: float
+    train_images_per_s: float | None
+    peak_memory_bytes: int  # CUDA: max allocated; CPU: peak resident set size of the process
+
+    @property
+    def forward_gmacs(self) -> float:
+        return self.forward_flops / 2e9
+
+    def __str__(self) -> str:
+        train = f"{self.train_images_per_s:.1f}" if self.train_images_per_s is not None else "-"
+        memory = "peak CUDA memory" if self.device.startswith("cuda") else "peak RSS"
+        return (f"{self.name}: {self.params / 1e6:.3f}M params ({self.trainable_params / 1e6:.3f}M trainable), "
+                f"input {self.input_size}\n"
+                f"  forward {self.forward_flops / 1e9:.2f} GFLOPs = {self.forward_gmacs:.2f} GMACs per image; "
+                f"train step {self.train_flops / 1e9:.2f} GFLOPs per image\n"
+                f"  {self.device}, batch {self.batch_size}: inference {self.infer_images_per_s:.1f} img/s, "
+                f"training {train} img/s, {memory} {self.peak_memory_bytes / 2**20:.0f} MiB")
+
+
+def count_flops(model: nn.Module, x: torch.Tensor, backward: bool = False) -> int:
+    """Total FLOPs of one forward (and backward) pass on `x`."""
+    with FlopCounterMode(display=False) as counter:
+        if backward:
+            model(x).float().sum().backward()
+        else:
+            with torch.no_grad():
+                model(x)
+    if backward:
+        model.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
+def _time(fn, device: torch.device, warmup: int, iters: int) -> float:
+    for _ in range(warmup):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - start) / iters
+
+
+def profile(model: nn.Module, input_size: tuple[int, int, int] | None = None, batch_size: int = 8,
+            device: str | torch.device = "cpu", train: bool = True, warmup: int = 2, iters: int = 5,
+            dtype: torch.dtype | None = None) -> Profile:
+    """Counts parameters and FLOPs (per image) and measures inference (and training step) throughput.
+
+    `input_size` defaults to the model's pretrained_cfg['input_size']; `dtype` (e.g. torch.bfloat16) runs the
+    timed passes under autocast on CUDA.
+    """
+    cfg = getattr(model, "pretrained_cfg", {})
+    input_size = tuple(input_size or cfg.get("input_size", (3, 224, 224)))
+    device = torch.device(device)
+    model = model.to(device)
+    params = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    one = torch.randn(1, *input_size, device=device)
+    forward_flops = count_flops(model.eval(), one)
+    train_flops = count_flops(model.train(), one, backward=True)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    x = torch.randn(batch_size, *input_size, device=device)
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+    def infer():
+        with torch.no_grad(), autocast:
+            model(x)
+
+    def train_step():
+        with autocast:
+            loss = model(x).float().logsumexp(-1).mean()
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    infer_s = _time(infer, device, warmup, iters)
+    train_s = _time(train_step, device, warmup, iters) if train else None
+    model.eval()
+    peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    return Profile(name=cfg.get("architecture", type(model).__name__), params=params, trainable_params=trainable,
+                   input_size=input_size, forward_flops=forward_flops, train_flops=train_flops,
+                   batch_size=batch_size, device=str(device), infer_images_per_s=batch_size / infer_s,
+                   train_images_per_s=batch_size / train_s if train_s else None, peak_memory_bytes=peak)
