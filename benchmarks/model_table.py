@@ -1,0 +1,30 @@
+"""Parameters and forward GMACs of every registered model at its own input size (1000 or 10 classes as registered).
+
+    python benchmarks/model_table.py [PATTERN]
+
+Built on the meta device (no memory, no compute), so it runs in seconds on any machine. Prints a Markdown table.
+"""
+import sys
+
+import torch
+
+import vitlab
+from vitlab.profile import count_flops
+
+
+def main(pattern: str = "") -> None:
+    print("| model | alias | input | classes | params (M) | GMACs |")
+    print("|---|---|---:|---:|---:|---:|")
+    from vitlab.models._registry import short_alias
+
+    for name in vitlab.list_models(pattern):
+        with torch.device("meta"):
+            model = vitlab.create_model(name).eval()
+        c, h, w = model.pretrained_cfg["input_size"]
+        macs = count_flops(model, torch.empty(1, c, h, w, device="meta")) / 2e9
+        params = sum(p.numel() for p in model.parameters()) / 1e6
+        print(f"| {name} | {short_alias(name)} | {h} | {model.num_classes} | {params:.3f} | {macs:.2f} |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "")
