@@ -26,11 +26,13 @@ def _profile(args: argparse.Namespace) -> int:
     from .profile import profile
 
     overrides = {"img_size": args.img_size} if args.img_size else {}
-    model = create_model(args.model, init=args.init, **overrides)
+    model = create_model(args.model, **overrides)
+    if args.init == "mimetic":
+        from .init import mimetic_init_
+
+        print(f"mimetic init: {mimetic_init_(model, seed=0)} attention layers initialised")
     print(profile(model, batch_size=args.batch_size, device=args.device, train=not args.no_train,
                   iters=args.iters))
-    if args.init == "mimetic":
-        print(f"  initialised with mimetic init ({model.depth} attention layers)")
     return 0
 
 
