@@ -21,16 +21,23 @@ __all__ = [
 # Patch embeddings
 
 
-class PatchEmbed(nn.Module):
-    """Conv2d(kernel P, stride P) patchify, tokens in row-major patch order (timm's `patch_embed.proj`)."""
+class _PatchGrid(nn.Module):
+    """Square images of `img_size` cut into a grid_size × grid_size grid of patch_size patches."""
 
-    def __init__(self, img_size: int, patch_size: int, in_chans: int, embed_dim: int, bias: bool = True):
+    def __init__(self, img_size: int, patch_size: int):
         super().__init__()
         if img_size % patch_size:
             raise ValueError(f"img_size {img_size} is not divisible by patch_size {patch_size}")
         self.img_size, self.patch_size = img_size, patch_size
         self.grid_size = img_size // patch_size
         self.num_patches = self.grid_size**2
+
+
+class PatchEmbed(_PatchGrid):
+    """Conv2d(kernel P, stride P) patchify, tokens in row-major patch order (timm's `patch_embed.proj`)."""
+
+    def __init__(self, img_size: int, patch_size: int, in_chans: int, embed_dim: int, bias: bool = True):
+        super().__init__(img_size, patch_size)
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -38,7 +45,7 @@ class PatchEmbed(nn.Module):
         return x.flatten(2).transpose(1, 2)  # (B, N, d)
 
 
-class CratePatchEmbed(nn.Module):
+class CratePatchEmbed(_PatchGrid):
     """Official CRATE patch embedding: patchify → LayerNorm(C·P·P) → Linear(C·P·P, d) → LayerNorm(d).
 
     Each patch vector is flattened as (row-in-patch, column-in-patch, channel), channel fastest, exactly as the
@@ -46,12 +53,7 @@ class CratePatchEmbed(nn.Module):
     """
 
     def __init__(self, img_size: int, patch_size: int, in_chans: int, embed_dim: int, eps: float = 1e-5):
-        super().__init__()
-        if img_size % patch_size:
-            raise ValueError(f"img_size {img_size} is not divisible by patch_size {patch_size}")
-        self.img_size, self.patch_size = img_size, patch_size
-        self.grid_size = img_size // patch_size
-        self.num_patches = self.grid_size**2
+        super().__init__(img_size, patch_size)
         patch_dim = in_chans * patch_size * patch_size
         self.norm_in = nn.LayerNorm(patch_dim, eps=eps)
         self.proj = nn.Linear(patch_dim, embed_dim)
