@@ -9,7 +9,7 @@ import sys
 import torch
 
 import vitlab
-from vitlab.profile import count_flops
+from vitlab import count_flops
 
 
 def main(pattern: str = "") -> None:

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import vitlab
-from vitlab.profile import count_flops, profile
+from vitlab import count_flops, profile
 
 
 def analytic_macs(kind: str, d: int, depth: int, patch: int, img: int, classes: int) -> int:

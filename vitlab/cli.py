@@ -23,7 +23,7 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _profile(args: argparse.Namespace) -> int:
-    from .profile import profile
+    from ._profile import profile
 
     overrides = {"img_size": args.img_size} if args.img_size else {}
     model = create_model(args.model, **overrides)
