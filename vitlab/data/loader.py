@@ -1,0 +1,136 @@
+"""An in-memory loader for datasets that fit on the training device (airbench style).
+
+The whole uint8 dataset is moved to ``device`` once; every epoch a seeded permutation is drawn and batches are sliced
+from it with one gather each. No DataLoader workers, no per-image Python, no host→device copy per batch.
+Augmentation is separate (:class:`vitlab.data.augment.DeviceAugment`), applied to the uint8 batches this yields.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import torch
+from torch import Tensor
+
+__all__ = ["DeviceLoader"]
+
+_GOLDEN = 0x9E3779B97F4A7C15  # odd 64-bit constant: (seed, epoch) pairs map to distinct generator seeds
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The CPU generator seed of one epoch's permutation: (seed·φ + epoch) mod 2⁶⁴, distinct for distinct pairs."""
+    return (int(seed) * _GOLDEN + int(epoch)) % 2**64
+
+
+class DeviceLoader:
+    """airbench-style loader: the whole uint8 dataset lives on ``device``; each epoch a seeded permutation slices
+    batches; no DataLoader workers.
+
+    Args:
+        images: (N, C, H, W) uint8. labels: (N,) integer (stored as int64).
+        batch_size: the batch size *per rank*; the global batch under DDP is batch_size · world_size.
+        shuffle: permute every epoch (permutation of epoch e drawn by a CPU ``torch.Generator`` seeded with
+            :func:`epoch_seed` (seed, e), so it is the same on every device, every rank and after a restart).
+            False: the dataset order.
+        drop_last: drop the incomplete last batch (training). With drop_last every rank yields
+            ⌊⌊N / world_size⌋ / batch_size⌋ full batches.
+        device: where the data and the yielded batches live.
+        seed: base seed of the permutations.
+        rank, world_size: DDP position. Rank r takes the shard ``permutation[r::world_size]``: shards are disjoint,
+            together they are the permutation, and at every step the ranks' batches together are one contiguous
+            global batch of the permutation. Without drop_last (evaluation) shard sizes differ by at most one and
+            the ranks may yield different numbers of batches; no sample is repeated (unlike DistributedSampler's
+            padding), so all-reduce metric sums once after the loop, not per batch.
+
+    Iteration yields the remaining batches of the current epoch, ``(images (B, C, H, W) uint8, labels (B,) int64)``,
+    both on ``device``, then moves to the start of the next epoch. Breaking out of a loop keeps the position, and the
+    next iteration continues from it. Exact resume: :meth:`state_dict` is (seed, epoch, batches already yielded in
+    that epoch), the same on every rank, so rank 0's copy restores all ranks; after :meth:`load_state_dict` the
+    remaining batches are identical to those of an uninterrupted run.
+    """
+
+    def __init__(self, images: Tensor, labels: Tensor, batch_size: int, shuffle: bool, drop_last: bool,
+                 device: torch.device | str, seed: int = 0, rank: int = 0, world_size: int = 1):
+        if images.dtype != torch.uint8 or images.dim() != 4:
+            raise ValueError(f"images must be a uint8 (N, C, H, W) tensor, got {images.dtype} {tuple(images.shape)}")
+        if labels.dim() != 1 or labels.shape[0] != images.shape[0]:
+            raise ValueError(f"labels must have shape ({images.shape[0]},), got {tuple(labels.shape)}")
+        if labels.is_floating_point() or labels.is_complex():
+            raise ValueError(f"labels must be integer class indices, got {labels.dtype}")
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+        if int(world_size) < 1 or not 0 <= int(rank) < int(world_size):
+            raise ValueError(f"need world_size >= 1 and 0 <= rank < world_size, got rank={rank!r}, "
+                             f"world_size={world_size!r}")
+        self.device = torch.device(device)
+        self.images = images.to(self.device)  # (N, C, H, W) uint8, resident for the whole run
+        self.labels = labels.to(self.device, torch.int64)  # (N,)
+        self.batch_size, self.shuffle, self.drop_last = int(batch_size), bool(shuffle), bool(drop_last)
+        self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
+        if self.drop_last and len(self) == 0:
+            raise ValueError(f"{self.num_samples} samples make no full batch of {self.batch_size} per rank on "
+                             f"{self.world_size} rank(s) with drop_last=True")
+        self.epoch = 0
+        self.position = 0  # batches of `epoch` already yielded
+
+    @property
+    def num_samples(self) -> int:
+        """N, the dataset size."""
+        return int(self.images.shape[0])
+
+    def _shard_size(self) -> int:
+        """Samples this rank draws batches from in one epoch."""
+        if self.drop_last:
+            return self.num_samples // self.world_size  # equal on every rank
+        return len(range(self.rank, self.num_samples, self.world_size))
+
+    def __len__(self) -> int:
+        """Batches per epoch on this rank."""
+        shard = self._shard_size()
+        return shard // self.batch_size if self.drop_last else -(-shard // self.batch_size)
+
+    def permutation(self, epoch: int) -> Tensor:
+        """The order of epoch ``epoch`` over the whole dataset: (N,) int64 on ``device`` (the same on every rank)."""
+        if not self.shuffle:
+            return torch.arange(self.num_samples, device=self.device)
+        generator = torch.Generator(device="cpu").manual_seed(epoch_seed(self.seed, epoch))
+        return torch.randperm(self.num_samples, generator=generator).to(self.device, non_blocking=True)
+
+    def shard(self, epoch: int) -> Tensor:
+        """This rank's indices for epoch ``epoch``, (shard size,) int64 on ``device``, in yield order."""
+        return self.permutation(epoch)[self.rank::self.world_size][: self._shard_size()]
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        indices = self.shard(self.epoch)  # (S,)
+        for step in range(self.position, len(self)):
+            batch = indices[step * self.batch_size: (step + 1) * self.batch_size]  # (B,)
+            self.position = step + 1  # counted when yielded: a checkpoint taken now resumes at the next batch
+            yield self.images[batch], self.labels[batch]  # (B, C, H, W) uint8, (B,) int64
+        self.epoch, self.position = self.epoch + 1, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Move to the start of epoch ``epoch``. Calling it with the current epoch does nothing, so the usual
+        ``loader.set_epoch(e)`` at the top of an epoch loop keeps a mid-epoch position restored by
+        :meth:`load_state_dict`."""
+        if int(epoch) < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch!r}")
+        if int(epoch) != self.epoch:
+            self.epoch, self.position = int(epoch), 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """(seed, epoch, position) and the settings that must match on resume. Plain ints and bools."""
+        return {"seed": self.seed, "epoch": self.epoch, "position": self.position, "shuffle": self.shuffle,
+                "num_samples": self.num_samples, "batch_size": self.batch_size, "world_size": self.world_size,
+                "drop_last": self.drop_last}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict`; the dataset size, batch size, world size, shuffle and drop_last must match
+        (otherwise the remaining batches could not be the same), the seed is taken from ``state``."""
+        for key in ("num_samples", "batch_size", "world_size", "shuffle", "drop_last"):
+            if key in state and state[key] != getattr(self, key):
+                raise ValueError(f"DeviceLoader state has {key}={state[key]!r} but this loader has "
+                                 f"{key}={getattr(self, key)!r}; exact resume needs them equal")
+        position = int(state["position"])
+        most = len(self) if self.drop_last else -(-(-(-self.num_samples // self.world_size)) // self.batch_size)
+        if not 0 <= position <= most:  # without drop_last rank 0 (whose state is saved) may have one batch more
+            raise ValueError(f"DeviceLoader state position {position} is outside [0, {most}]")
+        self.seed, self.epoch, self.position = int(state["seed"]), int(state["epoch"]), position
