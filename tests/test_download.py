@@ -1,53 +1,12 @@
 """Downloads against a local HTTP server on 127.0.0.1: atomic, resumable, checksum-verified; `pretrained=True`."""
 import hashlib
-import http.server
-import threading
 
 import pytest
 import torch
+from local_http import server  # noqa: F401  (the fixture)
 
 import vitlab
-from vitlab._download import ChecksumError, download
-
-
-class _RangeHandler(http.server.BaseHTTPRequestHandler):
-    files: dict[str, bytes] = {}
-    requests: list[tuple[str, str | None]] = []
-
-    def do_GET(self):  # noqa: N802
-        data = self.files.get(self.path)
-        self.requests.append((self.path, self.headers.get("Range")))
-        if data is None:
-            self.send_error(404)
-            return
-        start = 0
-        if self.headers.get("Range"):
-            start = int(self.headers["Range"].removeprefix("bytes=").split("-")[0])
-            if start >= len(data):
-                self.send_response(416)
-                self.end_headers()
-                return
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        else:
-            self.send_response(200)
-        self.send_header("Content-Length", str(len(data) - start))
-        self.end_headers()
-        self.wfile.write(data[start:])
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def server():
-    _RangeHandler.files, _RangeHandler.requests = {}, []
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RangeHandler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}", _RangeHandler
-    httpd.shutdown()
-    httpd.server_close()
+from vitlab._download import ChecksumError, download, md5sum
 
 
 def test_download_verifies_and_is_atomic(server, tmp_path):
@@ -77,6 +36,18 @@ def test_corrupt_download_is_removed_and_named(server, tmp_path):
     with pytest.raises(ChecksumError, match=expected):
         download(f"{base}/bad.bin", tmp_path / "bad.bin", sha256=expected)
     assert not (tmp_path / "bad.bin").exists() and not (tmp_path / "bad.bin.part").exists()
+
+
+def test_md5_is_verified_too(server, tmp_path):
+    base, handler = server
+    handler.files["/a.tar.gz"] = b"archive bytes"
+    dest = download(f"{base}/a.tar.gz", tmp_path / "a.tar.gz", md5=hashlib.md5(b"archive bytes").hexdigest())
+    assert md5sum(dest) == hashlib.md5(b"archive bytes").hexdigest()
+    handler.files["/b.tar.gz"] = b"other bytes"
+    expected = hashlib.md5(b"archive bytes").hexdigest()
+    with pytest.raises(ChecksumError, match=f"md5 .* does not match the expected {expected}"):
+        download(f"{base}/b.tar.gz", tmp_path / "b.tar.gz", md5=expected)
+    assert not list(tmp_path.glob("b.tar.gz*"))
 
 
 def test_missing_url_is_a_clear_error(server, tmp_path):

@@ -1,5 +1,5 @@
 """Downloads that are atomic (a `.part` file renamed into place only when complete), resumable (HTTP Range) and,
-when a checksum is known, verified."""
+when a checksum is known (sha256 or md5, the latter because the dataset hosts publish md5), verified."""
 from __future__ import annotations
 
 import hashlib
@@ -9,13 +9,13 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-__all__ = ["download", "sha256sum", "cache_dir", "ChecksumError"]
+__all__ = ["download", "sha256sum", "md5sum", "file_digests", "cache_dir", "ChecksumError"]
 
 _CHUNK = 1 << 20
 
 
 class ChecksumError(ValueError):
-    """A file's sha256 differs from the expected one."""
+    """A file's checksum (sha256 or md5) differs from the expected one."""
 
 
 def cache_dir() -> Path:
@@ -25,26 +25,53 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "vitlab"
 
 
-def sha256sum(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
+def file_digests(path: str | os.PathLike, algorithms: tuple[str, ...] = ("sha256",)) -> dict[str, str]:
+    """Hex digests of one file for several `hashlib` algorithms, computed in a single read."""
+    digests = {name: hashlib.new(name) for name in algorithms}
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+            for digest in digests.values():
+                digest.update(chunk)
+    return {name: digest.hexdigest() for name, digest in digests.items()}
 
 
-def _verify(path: Path, sha256: str | None) -> None:
-    if sha256 is not None and (actual := sha256sum(path)) != sha256.lower():
-        raise ChecksumError(f"{path}: sha256 {actual} does not match the expected {sha256.lower()}")
+def sha256sum(path: str | os.PathLike) -> str:
+    return file_digests(path, ("sha256",))["sha256"]
+
+
+def md5sum(path: str | os.PathLike) -> str:
+    return file_digests(path, ("md5",))["md5"]
+
+
+def _expected(sha256: str | None, md5: str | None) -> dict[str, str]:
+    return {name: value.lower() for name, value in (("sha256", sha256), ("md5", md5)) if value is not None}
+
+
+def _mismatch(path: Path, expected: dict[str, str]) -> str | None:
+    """None when every expected digest matches, else "<algorithm> <actual> does not match the expected <value>"."""
+    if not expected:
+        return None
+    actual = file_digests(path, tuple(expected))
+    for name, value in expected.items():
+        if actual[name] != value:
+            return f"{name} {actual[name]} does not match the expected {value}"
+    return None
+
+
+def _verify(path: Path, expected: dict[str, str]) -> None:
+    if (problem := _mismatch(path, expected)) is not None:
+        raise ChecksumError(f"{path}: {problem}")
 
 
 def download(url: str, dest: str | os.PathLike, sha256: str | None = None, timeout: float = 60.0,
-             progress: bool | None = None) -> Path:
-    """Fetches `url` to `dest` unless `dest` already exists (and matches `sha256`). An interrupted download resumes
-    from `dest.part`; a corrupt result is deleted and raises `ChecksumError` naming the file and the expected hash."""
+             progress: bool | None = None, md5: str | None = None) -> Path:
+    """Fetches `url` to `dest` unless `dest` already exists (and matches `sha256` / `md5`). An interrupted download
+    resumes from `dest.part`; a corrupt result is deleted and raises `ChecksumError` naming the file and the expected
+    hash."""
     dest = Path(dest)
+    expected = _expected(sha256, md5)
     if dest.is_file():
-        _verify(dest, sha256)
+        _verify(dest, expected)
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
@@ -63,12 +90,9 @@ def download(url: str, dest: str | os.PathLike, sha256: str | None = None, timeo
             resumed = response.status == 206
             total = response.length + (offset if resumed else 0) if response.length is not None else None
             _stream(response, part, "ab" if resumed else "wb", offset if resumed else 0, total, dest.name, progress)
-    try:
-        _verify(part, sha256)
-    except ChecksumError:
+    if (problem := _mismatch(part, expected)) is not None:
         part.unlink()
-        raise ChecksumError(f"downloaded {url} to {dest}, but its sha256 does not match the expected "
-                            f"{sha256.lower()}; the corrupt file was removed, try again") from None
+        raise ChecksumError(f"downloaded {url} to {dest}, but its {problem}; the corrupt file was removed, try again")
     os.replace(part, dest)
     return dest
 
