@@ -1,0 +1,188 @@
+"""Finding a dataset on disk, verifying its files, and downloading what is missing.
+
+Search order for a dataset's folder (`DatasetInfo.folders`, e.g. `cifar-10-batches-py`):
+`data_dir` (the folder itself may also be the dataset's folder), `$VITLAB_DATA`, `./data`, `../shared/data` (both
+relative to the current directory and to the repository root), `/usr/share/datasets` (Debian's
+`dataset-fashion-mnist` installs `/usr/share/datasets/fashion-mnist/`)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .._download import ChecksumError, download, file_digests
+from ._archive import extract_archive
+from ._sources import DATASETS, Checksum, DatasetInfo
+
+__all__ = ["DatasetNotFoundError", "MissingFileError", "DatasetFormatError", "find_data_root", "locate_file",
+           "verify_file", "ensure_downloaded", "dataset_info", "resolve_split", "search_places", "download_dir"]
+
+_REPO_ROOT = Path(__file__).resolve().parents[2]
+_VERIFIED: set[tuple[str, int, int]] = set()  # (path, size, mtime_ns) of files whose checksum matched
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """No folder holding the dataset was found; the message lists every place looked in and how to get it."""
+
+
+class MissingFileError(FileNotFoundError):
+    """The dataset's folder was found but a file a split needs is missing."""
+
+
+class DatasetFormatError(ValueError):
+    """A file is not in the official format (wrong magic number, key, shape, dtype or value)."""
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """`DATASETS[name]`, with an error listing the known names."""
+    if name not in DATASETS:
+        raise KeyError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
+    return DATASETS[name]
+
+
+def resolve_split(info: DatasetInfo, split: str) -> str:
+    """The dataset's own name for `split`: 'test' means 'val' where the dataset has no 'test' split, 'val' means
+    'test' where it has no 'val' split, and 'train' means 'trainval' for Oxford-IIIT Pets."""
+    aliases = {"test": "val", "val": "test", "train": "trainval"}
+    if split not in info.splits and aliases.get(split) in info.splits:
+        return aliases[split]
+    if split not in info.splits:
+        raise ValueError(f"{info.name} has no split {split!r}; valid: {', '.join(info.splits)}")
+    return split
+
+
+def search_places(data_dir: str | os.PathLike | None = None) -> list[tuple[Path | None, str]]:
+    """(folder, why) in search order; folder None where an environment variable is unset."""
+    cwd = Path.cwd()
+    env = os.environ.get("VITLAB_DATA")
+    places: list[tuple[Path | None, str]] = [(Path(data_dir).expanduser(), "data_dir")] if data_dir else []
+    places += [(Path(env).expanduser() if env else None, "$VITLAB_DATA" + ("" if env else " (not set)")),
+               (cwd / "data", "./data"), (cwd.parent / "shared" / "data", "../shared/data"),
+               (_REPO_ROOT / "data", "<repository>/data"),
+               (_REPO_ROOT.parent / "shared" / "data", "<repository>/../shared/data"),
+               (Path("/usr/share/datasets"), "Debian's dataset packages")]
+    seen: set[Path] = set()
+    unique = []
+    for folder, why in places:
+        key = folder.resolve() if folder is not None else None
+        if key is None or key not in seen:
+            unique.append((folder, why))
+            seen.add(key)
+    return unique
+
+
+def _looks_like(folder: Path, info: DatasetInfo) -> bool:
+    return folder.is_dir() and any((folder / marker).exists() for marker in info.markers)
+
+
+def find_data_root(name: str, data_dir: str | os.PathLike | None = None) -> Path:
+    """The folder holding dataset `name`'s files (e.g. `.../cifar-10-batches-py`); see the module docstring for
+    the search order. For 'imagefolder' it is `data_dir` itself. Raises `DatasetNotFoundError` listing every place
+    looked in and how to get the files."""
+    info = dataset_info(name)
+    if name == "imagefolder":
+        if data_dir is None or not Path(data_dir).is_dir():
+            raise DatasetNotFoundError(f"imagefolder: data_dir {data_dir!r} is not a folder. {info.how_to_get}")
+        return Path(data_dir)
+    places = search_places(data_dir)
+    for folder, why in places:
+        if folder is None:
+            continue
+        for name_ in info.folders:
+            if _looks_like(folder / name_, info):
+                return folder / name_
+        if why == "data_dir" and _looks_like(folder, info):
+            return folder
+    raise DatasetNotFoundError(_not_found_message(info, places, data_dir))
+
+
+def _not_found_message(info: DatasetInfo, places: list[tuple[Path | None, str]], data_dir) -> str:
+    folders = " or ".join(repr(f) for f in info.folders)
+    markers = " or ".join(info.markers[:2])
+    lines = [f"{info.name}: dataset not found. Looked for a folder named {folders} (holding {markers}) in:"]
+    lines += [f"  {folder}  ({why})" if folder is not None else f"  {why}" for folder, why in places]
+    if info.remote is not None:
+        urls = ", ".join(f.url for f in info.remote)
+        lines.append(f"To get it: load_dataset({info.name!r}, download=True) downloads {urls} into "
+                     f"{download_dir(data_dir)} (md5-verified).")
+    if info.how_to_get:
+        lines.append(info.how_to_get)
+    return "\n".join(lines)
+
+
+def download_dir(data_dir: str | os.PathLike | None = None) -> Path:
+    """Where downloads go: `data_dir`, else `$VITLAB_DATA`, else `./data`."""
+    if data_dir is not None:
+        return Path(data_dir).expanduser()
+    if os.environ.get("VITLAB_DATA"):
+        return Path(os.environ["VITLAB_DATA"]).expanduser()
+    return Path.cwd() / "data"
+
+
+def verify_file(path: Path, checksum: Checksum | None) -> None:
+    """Raises `ChecksumError` naming `path`, its digest and the expected one(s) unless one accepted digest matches.
+    A file verified once (same size and modification time) is not hashed again in this process."""
+    if checksum is None or not (checksum.md5 or checksum.sha256):
+        return
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key in _VERIFIED:
+        return
+    algorithms = tuple(name for name, values in (("md5", checksum.md5), ("sha256", checksum.sha256)) if values)
+    actual = file_digests(path, algorithms)
+    if actual.get("md5") in checksum.md5 or actual.get("sha256") in checksum.sha256:
+        _VERIFIED.add(key)
+        return
+    got = ", ".join(f"{name} {value}" for name, value in actual.items())
+    raise ChecksumError(f"{path}: corrupt or not the official file: {got}; expected {checksum.describe()}. "
+                        "Delete it and fetch it again (download=True).")
+
+
+def locate_file(root: Path, relative: str, info: DatasetInfo) -> Path:
+    """`root / relative`, verified against the official checksum when one is known; an entry ending in `.gz` is also
+    found uncompressed. Raises `MissingFileError` naming the file and its expected checksum."""
+    candidates = [relative] + ([relative.removesuffix(".gz")] if relative.endswith(".gz") else [])
+    for candidate in candidates:
+        path = root / candidate
+        if path.exists():
+            if path.is_file():
+                verify_file(path, info.checksums.get(candidate))
+            return path
+    expected = info.checksums.get(relative)
+    alternative = f" (or {root / candidates[1]})" if len(candidates) > 1 else ""
+    message = f"{info.name}: missing file {root / relative}{alternative}"
+    if expected is not None:
+        message += f"; expected {expected.describe()}"
+    hint = "download=True fetches it" if info.remote is not None else info.how_to_get
+    raise MissingFileError(f"{message}. {hint}")
+
+
+def _complete(root: Path, info: DatasetInfo, split: str) -> bool:
+    return all((root / rel).exists() or (rel.endswith(".gz") and (root / rel.removesuffix(".gz")).exists())
+               for rel in info.required.get(split, ()))
+
+
+def ensure_downloaded(name: str, split: str, data_dir: str | os.PathLike | None = None,
+                      progress: bool | None = None) -> Path:
+    """The dataset's folder, downloading (md5-verified, resumable) and extracting (safely, atomically) the official
+    files `split` needs into `download_dir(data_dir)` when they are not found anywhere."""
+    info = dataset_info(name)
+    split = resolve_split(info, split)
+    try:
+        root = find_data_root(name, data_dir)
+        if _complete(root, info, split):
+            return root
+    except DatasetNotFoundError:
+        if info.remote is None:
+            raise
+    if info.remote is None:
+        raise MissingFileError(f"{name} cannot be downloaded. {info.how_to_get}")
+    base = download_dir(data_dir)
+    for remote in info.files_for(split):
+        path = download(remote.url, base / remote.path, md5=remote.md5, progress=progress)
+        if remote.extract_to is not None:
+            extract_archive(path, base / remote.extract_to)
+    root = base / info.folders[0]
+    if not _complete(root, info, split):
+        missing = [rel for rel in info.required[split] if not (root / rel).exists()]
+        raise MissingFileError(f"{name}: downloaded the official files, but {root} still lacks {', '.join(missing)}")
+    return root

@@ -1,0 +1,141 @@
+"""`load_dataset`: one entry point for every dataset vitlab reads.
+
+Small datasets (CIFAR-10/100, SVHN, MNIST, Fashion-MNIST, Tiny ImageNet) come back fully in memory as a
+`TensorImageDataset` of uint8 (N, C, H, W) images; augmentation and normalisation happen later, batched, on the
+device. Large ones (ImageNet, ImageNet-21K, Flowers-102, Pets, any ImageFolder tree) come back as an
+`ImageFolderDataset` decoded lazily with Pillow in DataLoader workers."""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ._cifar import read_cifar
+from ._idx import read_idx_dataset
+from ._imagefolder import ImageFolderDataset, scan_image_folder
+from ._locate import dataset_info, ensure_downloaded, find_data_root, resolve_split
+from ._oxford import flowers102_samples, pets_samples
+from ._sources import DATASETS, IMAGENET_MEAN, IMAGENET_STD, DatasetInfo
+from ._svhn import read_svhn
+from ._tiny import read_tiny_imagenet
+
+__all__ = ["TensorImageDataset", "ImageFolderDataset", "load_dataset", "DATASETS", "find_data_root"]
+
+
+@dataclass
+class TensorImageDataset:
+    """A small dataset held in memory. `images`: uint8 (N, C, H, W), C = 1 for MNIST-style data, 3 otherwise;
+    `labels`: int64 (N,); `mean` / `std`: per-channel, in [0, 1] units, to normalise with on the device."""
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: list[str]
+    name: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.images[index], int(self.labels[index])
+
+    def __repr__(self) -> str:
+        n, c, h, w = self.images.shape
+        return f"TensorImageDataset({self.name}: {n} images {c}x{h}x{w}, {self.num_classes} classes)"
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def in_chans(self) -> int:
+        return self.images.shape[1]
+
+    @property
+    def image_size(self) -> int:
+        return self.images.shape[2]
+
+
+def _resize_uint8(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:
+    """Bilinear (antialiased when shrinking) resize of uint8 (N, C, H, W) to (N, C, size, size), in chunks."""
+    out = torch.empty((images.shape[0], images.shape[1], size, size), dtype=torch.uint8)
+    for start in range(0, images.shape[0], chunk):
+        batch = images[start:start + chunk].float()  # (n, C, H, W)
+        resized = F.interpolate(batch, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        out[start:start + chunk] = resized.round_().clamp_(0, 255).to(torch.uint8)  # (n, C, size, size)
+    return out
+
+
+_READERS: dict[str, Callable[[Path, DatasetInfo, str], tuple[np.ndarray, np.ndarray, list[str]]]] = {
+    "cifar10": read_cifar, "cifar100": read_cifar, "svhn": read_svhn, "mnist": read_idx_dataset,
+    "fashion_mnist": read_idx_dataset, "tiny_imagenet": read_tiny_imagenet}
+
+
+def _tensor_dataset(root: Path, info: DatasetInfo, split: str, image_size: int | None) -> TensorImageDataset:
+    images, labels, classes = _READERS[info.name](root, info, split)
+    if not images.flags.writeable:  # np.frombuffer views; torch wants writable memory
+        images = images.copy()
+    tensor = torch.from_numpy(images)  # (N, C, H, W) uint8
+    if image_size is not None and image_size != tensor.shape[-1]:
+        tensor = _resize_uint8(tensor, image_size)
+    return TensorImageDataset(tensor, torch.from_numpy(labels.astype(np.int64)), classes, info.name, info.mean,
+                              info.std)
+
+
+def _imagefolder_split_dir(root: Path, split: str) -> Path:
+    """`root/<split>` ('test' falls back to 'val' and 'val' to 'test'); `root` itself when it holds class folders
+    directly (then every split reads the same images, with a warning for the evaluation splits)."""
+    for name in (split, {"test": "val", "val": "test"}.get(split)):
+        if name and (root / name).is_dir():
+            return root / name
+    if any((root / name).is_dir() for name in ("train", "val", "test")):
+        present = [name for name in ("train", "val", "test") if (root / name).is_dir()]
+        raise FileNotFoundError(f"{root}: no {split}/ folder (found {', '.join(present)}/)")
+    if split != "train":
+        warnings.warn(f"{root} holds class folders directly, without train/ and val/: the {split!r} split reads the "
+                      "same images as 'train'", stacklevel=3)
+    return root
+
+
+def _folder_samples(root: Path, info: DatasetInfo, split: str) -> tuple[list[tuple[str, int]], list[str]]:
+    if info.name == "flowers102":
+        return flowers102_samples(root, info, split)
+    if info.name == "pets":
+        return pets_samples(root, info, split)
+    folder = _imagefolder_split_dir(root, split) if info.name == "imagefolder" else root / split
+    train_dir = folder.parent / "train"
+    classes = None
+    if folder.name != "train" and train_dir.is_dir():  # number the classes as the train split does
+        classes = sorted(e.name for e in os.scandir(train_dir) if e.is_dir() and not e.name.startswith("."))
+    return scan_image_folder(folder, classes)
+
+
+def load_dataset(name: str, split: str = "train", data_dir: str | None = None, download: bool = False,
+                 image_size: int | None = None, train_transform: bool | None = None, min_scale: float = 0.08,
+                 crop_pct: float = 0.875) -> TensorImageDataset | ImageFolderDataset:
+    """Loads split `split` of dataset `name` (a key of `DATASETS`).
+
+    data_dir: searched first (see `find_data_root` for the full search order); for 'imagefolder' the root itself.
+    download: fetch the official files (checksum-verified, resumable) into `data_dir` / `$VITLAB_DATA` / `./data`
+        when they are not found.
+    image_size: in-memory datasets are resized to it when it differs from their native size; ImageFolder datasets
+        crop to it (default 224).
+    train_transform: ImageFolder only — random-resized crop (area in [min_scale, 1]) when True, resize to
+        image_size / crop_pct then center crop when False; default: True for the training split.
+    Split names: 'test' is accepted for a dataset whose evaluation split is 'val' (and 'val' for one whose split is
+    'test'); 'train' for Pets means 'trainval'."""
+    info = dataset_info(name)
+    split = resolve_split(info, split)
+    root = ensure_downloaded(name, split, data_dir) if download else find_data_root(name, data_dir)
+    if info.in_memory:
+        return _tensor_dataset(root, info, split, image_size)
+    samples, classes = _folder_samples(root, info, split)
+    train = split in ("train", "trainval") if train_transform is None else train_transform
+    return ImageFolderDataset(samples, classes, name=name, image_size=image_size or 224, train=train,
+                              min_scale=min_scale, crop_pct=crop_pct, mean=IMAGENET_MEAN, std=IMAGENET_STD)
