@@ -154,7 +154,8 @@ def write_tiny_imagenet(base: Path, wnids=("n01443537", "n02085620", "n01629819"
     root = base / "tiny-imagenet-200"
     root.mkdir(parents=True)
     (root / "wnids.txt").write_text("".join(f"{w}\n" for w in wnids))  # official order is not sorted
-    (root / "words.txt").write_text("".join(f"{w}\tdescription of {w}\n" for w in sorted(wnids)) + "n00001740\tentity\n")
+    words = "".join(f"{w}\tdescription of {w}\n" for w in sorted(wnids)) + "n00001740\tentity\n"
+    (root / "words.txt").write_text(words)
     for wnid in wnids:
         k = sorted(wnids).index(wnid)
         color = tuple((k + 1) * 60 if c == k % 3 else 0 for c in range(3))
@@ -164,7 +165,8 @@ def write_tiny_imagenet(base: Path, wnids=("n01443537", "n02085620", "n01629819"
     lines = []
     for i, wnid in enumerate(list(wnids) * 2):
         k = sorted(wnids).index(wnid)
-        save_image(root / "val" / "images" / f"val_{i}.JPEG", tuple((k + 1) * 60 if c == k % 3 else 0 for c in range(3)))
+        color = tuple((k + 1) * 60 if c == k % 3 else 0 for c in range(3))
+        save_image(root / "val" / "images" / f"val_{i}.JPEG", color)
         lines.append(f"val_{i}.JPEG\t{wnid}\t0\t32\t44\t62\n")
     save_image(root / "val" / "images" / "val_6.JPEG", 200, mode="L")  # some official images are grayscale
     lines.append(f"val_6.JPEG\t{wnids[0]}\t1\t2\t3\t4\n")

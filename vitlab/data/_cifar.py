@@ -111,6 +111,7 @@ def read_cifar(root: Path, info: DatasetInfo, split: str) -> tuple[np.ndarray, n
     if len(classes) != info.num_classes:
         raise DatasetFormatError(f"{meta}: {len(classes)} class names, expected {info.num_classes}")
     if labels.size and (labels.min() < 0 or labels.max() >= len(classes)):
-        raise DatasetFormatError(f"{root}: labels must lie in [0, {len(classes)}), found {labels.min()}..{labels.max()}")
+        raise DatasetFormatError(f"{root}: labels must lie in [0, {len(classes)}), found "
+                                 f"{labels.min()}..{labels.max()}")
     images = data.reshape(-1, 3, 32, 32)  # (N, 3072) -> (N, C, H, W): R, G, B planes, each row-major
     return np.ascontiguousarray(images), labels, classes

@@ -33,7 +33,8 @@ def read_svhn(root: Path, info: DatasetInfo, split: str) -> tuple[np.ndarray, np
     mat = _loadmat(path)
     for key in ("X", "y"):
         if key not in mat:
-            raise DatasetFormatError(f"{path}: variable {key!r} missing (found {sorted(k for k in mat if k[0] != '_')})")
+            found = sorted(k for k in mat if not k.startswith("_"))
+            raise DatasetFormatError(f"{path}: variable {key!r} missing (found {found})")
     images, labels = mat["X"], mat["y"]
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[2] != 3:
         raise DatasetFormatError(f"{path}: 'X' must be uint8 (H, W, 3, N), found {images.dtype} {images.shape}")
