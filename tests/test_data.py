@@ -28,16 +28,19 @@ from vitlab.data import _locate
 from vitlab.data._imagefolder import center_crop_box, random_resized_crop_box
 
 REAL_FASHION = Path(vitlab.__file__).resolve().parents[1].parent / "shared" / "data" / "fashion-mnist"
+DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")  # apt-get install dataset-fashion-mnist
 
 
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path, monkeypatch):
-    """No $VITLAB_DATA, an empty current directory, a private cache and no repository-relative data folders."""
+    """No $VITLAB_DATA, an empty current directory, a private cache, no repository-relative data folders and no
+    /usr/share/datasets."""
     monkeypatch.delenv("VITLAB_DATA", raising=False)
     monkeypatch.setenv("VITLAB_CACHE", str(tmp_path / "cache"))
     (tmp_path / "cwd").mkdir()
     monkeypatch.chdir(tmp_path / "cwd")
     monkeypatch.setattr(_locate, "_REPO_ROOT", tmp_path / "repo")
+    monkeypatch.setattr(_locate, "_SYSTEM_DATA", tmp_path / "usr-share-datasets")
 
 
 def fixture_checksums(monkeypatch, name, folder, keep_official=()):
@@ -264,9 +267,9 @@ def test_undecodable_image_names_file(tmp_path):
 @pytest.mark.skipif(not REAL_FASHION.is_dir(), reason="../shared/data/fashion-mnist is absent")
 def test_real_fashion_mnist_loads_fast_from_shared_data(monkeypatch):
     monkeypatch.setattr(_locate, "_REPO_ROOT", Path(vitlab.__file__).resolve().parents[1])
+    monkeypatch.setattr(_locate, "_SYSTEM_DATA", Path("/usr/share/datasets"))
     monkeypatch.setattr(_locate, "_VERIFIED", set())
-    assert find_data_root("fashion_mnist").resolve() in {REAL_FASHION.resolve(),
-                                                         Path("/usr/share/datasets/fashion-mnist").resolve()}
+    assert find_data_root("fashion_mnist").resolve() in {REAL_FASHION.resolve(), DEBIAN_FASHION.resolve()}
     start = time.perf_counter()
     train = load_dataset("fashion_mnist", "train")
     elapsed = time.perf_counter() - start
@@ -278,6 +281,15 @@ def test_real_fashion_mnist_loads_fast_from_shared_data(monkeypatch):
     pixels = train.images.double() / 255
     assert pixels.mean().item() == pytest.approx(train.mean[0], abs=1e-3)
     assert pixels.std().item() == pytest.approx(train.std[0], abs=1e-3)
+
+
+@pytest.mark.skipif(not DEBIAN_FASHION.is_dir(), reason="dataset-fashion-mnist (apt) is not installed")
+def test_debian_fashion_mnist_package_is_found_and_verifies(monkeypatch):
+    monkeypatch.setattr(_locate, "_SYSTEM_DATA", DEBIAN_FASHION.parent)
+    monkeypatch.setattr(_locate, "_VERIFIED", set())
+    assert find_data_root("fashion_mnist") == DEBIAN_FASHION  # no other copy is searched in this test
+    test = load_dataset("fashion_mnist", "test")  # checked against the Debian sha256s
+    assert test.images.shape == (10000, 1, 28, 28) and test.labels.bincount().tolist() == [1000] * 10
 
 
 # ---------------------------------------------------------------- search order, missing and corrupt files
@@ -302,12 +314,11 @@ def test_not_found_lists_every_place_and_how_to_get_it(tmp_path, monkeypatch):
         find_data_root("cifar10", tmp_path / "mine")
     message = str(info.value)
     for place in (tmp_path / "mine", tmp_path / "env", Path.cwd() / "data", tmp_path / "repo" / "data",
-                  tmp_path / "shared" / "data", "/usr/share/datasets"):
+                  tmp_path / "shared" / "data", tmp_path / "usr-share-datasets"):
         assert str(place) in message
     assert "download=True" in message and "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz" in message
     with pytest.raises(DatasetNotFoundError, match="apt-get install dataset-fashion-mnist"):
-        find_data_root("fashion_mnist", tmp_path / "mine") if not Path("/usr/share/datasets/fashion-mnist").is_dir() \
-            else pytest.skip("dataset-fashion-mnist is installed")
+        find_data_root("fashion_mnist", tmp_path / "mine")
 
 
 def test_missing_and_corrupt_files_name_file_and_checksum(tmp_path, monkeypatch):

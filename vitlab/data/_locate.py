@@ -17,6 +17,7 @@ __all__ = ["DatasetNotFoundError", "MissingFileError", "DatasetFormatError", "fi
            "verify_file", "ensure_downloaded", "dataset_info", "resolve_split", "search_places", "download_dir"]
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
+_SYSTEM_DATA = Path("/usr/share/datasets")  # Debian's dataset-* packages
 _VERIFIED: set[tuple[str, int, int]] = set()  # (path, size, mtime_ns) of files whose checksum matched
 
 
@@ -59,7 +60,7 @@ def search_places(data_dir: str | os.PathLike | None = None) -> list[tuple[Path 
                (cwd / "data", "./data"), (cwd.parent / "shared" / "data", "../shared/data"),
                (_REPO_ROOT / "data", "<repository>/data"),
                (_REPO_ROOT.parent / "shared" / "data", "<repository>/../shared/data"),
-               (Path("/usr/share/datasets"), "Debian's dataset packages")]
+               (_SYSTEM_DATA, "Debian's dataset packages")]
     seen: set[Path] = set()
     unique = []
     for folder, why in places:
