@@ -1,8 +1,9 @@
 """Small dataset files written in exactly the official on-disk formats, for the reader tests.
 
-CIFAR batches are written as Python 2 cPickle wrote them (protocol 2, str keys as SHORT_BINSTRING, the numpy array via
-numpy.core.multiarray._reconstruct + BUILD), byte for byte the structure of the official files; Python 3's pickler
-would instead encode bytes through _codecs.encode, which the official files never contain."""
+CIFAR batches are written as Python 2 cPickle wrote them (protocol 2, str keys as SHORT_BINSTRING / BINSTRING, the
+numpy array via numpy.core.multiarray._reconstruct + BUILD with numpy.dtype('u1', 0, 1)): the opcodes and globals of
+the official files, only without their memo (BINPUT) opcodes. Python 3's pickler would instead encode bytes through
+_codecs.encode and name numpy._core, which the official files never contain."""
 from __future__ import annotations
 
 import gzip
