@@ -1,33 +1,11 @@
-"""Test setup. timm and transformers import torchvision; the torchvision wheel on PyPI for torch 2.13 is a CUDA build
-whose compiled ops do not load against the CPU torch, and its import then fails while registering fake kernels for
-`torchvision::nms` / `qnms`. Declaring those two operator schemas first lets it import (the ops are never called).
-This shim lives in the tests only: the library never imports torchvision, timm or transformers."""
-import sys
-
+"""Test setup: the torchvision shim (tests/torchvision_shim.py) so that timm and transformers import; the library
+itself never imports torchvision, timm or transformers."""
 import pytest
 import torch
 
+from torchvision_shim import import_torchvision
 
-def _import_torchvision() -> None:
-    try:
-        import torchvision  # noqa: F401  (a matching build imports as is)
-        return
-    except ImportError:
-        return  # not installed: tests that need timm / transformers skip themselves
-    except RuntimeError as err:
-        if "torchvision::nms" not in str(err):
-            raise
-    for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
-        del sys.modules[name]
-    lib = torch.library.Library("torchvision", "DEF")
-    lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    _KEEP.append(lib)
-    import torchvision  # noqa: F401
-
-
-_KEEP: list = []
-_import_torchvision()
+import_torchvision()
 
 
 @pytest.fixture(autouse=True)

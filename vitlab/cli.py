@@ -36,12 +36,51 @@ def _profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from .train import apply_overrides, get_preset, train
+
+    config = apply_overrides(get_preset(args.preset), args.overrides)
+    result = train(config, preset=args.preset, argv=sys.argv)
+    if "top1" in result:
+        print(f"test accuracy: {result['top1']:.2f}% top-1, {result['top5']:.2f}% top-5 "
+              f"({config.dataset} {config.eval_split}, step {result['step']}; best {result['best_top1']:.2f}%); "
+              f"run: {result['out_dir']}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from .train import evaluate_checkpoint
+
+    result = evaluate_checkpoint(args.checkpoint, args.overrides)
+    print(f"{result['checkpoint']}: {result['eval_split']} ({result['images']} images): top-1 {result['top1']:.2f}%, "
+          f"top-5 {result['top5']:.2f}%, loss {result['eval_loss']:.4f}")
+    return 0
+
+
+def _presets(args: argparse.Namespace) -> int:
+    from .train.presets import describe, list_presets
+
+    for name in list_presets():
+        print(f"{name:36s} {describe(name)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vitlab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("models", help="list registered models (shell-style PATTERN, e.g. 'crate_alpha_*')")
     p.add_argument("pattern", nargs="?")
     p.set_defaults(func=_models)
+    p = sub.add_parser("train", help="train a preset: vitlab train PRESET [key=value ...]")
+    p.add_argument("preset")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.set_defaults(func=_train)
+    p = sub.add_parser("eval", help="evaluate a run directory or checkpoint: vitlab eval CHECKPOINT [key=value ...]")
+    p.add_argument("checkpoint")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.set_defaults(func=_eval)
+    p = sub.add_parser("presets", help="list the training presets")
+    p.set_defaults(func=_presets)
     p = sub.add_parser("profile", help="parameters, FLOPs and measured throughput of a model")
     p.add_argument("model")
     p.add_argument("--init", choices=["mimetic"], default=None)
@@ -61,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError, FileNotFoundError) as err:
         print(f"vitlab: error: {err}", file=sys.stderr)
         return 2
+    except RuntimeError as err:  # e.g. TrainingDiverged: the message says what happened and what to try
+        print(f"vitlab: {type(err).__name__}: {err}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from .adapt import adapt_state_dict
 from .official import LAYOUTS, detect_layout
 
 __all__ = ["CheckpointMismatchError", "read_weights", "unwrap_state_dict", "convert_state_dict", "load_checkpoint"]
@@ -94,20 +95,28 @@ def _mismatch_report(ours: Mapping[str, torch.Tensor], theirs: Mapping[str, torc
 
 
 def load_checkpoint(model: nn.Module, checkpoint: str | os.PathLike | Mapping, layout: str = "auto",
-                    skip_head: bool = False) -> nn.Module:
+                    skip_head: bool | str = False, adapt: bool = False) -> nn.Module:
     """Loads weights into `model` with strict key and shape checks; raises `CheckpointMismatchError` with a full
     report and leaves the model untouched when anything does not fit.
 
     Args:
         checkpoint: a file path (see `read_weights`) or an already loaded dict / training checkpoint.
         layout: 'auto' (detected from the keys), 'vitlab', 'crate_official' or 'crate_alpha_official'.
-        skip_head: keep the model's own classifier (`head.*`), e.g. to fine-tune on a new number of classes.
+        skip_head: keep the model's own classifier (`head.*`), e.g. to fine-tune on a new number of classes;
+            'auto' keeps it only where the checkpoint's head has another shape.
+        adapt: resize the conv stem kernel and interpolate the position grid to the model's patch and image size
+            (fine-tuning at another patch size or resolution).
     """
     source = str(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else "checkpoint"
     raw = read_weights(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
     state_dict, layout = convert_state_dict(unwrap_state_dict(raw, source), model, layout)
+    if adapt:
+        state_dict = adapt_state_dict(state_dict, model)
     ours = model.state_dict()
     head = frozenset(k for k in ours if k.startswith("head."))
+    if skip_head == "auto":
+        skip_head = any(k in state_dict and state_dict[k].shape != ours[k].shape for k in head) or not any(
+            k in state_dict for k in head)
     if skip_head:
         state_dict = {k: v for k, v in state_dict.items() if k not in head}
     problems = _mismatch_report(ours, state_dict, head if skip_head else frozenset())

@@ -1,0 +1,48 @@
+"""Fitting pre-trained weights to a model with another patch size or image size (CRATE-α's cheap scaling recipe:
+pre-train at /32, fine-tune at /16 or /8): the conv stem kernel is resized bilinearly and the learned position grid
+is interpolated bicubically; the class-token slot is kept."""
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["resize_patch_kernel", "resize_position_grid", "adapt_state_dict"]
+
+
+def resize_patch_kernel(kernel: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """(d, C, P, P) conv stem kernel → (d, C, P', P'), bilinear (crate.md, ImageNet-1K fine-tuning)."""
+    if kernel.shape[-1] == patch_size:
+        return kernel
+    resized = F.interpolate(kernel.float(), size=(patch_size, patch_size), mode="bilinear", align_corners=False)
+    return resized.to(kernel.dtype)
+
+
+def resize_position_grid(pos_embed: torch.Tensor, num_patches: int, num_prefix_tokens: int = 1) -> torch.Tensor:
+    """(1, prefix + g², d) → (1, prefix + g'², d) with g'² = num_patches, bicubic on the g × g grid."""
+    prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
+    old, new = math.isqrt(grid.shape[1]), math.isqrt(num_patches)
+    if old * old != grid.shape[1] or new * new != num_patches:
+        raise ValueError(f"position tables must cover square grids: {grid.shape[1]} → {num_patches} patches")
+    if old == new:
+        return pos_embed
+    d = grid.shape[-1]
+    grid = grid.reshape(1, old, old, d).permute(0, 3, 1, 2).float()  # (1, d, g, g)
+    grid = F.interpolate(grid, size=(new, new), mode="bicubic", align_corners=False)  # (1, d, g', g')
+    grid = grid.permute(0, 2, 3, 1).reshape(1, new * new, d).to(pos_embed.dtype)
+    return torch.cat([prefix, grid], dim=1)  # (1, prefix + g'², d)
+
+
+def adapt_state_dict(state_dict: Mapping[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Resizes `patch_embed.proj.weight` (conv stems only) and `pos_embed` to the model's patch grid."""
+    out = dict(state_dict)
+    ours = model.state_dict()
+    kernel = out.get("patch_embed.proj.weight")
+    if kernel is not None and kernel.ndim == 4 and kernel.shape != ours["patch_embed.proj.weight"].shape:
+        out["patch_embed.proj.weight"] = resize_patch_kernel(kernel, model.patch_embed.patch_size)
+    pos = out.get("pos_embed")
+    if pos is not None and pos.shape != ours["pos_embed"].shape:
+        out["pos_embed"] = resize_position_grid(pos, model.patch_embed.num_patches, model.num_prefix_tokens)
+    return out

@@ -1,0 +1,56 @@
+"""Run logging: stdout and `metrics.jsonl` always, TensorBoard when asked for and installed, a progress bar on a
+terminal. Only rank 0 writes."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["RunLogger"]
+
+
+class RunLogger:
+    def __init__(self, out_dir: Path, enabled: bool, total_steps: int, start_step: int, tensorboard: bool,
+                 progress: bool | None):
+        self.enabled = enabled
+        self.metrics = open(out_dir / "metrics.jsonl", "a") if enabled else None
+        self.writer = None
+        if enabled and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise RuntimeError("tensorboard=true needs the tensorboard package: pip install tensorboard") from None
+            self.writer = SummaryWriter(str(out_dir / "tensorboard"))
+        show = sys.stdout.isatty() if progress is None else progress
+        self.bar = None
+        if enabled and show:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
+
+    def log(self, record: dict[str, Any], echo: bool = True) -> None:
+        if not self.enabled:
+            return
+        self.metrics.write(json.dumps(record) + "\n")
+        self.metrics.flush()
+        if self.writer is not None:
+            prefix = "eval" if "top1" in record else "train"
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key not in ("step", "epoch"):
+                    self.writer.add_scalar(f"{prefix}/{key}", value, record["step"])
+        if echo:
+            text = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items())
+            (self.bar.write if self.bar is not None else print)(text)
+
+    def advance(self, steps: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.update(steps)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.metrics is not None:
+            self.metrics.close()
+        if self.writer is not None:
+            self.writer.close()

@@ -1,0 +1,310 @@
+"""The training loop: `train(config)` runs (or resumes) a run in `config.out_dir` and returns its final metrics.
+
+Per optimiser step: `grad_accum_steps` micro-batches, each augmented on the device (soft targets), forward under
+autocast (bf16 on CUDA), soft-target cross-entropy, backward (DDP syncs on the last micro-batch only); then gradient
+clipping, the optimiser step and the schedule step. Every `eval_every` epochs: evaluation (top-1, top-5, loss) and
+an atomic checkpoint (`last/`, and `best/` by top-1). A run started again with the same out_dir resumes from
+`last/` and reproduces the uninterrupted run exactly on CPU.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+
+from .. import __version__
+from .._profile import count_flops
+from ..convert import load_checkpoint
+from ..init import mimetic_init_, norm_matched_init_
+from ..models import create_model
+from .checkpoint import find_checkpoint, load_training_state, save_checkpoint
+from .config import TrainConfig, config_to_dict
+from .data import TrainData, build_data
+from .distributed import DistInfo, all_reduce_sum, setup_distributed, teardown_distributed, wrap_model
+from .logger import RunLogger
+from .optim import build_optimizer, build_scheduler
+
+__all__ = ["train", "evaluate", "build_model", "TrainingDiverged", "peak_flops"]
+
+_FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+# Settings a resumed run may change: they do not alter the results.
+_FREE_ON_RESUME = {"max_steps", "progress", "tensorboard", "log_every", "num_workers", "device", "data_dir",
+                   "download", "out_dir", "compile"}
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class RunState:
+    step: int = 0
+    epoch: int = 0
+    best_top1: float = -1.0
+
+
+def peak_flops(device: torch.device) -> float | None:
+    """Dense bf16 peak of known accelerators (for MFU), else None."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, value in (("H200", 989e12), ("H100", 989e12), ("A100", 312e12), ("L40S", 362e12), ("A10", 125e12)):
+        if key in name:
+            return value
+    return None
+
+
+def build_model(config: TrainConfig, data: TrainData | None = None) -> nn.Module:
+    """The configured model for the dataset's classes, channels and image size; init, then starting weights."""
+    kwargs = dict(config.model_kwargs)
+    if data is not None:
+        kwargs = {"num_classes": data.num_classes, "in_chans": data.in_chans, "img_size": data.image_size, **kwargs}
+    model = create_model(config.model, pretrained=config.pretrained, **kwargs)
+    if config.init == "mimetic":
+        mimetic_init_(model, seed=config.seed, **config.init_kwargs)
+    elif config.init == "norm_matched":
+        norm_matched_init_(model, seed=config.seed, **config.init_kwargs)
+    elif config.init is not None:
+        raise ValueError(f"init must be None, 'mimetic' or 'norm_matched', got {config.init!r}")
+    if config.checkpoint:
+        load_checkpoint(model, config.checkpoint, skip_head="auto", adapt=config.checkpoint_adapt)
+    return model
+
+
+def _soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return torch.sum(-targets * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()  # (,)
+
+
+def _autocast(config: TrainConfig, device: torch.device):
+    bf16 = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
+    if config.precision not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"precision must be 'auto', 'bf16' or 'fp32', got {config.precision!r}")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: TrainData, info: DistInfo, autocast) -> dict[str, float]:
+    """Loss, top-1 and top-5 (%) over the whole evaluation split (summed across ranks)."""
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(4, dtype=torch.float64, device=info.device)  # loss, top1, top5, count
+    data.eval.set_epoch(0)
+    for images, labels in data.eval:
+        with autocast:
+            logits = model(data.augment.eval_transform(images)).float()  # (B, classes)
+        top5 = logits.topk(min(5, logits.shape[-1]), dim=-1).indices  # (B, 5)
+        hits = top5 == labels[:, None]
+        sums += torch.stack([F.cross_entropy(logits, labels, reduction="sum").double(),
+                             hits[:, 0].sum().double(), hits.any(-1).sum().double(),
+                             torch.tensor(float(len(labels)), dtype=torch.float64, device=info.device)])
+    loss, top1, top5, count = all_reduce_sum(sums, info).tolist()
+    model.train(was_training)
+    return {"eval_loss": loss / count, "top1": 100 * top1 / count, "top5": 100 * top5 / count}
+
+
+def _provenance(config: TrainConfig, preset: str | None, argv: list[str] | None) -> dict[str, Any]:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                                cwd=Path(__file__).parent).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"preset": preset, "config": config_to_dict(config), "vitlab": __version__, "git_commit": commit,
+            "torch": torch.__version__, "python": platform.python_version(), "command": argv or sys.argv}
+
+
+class _Run:
+    """Everything one run holds; its methods are the phases of `train`."""
+
+    def __init__(self, config: TrainConfig, preset: str | None, info: DistInfo, argv: list[str] | None):
+        self.config, self.info = config, info
+        self.out_dir = Path(config.out_dir.format(preset=preset or "run"))
+        torch.manual_seed(config.seed)  # identical initial weights on every rank
+        self.data = build_data(config, info)
+        self.model = build_model(config, self.data).to(info.device)
+        self.optimizer = build_optimizer(self.model, config.optimizer, config.lr, config.weight_decay, config.betas)
+        self.steps_per_epoch = len(self.data.train) // config.grad_accum_steps
+        if self.steps_per_epoch < 1:
+            raise ValueError("fewer training batches than grad_accum_steps: no optimiser step per epoch")
+        self.total_steps = max(1, math.ceil(config.epochs * self.steps_per_epoch))
+        warmup = round(config.warmup_epochs * self.steps_per_epoch)
+        self.scheduler = build_scheduler(self.optimizer, self.total_steps, warmup, config.schedule, config.lr,
+                                         config.min_lr)
+        self.eval_interval = max(1, round(config.eval_every * self.steps_per_epoch))
+        self.augment_rng = torch.Generator().manual_seed(config.seed * 9973 + info.rank)  # CPU: no device sync
+        self.state = RunState()
+        self.autocast = _autocast(config, info.device)
+        self.resumed = self._resume()
+        if info.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "config.json").write_text(json.dumps(_provenance(config, preset, argv), indent=1))
+        self.wrapped = wrap_model(self.model, info, config.distributed)
+        if config.compile:
+            self.wrapped.compile()
+
+    # -- checkpoints ----------------------------------------------------------------------------------------------
+    def _resume(self) -> bool:
+        directory = find_checkpoint(self.out_dir / "last")
+        if directory is None:
+            return False
+        self._check_same_run()
+        weights, state = load_training_state(directory)
+        set_state_dict(self.model, self.optimizer, model_state_dict=weights, optim_state_dict=state["optimizer"],
+                       options=StateDictOptions(full_state_dict=True))
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.data.train.load_state_dict(state["loader"])
+        self.augment_rng.set_state(state["augment_rng"][self.info.rank])
+        torch.set_rng_state(state["torch_rng"])
+        self.state = RunState(**state["run"])
+        return True
+
+    def _check_same_run(self) -> None:
+        """A run resumes only under the config it was started with (up to settings that do not change results)."""
+        saved_file = self.out_dir / "config.json"
+        if not saved_file.is_file():
+            return
+        saved, current = json.loads(saved_file.read_text())["config"], config_to_dict(self.config)
+        changed = [f"{k}: {saved.get(k)!r} → {current[k]!r}" for k in current
+                   if k not in _FREE_ON_RESUME and json.dumps(saved.get(k), default=str) != json.dumps(current[k], default=str)]
+        if changed:
+            raise ValueError(f"{self.out_dir} holds a run started with another config ({'; '.join(changed)}); resume "
+                             "it unchanged, or start a new run with out_dir=...")
+
+    def _save(self, metrics: dict[str, float], is_best: bool) -> None:
+        """`last/` (weights + everything to resume) and, on a new best top-1, `best/` (weights)."""
+        weights, optim = get_state_dict(self.model, self.optimizer, options=_FULL)  # collective under FSDP
+        rngs = [self.augment_rng.get_state()]
+        if self.info.enabled:
+            rngs = [None] * self.info.world_size
+            torch.distributed.all_gather_object(rngs, self.augment_rng.get_state())
+        if not self.info.is_main:
+            return
+        run = dataclasses.asdict(self.state)
+        state = {"optimizer": optim, "scheduler": self.scheduler.state_dict(), "loader": self.data.train.state_dict(),
+                 "augment_rng": rngs, "torch_rng": torch.get_rng_state(), "run": run}
+        metadata = {"architecture": self.model.pretrained_cfg.get("architecture", self.config.model),
+                    "step": self.state.step, **metrics}
+        save_checkpoint(self.out_dir / "last", weights, state, metadata)
+        if is_best:
+            save_checkpoint(self.out_dir / "best", weights, {"run": run}, metadata)
+
+    # -- steps ----------------------------------------------------------------------------------------------------
+    def _optimizer_step(self, micro_batches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        accum = len(micro_batches)
+        total = torch.zeros((), device=self.info.device)
+        for i, (images, labels) in enumerate(micro_batches):
+            images, targets = self.data.augment(images, labels, generator=self.augment_rng)
+            sync = i == accum - 1 or not isinstance(self.wrapped, nn.parallel.DistributedDataParallel)
+            with contextlib.nullcontext() if sync else self.wrapped.no_sync():
+                with self.autocast:
+                    loss = _soft_cross_entropy(self.wrapped(images), targets) / accum
+                loss.backward()
+            total += loss.detach()
+        if self.config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        return total
+
+    def _batches(self):
+        """Groups of `grad_accum_steps` micro-batches, epoch after epoch, from the loader's saved position."""
+        accum = self.config.grad_accum_steps
+        while True:
+            group = []
+            for batch in self.data.train:
+                group.append(batch)
+                if len(group) == accum:
+                    yield group
+                    group = []
+            self.state.epoch += 1
+            self.data.train.set_epoch(self.state.epoch)
+
+    def run(self) -> dict[str, Any]:
+        config, info = self.config, self.info
+        stop = min(self.total_steps, config.max_steps or self.total_steps)
+        logger = RunLogger(self.out_dir, info.is_main, self.total_steps, self.state.step, config.tensorboard,
+                           config.progress)
+        peak = peak_flops(info.device)  # MFU on known accelerators only
+        flops = count_flops(self.model, torch.zeros(1, self.data.in_chans, self.data.image_size,
+                                                     self.data.image_size, device=info.device),
+                            backward=True) if peak else 0
+        if info.is_main:
+            resumed = f"resumed at step {self.state.step}" if self.resumed else "new run"
+            print(f"{self.out_dir}: {resumed}; {self.total_steps} steps ({self.steps_per_epoch}/epoch), "
+                  f"{self.data.train_size} train / {self.data.eval_size} eval images, {info.world_size} process(es) "
+                  f"on {info.device}")
+        metrics: dict[str, Any] = {}
+        window_loss = torch.zeros((), device=info.device)
+        nonfinite = torch.zeros((), dtype=torch.bool, device=info.device)
+        window_steps, window_start = 0, time.perf_counter()
+        self.model.train()
+        batches = self._batches()
+        try:
+            while self.state.step < stop:
+                loss = self._optimizer_step(next(batches))
+                nonfinite |= ~torch.isfinite(loss)
+                window_loss += loss
+                window_steps += 1
+                self.state.step += 1
+                logger.advance()
+                step = self.state.step
+                evaluating = step % self.eval_interval == 0 or step in (stop, self.total_steps)
+                if step % config.log_every == 0 or evaluating:
+                    if bool(nonfinite):
+                        raise TrainingDiverged(f"the training loss became NaN/inf within steps "
+                                               f"{step - window_steps + 1}..{step} (lr {self.scheduler.get_last_lr()[0]:.3g}); "
+                                               f"the last good checkpoint is in {self.out_dir / 'last'}. Lower lr, "
+                                               f"add warmup or set grad_clip.")
+                    metrics = self._log(logger, window_loss, window_steps, window_start, flops, peak)
+                    window_loss.zero_()
+                    window_steps, window_start = 0, time.perf_counter()
+                if evaluating:
+                    metrics.update(self._evaluate_and_save(logger))
+                    window_start = time.perf_counter()
+        finally:
+            logger.close()
+        return {**metrics, "step": self.state.step, "best_top1": self.state.best_top1, "out_dir": str(self.out_dir)}
+
+    def _log(self, logger, window_loss, window_steps, window_start, flops, peak) -> dict[str, Any]:
+        if self.info.device.type == "cuda":
+            torch.cuda.synchronize(self.info.device)
+        seconds = time.perf_counter() - window_start
+        loss = all_reduce_sum(window_loss.clone(), self.info).item() / (window_steps * self.info.world_size)
+        images_per_s = window_steps * self.config.batch_size / seconds
+        record = {"step": self.state.step, "epoch": round(self.state.step / self.steps_per_epoch, 3),
+                  "train_loss": loss, "lr": self.scheduler.get_last_lr()[0], "images_per_s": images_per_s}
+        if peak is not None:
+            record["mfu"] = images_per_s * flops / peak / self.info.world_size
+        logger.log(record)
+        return record
+
+    def _evaluate_and_save(self, logger) -> dict[str, float]:
+        result = evaluate(self.wrapped, self.data, self.info, self.autocast)
+        logger.log({"step": self.state.step, "epoch": round(self.state.step / self.steps_per_epoch, 3), **result})
+        is_best = result["top1"] > self.state.best_top1
+        if is_best:
+            self.state.best_top1 = result["top1"]
+        self._save(result, is_best)
+        return result
+
+
+def train(config: TrainConfig, preset: str | None = None, argv: list[str] | None = None) -> dict[str, Any]:
+    """Trains (or resumes) the configured run; returns the last evaluation, best top-1, step and out_dir."""
+    info = setup_distributed(config.device)
+    try:
+        return _Run(config, preset, info, argv).run()
+    finally:
+        teardown_distributed()
