@@ -175,7 +175,7 @@ def test_cli_train_and_eval_end_to_end(tmp_path):
 
 
 @needs_fashion
-def test_ddp_two_processes_match_one_process(tmp_path):
+def test_ddp_and_fsdp_two_processes_match_one_process(tmp_path):
     common = ["fashion_mnist_vit", "model_kwargs.patch_size=7", "model_kwargs.depth=2", "model_kwargs.embed_dim=32",
               "model_kwargs.num_heads=2", "train_subset=1024", "eval_subset=256", "batch_size=64", "epochs=1",
               "log_every=2", "augment.random_crop_padding=0", "augment.hflip=false", f"data_dir={FASHION}",
@@ -184,13 +184,17 @@ def test_ddp_two_processes_match_one_process(tmp_path):
     one = subprocess.run([sys.executable, "-m", "vitlab", "train", *common, f"out_dir={tmp_path / 'one'}"],
                          capture_output=True, text=True, env=env, timeout=300)
     assert one.returncode == 0, one.stderr
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          "-m", "vitlab", "train", *common, f"out_dir={tmp_path / 'two'}"],
-                         capture_output=True, text=True, env=env, timeout=300)
-    assert two.returncode == 0, two.stderr[-3000:]
     losses_one = [r["train_loss"] for r in read_metrics(tmp_path / "one") if "train_loss" in r]
-    losses_two = [r["train_loss"] for r in read_metrics(tmp_path / "two") if "train_loss" in r]
-    assert len(losses_one) == len(losses_two) == 8
-    assert losses_one == pytest.approx(losses_two, rel=1e-4, abs=1e-5)
-    top1 = [r["top1"] for r in read_metrics(tmp_path / "one") if "top1" in r]
-    assert top1 == pytest.approx([r["top1"] for r in read_metrics(tmp_path / "two") if "top1" in r], abs=0.5)
+    top1_one = [r["top1"] for r in read_metrics(tmp_path / "one") if "top1" in r]
+    assert len(losses_one) == 8
+    for strategy in ("ddp", "fsdp"):
+        two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                              "-m", "vitlab", "train", *common, f"distributed={strategy}",
+                              f"out_dir={tmp_path / strategy}"], capture_output=True, text=True, env=env, timeout=300)
+        assert two.returncode == 0, two.stderr[-3000:]
+        assert two.stdout.count("test accuracy:") == 1  # only rank 0 reports
+        losses_two = [r["train_loss"] for r in read_metrics(tmp_path / strategy) if "train_loss" in r]
+        assert losses_one == pytest.approx(losses_two, rel=1e-4, abs=1e-5), strategy
+        top1_two = [r["top1"] for r in read_metrics(tmp_path / strategy) if "top1" in r]
+        assert top1_one == pytest.approx(top1_two, abs=0.5), strategy
+        assert (tmp_path / strategy / "last" / "model.safetensors").is_file()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .models import create_model, get_pretrained_cfg, list_models
@@ -41,7 +42,7 @@ def _train(args: argparse.Namespace) -> int:
 
     config = apply_overrides(get_preset(args.preset), args.overrides)
     result = train(config, preset=args.preset, argv=sys.argv)
-    if "top1" in result:
+    if "top1" in result and os.environ.get("RANK", "0") == "0":
         print(f"test accuracy: {result['top1']:.2f}% top-1, {result['top5']:.2f}% top-5 "
               f"({config.dataset} {config.eval_split}, step {result['step']}; best {result['best_top1']:.2f}%); "
               f"run: {result['out_dir']}")

@@ -134,6 +134,8 @@ class _Run:
         torch.manual_seed(config.seed)  # identical initial weights on every rank
         self.data = build_data(config, info)
         self.model = build_model(config, self.data).to(info.device)
+        # wrap first: FSDP2's fully_shard replaces the parameters, and the optimiser must hold the new ones
+        self.wrapped = wrap_model(self.model, info, config.distributed)
         self.optimizer = build_optimizer(self.model, config.optimizer, config.lr, config.weight_decay, config.betas)
         self.steps_per_epoch = len(self.data.train) // config.grad_accum_steps
         if self.steps_per_epoch < 1:
@@ -150,7 +152,6 @@ class _Run:
         if info.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             (self.out_dir / "config.json").write_text(json.dumps(_provenance(config, preset, argv), indent=1))
-        self.wrapped = wrap_model(self.model, info, config.distributed)
         if config.compile:
             self.wrapped.compile()
 
