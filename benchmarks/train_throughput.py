@@ -17,12 +17,12 @@ import platform
 import resource
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 import vitlab
+from vitlab._profile import time_per_call
 
 
 def _timm_model(name: str, model: torch.nn.Module):
@@ -53,17 +53,6 @@ def _step_fn(model, batch_size, img, device, dtype):
     return step
 
 
-def _time(step, device, iters):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    for _ in range(iters):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return (time.perf_counter() - start) / iters
-
-
 def _peak(device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -78,7 +67,7 @@ def measure(models: dict, batch_size: int, img: int, device, dtype: str, rounds:
     times = {name: [] for name in steps}
     for _ in range(rounds):
         for name, step in steps.items():
-            times[name].append(_time(step, device, iters))
+            times[name].append(time_per_call(step, device, 0, iters))
     return {name: batch_size / statistics.median(t) for name, t in times.items()}
 
 

@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, flop_registry, register_flop_formula, sdpa_flop_count
 from torch.utils.flop_counter import sdpa_backward_flop_count
 
-__all__ = ["Profile", "profile", "count_flops"]
+__all__ = ["Profile", "profile", "count_flops", "time_per_call"]
 
 _aten = torch.ops.aten
 if _aten._scaled_dot_product_flash_attention_for_cpu.default not in flop_registry:
@@ -72,7 +72,8 @@ def count_flops(model: nn.Module, x: torch.Tensor, backward: bool = False) -> in
     return counter.get_total_flops()
 
 
-def _time(fn, device: torch.device, warmup: int, iters: int) -> float:
+def time_per_call(fn, device: torch.device, warmup: int, iters: int) -> float:
+    """Mean seconds per call of `fn` after `warmup` calls (CUDA synchronised around the timed loop)."""
     for _ in range(warmup):
         fn()
     if device.type == "cuda":
@@ -117,8 +118,8 @@ def profile(model: nn.Module, input_size: tuple[int, int, int] | None = None, ba
         loss.backward()
         model.zero_grad(set_to_none=True)
 
-    infer_s = _time(infer, device, warmup, iters)
-    train_s = _time(train_step, device, warmup, iters) if train else None
+    infer_s = time_per_call(infer, device, warmup, iters)
+    train_s = time_per_call(train_step, device, warmup, iters) if train else None
     model.eval()
     peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)

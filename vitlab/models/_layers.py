@@ -95,42 +95,51 @@ def _explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale
     return attn @ v, attn
 
 
-class Attention(nn.Module):
-    """Multi-head self-attention with a fused qkv projection (timm's `Attention`, same keys and layout).
+class _MultiHeadAttention(nn.Module):
+    """The plumbing both attentions share: per-head softmax attention of `_qkv(x)` (fused SDPA, or explicit when the
+    probabilities are wanted), heads merged head-major, then the output projection `proj`."""
 
-    qkv rows are ordered q | k | v, each block head-major: row = s·d + h·dh + j.
-    """
-
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, proj_bias: bool = True):
+    def __init__(self, dim: int, num_heads: int):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"width {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = self.head_dim**-0.5
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim, bias=proj_bias)
 
-    def _heads(self, x: torch.Tensor):
-        B, N, d = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim)  # (B, N, 3, H, dh)
-        return qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 × (B, H, N, dh)
+    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
 
     def _merge(self, out: torch.Tensor) -> torch.Tensor:
         B, H, N, dh = out.shape
         return self.proj(out.transpose(1, 2).reshape(B, N, H * dh))  # (B, N, d)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = self._heads(x)
-        return self._merge(F.scaled_dot_product_attention(q, k, v))
+        return self._merge(F.scaled_dot_product_attention(*self._qkv(x)))
 
     def forward_with_attention(self, x: torch.Tensor):
-        q, k, v = self._heads(x)
-        out, attn = _explicit_attention(q, k, v, self.scale)
+        out, attn = _explicit_attention(*self._qkv(x), self.scale)
         return self._merge(out), attn  # (B, N, d), (B, H, N, N)
 
 
-class SubspaceAttention(nn.Module):
+class Attention(_MultiHeadAttention):
+    """Multi-head self-attention with a fused qkv projection (timm's `Attention`, same keys and layout).
+
+    qkv rows are ordered q | k | v, each block head-major: row = s·d + h·dh + j.
+    """
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, proj_bias: bool = True):
+        super().__init__(dim, num_heads)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim, bias=proj_bias)
+
+    def _qkv(self, x: torch.Tensor):
+        B, N, d = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim)  # (B, N, 3, H, dh)
+        return qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 × (B, H, N, dh)
+
+
+class SubspaceAttention(_MultiHeadAttention):
     """MSSA, multi-head subspace self-attention (CRATE eq. 9; CRATE-α §3).
 
     One bias-free projection U = [U_1; …; U_K] (`subspace`, rows head-major) gives w = U z, which serves as query,
@@ -139,32 +148,14 @@ class SubspaceAttention(nn.Module):
     """
 
     def __init__(self, dim: int, num_heads: int, proj_bias: bool = True):
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"width {dim} is not divisible by num_heads {num_heads}")
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.scale = self.head_dim**-0.5
+        super().__init__(dim, num_heads)
         self.subspace = nn.Linear(dim, dim, bias=False)  # U_[K]
         self.proj = nn.Linear(dim, dim, bias=proj_bias)
 
-    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+    def _qkv(self, x: torch.Tensor):
         B, N, d = x.shape
-        w = self.subspace(x)  # (B, N, d)  w = U* z
-        return w.reshape(B, N, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, N, dh)
-
-    def _merge(self, out: torch.Tensor) -> torch.Tensor:
-        B, H, N, dh = out.shape
-        return self.proj(out.transpose(1, 2).reshape(B, N, H * dh))  # (B, N, d)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self._heads(x)
-        return self._merge(F.scaled_dot_product_attention(w, w, w))  # q = k = v = U* z
-
-    def forward_with_attention(self, x: torch.Tensor):
-        w = self._heads(x)
-        out, attn = _explicit_attention(w, w, w, self.scale)
-        return self._merge(out), attn  # (B, N, d), (B, H, N, N)
+        w = self.subspace(x).reshape(B, N, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, N, dh) w = U*z
+        return w, w, w  # q = k = v
 
 
 # ----------------------------------------------------------------------------------------------------------------
