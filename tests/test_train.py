@@ -198,3 +198,16 @@ def test_ddp_and_fsdp_two_processes_match_one_process(tmp_path):
         top1_two = [r["top1"] for r in read_metrics(tmp_path / strategy) if "top1" in r]
         assert top1_one == pytest.approx(top1_two, abs=0.5), strategy
         assert (tmp_path / strategy / "last" / "model.safetensors").is_file()
+
+
+@needs_fashion
+def test_gradient_accumulation_matches_the_full_batch_and_tensorboard_logs(tmp_path):
+    pytest.importorskip("tensorboard")
+    plain = dict(augment=get_preset("fashion_mnist_vit").augment, max_steps=8, eval_every=100, log_every=2)
+    plain["augment"].hflip = False  # no randomness: both runs see identical batches
+    full = train(tiny_run(tmp_path, "full", **plain))
+    accumulated = train(tiny_run(tmp_path, "accum", grad_accum_steps=4, tensorboard=True, **plain))
+    losses = [[r["train_loss"] for r in read_metrics(tmp_path / run) if "train_loss" in r] for run in ("full", "accum")]
+    assert len(losses[0]) == 4 and losses[0] == pytest.approx(losses[1], rel=1e-4)
+    assert accumulated["top1"] == pytest.approx(full["top1"], abs=0.5)
+    assert list((tmp_path / "accum" / "tensorboard").glob("events.out.tfevents.*"))
