@@ -37,6 +37,19 @@ def _profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plot_weights(args: argparse.Namespace) -> int:
+    from .interpret.weights import format_stats, parse_model_kwargs, plot_checkpoint
+
+    layers = [int(i) for i in args.layers.split(",") if i.strip()] if args.layers else None
+    path, products = plot_checkpoint(args.checkpoint, args.out, model=args.model, layers=layers,
+                                     model_kwargs=parse_model_kwargs(args.model_kwargs), max_dim=args.max_dim,
+                                     seed=args.seed)
+    print(path)
+    for label, layer_products in products.items():
+        print(f"{label}:\n{format_stats(layer_products)}")
+    return 0
+
+
 def _train(args: argparse.Namespace) -> int:
     from .train import apply_overrides, get_preset, train
 
@@ -91,6 +104,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-train", action="store_true", help="skip the training-step timing")
     p.set_defaults(func=_profile)
+    p = sub.add_parser("plot-weights", help="heatmaps of W_q W_k^T per head and W_v W_proj per layer (mimetic paper, "
+                                            "Figure 1): vitlab plot-weights RUN_DIR | FILE --model NAME | init:MODEL")
+    p.add_argument("checkpoint", help="a run directory (or its best/, last/, weights file), a weight file with "
+                                      "--model, or init:MODEL for default vs mimetic init")
+    p.add_argument("--model", default=None, help="architecture of a plain weight file (vitlab model name)")
+    p.add_argument("--model-kwargs", nargs="*", default=[], metavar="key=value",
+                   help="constructor arguments as Python literals, e.g. img_size=32 num_classes=10")
+    p.add_argument("--out", default=None, help="PNG path (default ./weights_<name>.png)")
+    p.add_argument("--layers", default=None, help="comma-separated layer indices, e.g. 0,5,11 (default: all, ≤ 12)")
+    p.add_argument("--max-dim", type=int, default=64, help="show the top-left N×N block of each d×d product")
+    p.add_argument("--seed", type=int, default=0, help="seed of the init: comparison")
+    p.set_defaults(func=_plot_weights)
     return parser
 
 
