@@ -43,7 +43,7 @@ def _plot_weights(args: argparse.Namespace) -> int:
     layers = [int(i) for i in args.layers.split(",") if i.strip()] if args.layers else None
     path, products = plot_checkpoint(args.checkpoint, args.out, model=args.model, layers=layers,
                                      model_kwargs=parse_model_kwargs(args.model_kwargs), max_dim=args.max_dim,
-                                     seed=args.seed)
+                                     seed=args.seed, title=args.title)
     print(path)
     for label, layer_products in products.items():
         print(f"{label}:\n{format_stats(layer_products)}")
@@ -115,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", default=None, help="comma-separated layer indices, e.g. 0,5,11 (default: all, ≤ 12)")
     p.add_argument("--max-dim", type=int, default=64, help="show the top-left N×N block of each d×d product")
     p.add_argument("--seed", type=int, default=0, help="seed of the init: comparison")
+    p.add_argument("--title", default=None, help="figure title (default: architecture and checkpoint)")
     p.set_defaults(func=_plot_weights)
     return parser
 

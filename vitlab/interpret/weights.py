@@ -114,9 +114,9 @@ def format_stats(products: Sequence[LayerProducts], label: str = "") -> str:
     """One line per layer: mean diagonal of W_q W_kᵀ per head, of W_v W_proj, and the mean off-diagonals."""
     lines = [f"{label}layer  mean diag(W_q W_k^T) per head  |  mean diag(W_v W_proj)  |  mean off-diag qk / vo"]
     for i, p in enumerate(products):
-        heads = " ".join(f"{x:+.3f}" for x in p.qk_diag.tolist())
-        lines.append(f"{label}{i:5d}  {heads}  |  {p.vo_diag:+.3f}  |  {p.qk_offdiag.mean().item():+.4f} / "
-                     f"{p.vo_offdiag:+.4f}")
+        heads = " ".join(f"{x:+.4f}" for x in p.qk_diag.tolist())
+        lines.append(f"{label}{i:5d}  {heads}  |  {p.vo_diag:+.4f}  |  {p.qk_offdiag.mean().item():+.5f} / "
+                     f"{p.vo_offdiag:+.5f}")
     return "\n".join(lines)
 
 
@@ -241,7 +241,7 @@ def init_products(model_name: str, seed: int = 0, **model_kwargs) -> dict[str, l
 
 def plot_init_comparison(model_name: str, path: str | os.PathLike, seed: int = 0,
                          layers: Sequence[int] | None = None, max_dim: int = 64, max_heads: int | None = _MAX_HEADS,
-                         dpi: int = 90, **model_kwargs) -> dict[str, list[LayerProducts]]:
+                         dpi: int = 90, title: str | None = None, **model_kwargs) -> dict[str, list[LayerProducts]]:
     """The paper's Figure 1 side by side: the same architecture at its default init (left) and after mimetic init
     (right), rows = `layers` (default first, middle and last), columns = per-head W_q W_kᵀ + W_v W_proj (top-left
     `max_dim` block, limits per panel). Writes one PNG to `path`; returns the products of both models."""
@@ -257,7 +257,7 @@ def plot_init_comparison(model_name: str, path: str | os.PathLike, seed: int = 0
         _draw_grid(sub, products[kind], chosen, heads, max_dim, None)
         sub.suptitle(label, fontsize=8, fontweight="bold")
     d = products["default"][0].dim
-    fig.suptitle(f"{model_name}: $W_qW_k^T$ per head and $W_vW_{{proj}}$ at initialization "
+    fig.suptitle(f"{title or model_name}: $W_qW_k^T$ per head and $W_vW_{{proj}}$ at initialization "
                  f"(top-left {min(max_dim, d)}×{min(max_dim, d)} of {d}×{d})", fontsize=8.5)
     _save(fig, path, dpi)
     return products
@@ -282,40 +282,43 @@ def parse_model_kwargs(items: Sequence[str] | None) -> dict[str, Any]:
     return out
 
 
-def _shape_kwargs(state_dict: dict[str, torch.Tensor], model: nn.Module, given: dict[str, Any]) -> dict[str, Any]:
-    """Constructor kwargs (depth, num_classes, in_chans, img_size) read off a vitlab/timm-layout state dict where
-    they differ from `model` and the user did not set them."""
-    ours, found = model.state_dict(), {}
+def _shape_kwargs(state_dict: dict[str, torch.Tensor], name: str, given: dict[str, Any]) -> dict[str, Any]:
+    """Constructor kwargs (depth, num_classes, in_chans, patch_size, img_size) read off a vitlab/timm-layout state
+    dict, for the keys `given` does not set (a run's model_kwargs win, as in training)."""
+    found: dict[str, Any] = {}
     blocks = {int(m.group(1)) for k in state_dict if (m := re.match(r"blocks\.(\d+)\.", k))}
-    if blocks and max(blocks) + 1 != getattr(model, "depth", len(getattr(model, "blocks", []))):
+    if blocks:
         found["depth"] = max(blocks) + 1
-    head = state_dict.get("head.weight")
-    if head is not None and "head.weight" in ours and head.shape != ours["head.weight"].shape:
-        found["num_classes"] = head.shape[0]
-    patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
-    kernel = state_dict.get("patch_embed.proj.weight")
-    if isinstance(patch, int) and kernel is not None and kernel.shape != ours["patch_embed.proj.weight"].shape:
-        found["in_chans"] = kernel.shape[1] if kernel.ndim == 4 else kernel.shape[1] // (patch * patch)
-    pos = state_dict.get("pos_embed")
-    if isinstance(patch, int) and pos is not None and "pos_embed" in ours and pos.shape != ours["pos_embed"].shape:
-        grid = math.isqrt(pos.shape[1] - getattr(model, "num_prefix_tokens", 1))
+    if "head.weight" in state_dict:
+        found["num_classes"] = state_dict["head.weight"].shape[0]
+    kernel = state_dict.get("patch_embed.proj.weight")  # conv (d, C, p, p) or linear (d, C·p·p) stem
+    patch = given.get("patch_size")
+    if kernel is not None and kernel.ndim == 4:
+        found["in_chans"], patch = kernel.shape[1], patch or kernel.shape[-1]
+        found["patch_size"] = patch
+    elif kernel is not None and kernel.ndim == 2:
+        from ..models import create_model
+
+        patch = patch or create_model(name, **given).patch_embed.patch_size  # the family default
+        found["in_chans"] = kernel.shape[1] // (patch * patch)
+    pos = state_dict.get("pos_embed")  # (1, prefix + grid², d)
+    if pos is not None and patch:
+        grid = math.isqrt(pos.shape[1] - int("cls_token" in state_dict))
         found["img_size"] = grid * patch
     return {k: v for k, v in found.items() if k not in given}
 
 
 def _build_and_load(name: str, kwargs: dict[str, Any], weights: Path) -> nn.Module:
-    """create_model(name, **kwargs), rebuilt with the shapes the weights imply (vitlab/timm layout), then a strict
+    """create_model(name, **kwargs) with the shapes the weights imply (vitlab/timm layout) filled in, then a strict
     `load_checkpoint` (layout auto: vitlab, timm ViT, official CRATE / CRATE-α)."""
     from ..convert import detect_layout, load_checkpoint, read_weights, unwrap_state_dict
-    from ..models import create_model
+    from ..models import create_model, resolve_model_name
 
+    resolve_model_name(name)  # an unknown name fails before the file is read
     state_dict = unwrap_state_dict(read_weights(weights), str(weights))
-    model = create_model(name, **kwargs)
     if detect_layout(state_dict) == "vitlab":
-        extra = _shape_kwargs(state_dict, model, kwargs)
-        if extra:
-            model = create_model(name, **kwargs, **extra)
-    return load_checkpoint(model, state_dict, layout="auto")
+        kwargs = {**kwargs, **_shape_kwargs(state_dict, name, kwargs)}
+    return load_checkpoint(create_model(name, **kwargs), state_dict, layout="auto")
 
 
 def load_model_for_plot(checkpoint: str | os.PathLike, model: str | None = None,
@@ -344,7 +347,8 @@ def load_model_for_plot(checkpoint: str | os.PathLike, model: str | None = None,
 
 def plot_checkpoint(checkpoint: str, path: str | os.PathLike | None = None, model: str | None = None,
                     model_kwargs: dict[str, Any] | None = None, layers: Sequence[int] | None = None,
-                    max_dim: int = 64, seed: int = 0) -> tuple[Path, dict[str, list[LayerProducts]]]:
+                    max_dim: int = 64, seed: int = 0, title: str | None = None,
+                    ) -> tuple[Path, dict[str, list[LayerProducts]]]:
     """What `vitlab plot-weights` does: `checkpoint` is a run directory / weight file (see `load_model_for_plot`)
     or `init:MODEL` (default vs mimetic init, `plot_init_comparison`). Default `path`: ./weights_<label>.png.
     Returns (PNG path, {label: products})."""
@@ -353,12 +357,12 @@ def plot_checkpoint(checkpoint: str, path: str | os.PathLike | None = None, mode
         if model is not None and model != name:
             raise ValueError(f"init:{name} names the model already; --model {model} contradicts it")
         path = Path(path or f"weights_init_{name}.png")
-        products = plot_init_comparison(name, path, seed=seed, layers=layers, max_dim=max_dim,
+        products = plot_init_comparison(name, path, seed=seed, layers=layers, max_dim=max_dim, title=title,
                                         **(model_kwargs or {}))
         return path, products
     net, label = load_model_for_plot(checkpoint, model, model_kwargs)
     products = weight_products(net)
     architecture = getattr(net, "pretrained_cfg", {}).get("architecture", type(net).__name__)
     path = plot_weight_products(products, path or f"weights_{label}.png", layers=layers, max_dim=max_dim,
-                                title=f"{architecture} — {checkpoint}")
+                                title=title or f"{architecture} — {checkpoint}")
     return path, {label: products}
