@@ -79,6 +79,18 @@ def _presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from .compare import STUDIES, compare
+
+    if args.list or not args.studies:
+        for name, fn in sorted(STUDIES.items()):
+            print(f"{name:24s} {(fn.__doc__ or '').strip().splitlines()[0]}")
+        return 0
+    names = sorted(STUDIES) if args.studies == ["all"] else args.studies
+    print(compare(names, root=args.root, figures=args.figures, results=args.results))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vitlab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -93,6 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(func=_eval)
+    p = sub.add_parser("compare", help="run comparison studies (grid × seeds) and write tables and curves: "
+                                       "vitlab compare all --results docs/results.md")
+    p.add_argument("studies", nargs="*", help="study names, or 'all'; none: list them")
+    p.add_argument("--list", action="store_true")
+    p.add_argument("--root", default="runs/compare", help="where the runs live (finished runs are reused)")
+    p.add_argument("--figures", default="docs/figures")
+    p.add_argument("--results", default=None, help="also write the whole results page (Markdown) here")
+    p.set_defaults(func=_compare)
     p = sub.add_parser("presets", help="list the training presets")
     p.set_defaults(func=_presets)
     p = sub.add_parser("profile", help="parameters, FLOPs and measured throughput of a model")

@@ -275,6 +275,8 @@ class _Run:
                 if evaluating:
                     metrics.update(self._evaluate_and_save(logger))
                     window_start = time.perf_counter()
+            if "top1" not in metrics:  # resumed at its last step: nothing trained, but report where it stands
+                metrics = evaluate(self.wrapped, self.data, self.info, self.autocast)
         finally:
             logger.close()
         return {**metrics, "step": self.state.step, "best_top1": self.state.best_top1, "out_dir": str(self.out_dir)}

@@ -1,0 +1,82 @@
+"""The studies, as code (issue 4): each is a function returning a `Study`; `vitlab compare NAME` runs one.
+
+All train on the real Fashion-MNIST (../shared/data, or Debian's dataset-fashion-mnist, or download=true) with the
+CPU-sized recipe of the `fashion_mnist_*` presets, at patch 4 (a 7 × 7 grid: 49 patches, so position structure has
+room to matter), width 96, depth 4, 3 heads, AdamW lr 2e-3, cosine, flips only.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+from ..train import TrainConfig, get_preset
+from .runner import Cell, Study
+
+__all__ = ["STUDIES", "get_study"]
+
+STUDIES: dict[str, Callable[[], Study]] = {}
+_SHAPE = dict(patch_size=4, embed_dim=96, depth=4, num_heads=3)
+
+
+def _study(fn: Callable[[], Study]) -> Callable[[], Study]:
+    STUDIES[fn.__name__] = fn
+    return fn
+
+
+def get_study(name: str) -> Study:
+    if name not in STUDIES:
+        raise ValueError(f"unknown study {name!r}; studies: {', '.join(sorted(STUDIES))}")
+    return STUDIES[name]()
+
+
+def _fashion(model: str, train_subset: int, epochs: float, **changes) -> TrainConfig:
+    config = get_preset("fashion_mnist_vit")
+    model_kwargs = {**_SHAPE, **changes.pop("model_kwargs", {})}
+    return dataclasses.replace(config, model=model, model_kwargs=model_kwargs, train_subset=train_subset,
+                               epochs=epochs, warmup_epochs=0.05 * epochs, eval_every=epochs / 4, **changes)
+
+
+_INITS = {"default": dict(init=None), "mimetic": dict(init="mimetic"),
+          "QK only": dict(init="mimetic", init_kwargs={"init_vo": False}),
+          "VO only": dict(init="mimetic", init_kwargs={"init_qk": False}),
+          "norm-matched": dict(init="norm_matched")}
+_SIZES = {"1k images, 20 epochs": (1000, 20), "5k images, 5 epochs": (5000, 5), "60k images, 0.5 epoch": (0, 0.5)}
+
+
+@_study
+def mimetic_fashion() -> Study:
+    """Mimetic vs default vs QK-only vs VO-only vs norm-matched init, ViT at three training-set sizes."""
+    cells = [Cell(size, name, _fashion("vit_tiny_patch4_32", n, epochs, **init))
+             for size, (n, epochs) in _SIZES.items() for name, init in _INITS.items()]
+    return Study("mimetic_fashion", "Mimetic initialization, ViT (width 96, depth 4, patch 4) on Fashion-MNIST",
+                 cells, seeds=[0, 1, 2],
+                 comparisons=[("mimetic", "default"), ("QK only", "default"), ("VO only", "default"),
+                              ("norm-matched", "default"), ("mimetic", "norm-matched")],
+                 budget="15 configurations × 3 seeds; each run sees 20 k-30 k training images; about 25 min on 2 "
+                        "CPU cores")
+
+
+_LADDER = {"CRATE": dict(overcomplete_ratio=1, decoupled_dictionary=False, residual_sparse_coding=False),
+           "+overcomplete": dict(overcomplete_ratio=4, decoupled_dictionary=False, residual_sparse_coding=False),
+           "+decoupled": dict(overcomplete_ratio=4, decoupled_dictionary=True, residual_sparse_coding=False),
+           "+residual (CRATE-α)": dict(overcomplete_ratio=4, decoupled_dictionary=True, residual_sparse_coding=True)}
+
+
+@_study
+def crate_alpha_ladder() -> Study:
+    """CRATE → +overcomplete → +decoupled → +residual (= CRATE-α), a ViT of equal width and depth, and CRATE-α with
+    mimetic init of its attention, all under the same budget (10 k images × 4 epochs)."""
+    row = "10k images, 4 epochs"
+    cells = [Cell(row, name, _fashion("crate_alpha_tiny_patch4_32", 10000, 4, model_kwargs=switches))
+             for name, switches in _LADDER.items()]
+    cells.append(Cell(row, "CRATE-α + mimetic", _fashion("crate_alpha_tiny_patch4_32", 10000, 4, init="mimetic")))
+    cells.append(Cell(row, "ViT", _fashion("vit_tiny_patch4_32", 10000, 4)))
+    return Study("crate_alpha_ladder", "CRATE → CRATE-α ablation ladder on Fashion-MNIST (width 96, depth 4, patch 4)",
+                 cells, seeds=[0, 1, 2],
+                 comparisons=[("+overcomplete", "CRATE"), ("+decoupled", "+overcomplete"),
+                              ("+residual (CRATE-α)", "+decoupled"), ("+residual (CRATE-α)", "CRATE"),
+                              ("CRATE-α + mimetic", "+residual (CRATE-α)"), ("ViT", "+residual (CRATE-α)")],
+                 budget="6 configurations × 3 seeds; each run sees 40 k training images; about 20 min on 2 CPU cores",
+                 notes=["The CRATE rung is CRATE-α's skeleton (conv stem, learned positions, LayerNorm eps 1e-6, "
+                        "bias-free attention output) with CRATE's complete one-step ISTA and no residual, as in the "
+                        "paper's ablation; the official CRATE model differs also in its stem."])
