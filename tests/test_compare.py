@@ -28,6 +28,7 @@ def test_summary_table_and_paired_differences():
     text = summarise(study, records)
     assert "| small | 51.00 ± 1.00 [" in text
     assert "| b − a | **+10.10 [" in text  # differences 10.0, 10.1, 10.2: the interval excludes zero
+    assert "- `b` vs `a`: better at small." in text
     assert "6 runs" in text
 
 

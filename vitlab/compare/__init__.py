@@ -38,9 +38,18 @@ def compare(names: list[str], root: str = "runs/compare", figures: str = "docs/f
                   f"{torch.get_num_threads()} threads, Python {platform.python_version()}, torch {torch.__version__}; "
                   f"this invocation took {(time.perf_counter() - start) / 60:.1f} min (finished runs in {root} are "
                   f"reused; delete it to retrain everything). Command line: `{' '.join(sys.argv)}`.")
-        page = header + "\n\n" + page
+        page = header + "\n\n" + _SCOPE + "\n\n" + page
         Path(results).write_text(page + "\n")
     return page
+
+
+_SCOPE = """What this page can and cannot show. Everything here trains on the real Fashion-MNIST on a 2-core CPU, with
+small models (width 96, depth 4, patch 4) and short schedules, so that the whole page regenerates in about an hour.
+It is not the papers' setting: the mimetic paper's claims are for ViT-Tiny/2 trained 100 epochs on CIFAR-10/100,
+SVHN, Tiny ImageNet and ImageNet, and CRATE-α's ablation is B/32 on ImageNet-1K. CIFAR and ImageNet cannot be
+downloaded on these machines, and no GPU was lent to this work, so the seed-scale recipe (`vitlab train
+cifar10_vit_tiny_mimetic`, or the same recipe on Fashion-MNIST resized to 32 × 32 × 3) has not been run here.
+Where a comparison's 95% interval includes zero, this page does not claim a difference either way."""
 
 
 def _weight_section(names: list[str], root, figures) -> str:

@@ -87,6 +87,23 @@ def _cell_text(values: list[float]) -> str:
     return f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f} [{low:.2f}, {high:.2f}]"
 
 
+def _verdicts(study: Study, rows: list[str], value: dict) -> list[str]:
+    """One plain sentence per comparison: in which rows its 95% interval lies above zero, below zero, or spans it."""
+    out = []
+    for col, against in study.comparisons:
+        groups: dict[str, list[str]] = {"better": [], "worse": [], "no clear difference": []}
+        for row in rows:
+            diffs = [value[row, col, s] - value[row, against, s] for s in study.seeds
+                     if (row, col, s) in value and (row, against, s) in value]
+            if len(diffs) < 2:
+                continue
+            low, high = confidence_interval(diffs)
+            groups["better" if low > 0 else "worse" if high < 0 else "no clear difference"].append(row)
+        said = "; ".join(f"{verdict} at {', '.join(where)}" for verdict, where in groups.items() if where)
+        out.append(f"- `{col}` vs `{against}`: {said or 'not enough seeds yet'}.")
+    return out
+
+
 def summarise(study: Study, records: list[dict[str, Any]]) -> str:
     """Markdown: the top-1 table (mean ± std [95% CI] over seeds) and the paired differences of `study.comparisons`."""
     rows = list(dict.fromkeys(c.row for c in study.cells))
@@ -112,6 +129,7 @@ def summarise(study: Study, records: list[dict[str, Any]]) -> str:
                 text = f"{statistics.fmean(diffs):+.2f} [{low:+.2f}, {high:+.2f}]"
                 cells.append(f"**{text}**" if low > 0 or high < 0 else text)
             lines.append(f"| {col} − {against} | " + " | ".join(cells) + " |")
+        lines += ["", *_verdicts(study, rows, value)]
     minutes = sum(r["seconds"] for r in records if r["seconds"] == r["seconds"]) / 60
     lines += ["", f"{len(records)} runs, {minutes:.1f} min of training in total."]
     return "\n".join(lines)
