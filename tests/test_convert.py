@@ -184,3 +184,49 @@ def test_skip_head_keeps_a_new_classifier():
     model = vitlab.create_model("crate_alpha_base_patch16_224", **{**CRATE_KW, "num_classes": 3})
     load_checkpoint(model, official_crate_alpha_state_dict(), skip_head=True)
     assert model.head.out_features == 3
+
+
+@pytest.mark.parametrize("classifier", [True, False])
+def test_hugging_face_vit_weights_give_hugging_face_logits(classifier, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.ViTConfig(hidden_size=48, num_hidden_layers=2, num_attention_heads=3, intermediate_size=192,
+                                    image_size=32, patch_size=8, num_labels=7)
+    hf = (transformers.ViTForImageClassification(config) if classifier else transformers.ViTModel(config)).eval()
+    path = tmp_path / "model.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in hf.state_dict().items()}, str(path))
+    model = vitlab.create_model("vit_tiny_patch16_224", embed_dim=48, depth=2, num_heads=3, img_size=32,
+                                patch_size=8, num_classes=7 if classifier else 0).eval()
+    assert detect_layout(read_weights(path)) == "hf_vit"
+    load_checkpoint(model, path)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        if classifier:
+            torch.testing.assert_close(model(x), hf(pixel_values=x).logits, rtol=1e-4, atol=1e-4)
+        else:  # a bare ViTModel: our final-norm tokens equal its last_hidden_state
+            torch.testing.assert_close(model.forward_features(x), hf(pixel_values=x).last_hidden_state,
+                                       rtol=1e-4, atol=1e-4)
+
+
+def test_hugging_face_vit_pre_v5_key_names():
+    """The same weights under transformers 4.x names (official_layouts.md §7) load to the same model."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.ViTConfig(hidden_size=48, num_hidden_layers=2, num_attention_heads=3, intermediate_size=192,
+                                    image_size=32, patch_size=8, num_labels=7)
+    hf = transformers.ViTForImageClassification(config).eval()
+    renames = [(".layers.", ".encoder.layer."), ("attention.q_proj", "attention.attention.query"),
+               ("attention.k_proj", "attention.attention.key"), ("attention.v_proj", "attention.attention.value"),
+               ("attention.o_proj", "attention.output.dense"), ("mlp.fc1", "intermediate.dense"),
+               ("mlp.fc2", "output.dense")]
+    old = {}
+    for key, value in hf.state_dict().items():
+        for new, legacy in renames:
+            key = key.replace(new, legacy)
+        old[key] = value
+    assert "vit.encoder.layer.1.attention.attention.query.weight" in old
+    kwargs = dict(embed_dim=48, depth=2, num_heads=3, img_size=32, patch_size=8, num_classes=7)
+    a = load_checkpoint(vitlab.create_model("vit_tiny_patch16_224", **kwargs), hf.state_dict()).eval()
+    b = load_checkpoint(vitlab.create_model("vit_tiny_patch16_224", **kwargs), old).eval()
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(a(x), b(x), rtol=0, atol=0)

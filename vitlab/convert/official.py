@@ -1,4 +1,4 @@
-"""Key maps from the official CRATE and CRATE-α PyTorch layouts to this library's keys.
+"""Key maps from the official CRATE and CRATE-α PyTorch layouts, and Hugging Face ViT, to this library's keys.
 
 See ../shared/design/official_layouts.md §1-2. Both official models keep their weights under `transformer.layers.{i}`
 with `.0` the MSSA sub-block and `.1` the ISTA / ODL sub-block.
@@ -47,6 +47,24 @@ _CRATE_ALPHA_RENAMES: Renames = [
 ]
 
 
+# Hugging Face transformers ViT (ViTModel / ViTForImageClassification), pre-v5 and v5 names (official_layouts §7)
+_HF_VIT_RENAMES: Renames = [
+    (r"embeddings\.cls_token", "cls_token"),
+    (r"embeddings\.position_embeddings", "pos_embed"),
+    (r"embeddings\.patch_embeddings\.projection\.(weight|bias)", r"patch_embed.proj.\1"),
+    (r"(?:encoder\.layer|layers)\.(\d+)\.layernorm_before\.(weight|bias)", r"blocks.\1.norm1.\2"),
+    (r"(?:encoder\.layer|layers)\.(\d+)\.layernorm_after\.(weight|bias)", r"blocks.\1.norm2.\2"),
+    (r"(?:encoder\.layer|layers)\.(\d+)\.attention\.(?:output\.dense|o_proj)\.(weight|bias)",
+     r"blocks.\1.attn.proj.\2"),
+    (r"(?:encoder\.layer|layers)\.(\d+)\.(?:intermediate\.dense|mlp\.fc1)\.(weight|bias)", r"blocks.\1.mlp.fc1.\2"),
+    (r"(?:encoder\.layer|layers)\.(\d+)\.(?:output\.dense|mlp\.fc2)\.(weight|bias)", r"blocks.\1.mlp.fc2.\2"),
+    (r"layernorm\.(weight|bias)", r"norm.\1"),
+    (r"classifier\.(weight|bias)", r"head.\1"),
+]
+_HF_QKV = re.compile(r"(?:encoder\.layer|layers)\.(\d+)\.attention\.(?:attention\.(query|key|value)|(q|k|v)_proj)"
+                     r"\.(weight|bias)")
+
+
 def _rename(state_dict: Mapping[str, torch.Tensor], renames: Renames) -> dict[str, torch.Tensor]:
     """Applies the first full-match rename to each key; keys no rule matches keep their name (and are then reported
     as unexpected by the strict check)."""
@@ -78,6 +96,37 @@ def _from_crate_alpha(state_dict: Mapping[str, torch.Tensor], model: nn.Module) 
     return _rename(state_dict, _CRATE_ALPHA_RENAMES)
 
 
+def _from_hf_vit(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """HF keys → ours: separate query / key / value (or q/k/v_proj) are stacked into the fused `qkv` (rows
+    q | k | v, as timm); the `vit.` prefix and the pooler of a bare ViTModel (which our models do not have) go."""
+    parts: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+    rest = {}
+    for key, value in state_dict.items():
+        key = key.removeprefix("vit.")
+        if key.startswith("pooler."):
+            continue
+        match = _HF_QKV.fullmatch(key)
+        if match:
+            layer, long_name, short_name, kind = match.groups()
+            parts.setdefault((layer, kind), {})[(long_name or short_name)[0]] = value
+        else:
+            rest[key] = value
+    out = _rename(rest, _HF_VIT_RENAMES)
+    for (layer, kind), qkv in parts.items():
+        if set(qkv) != {"q", "k", "v"}:
+            raise ValueError(f"layer {layer}: query/key/value {kind} incomplete (found {sorted(qkv)})")
+        out[f"blocks.{layer}.attn.qkv.{kind}"] = torch.cat([qkv["q"], qkv["k"], qkv["v"]], dim=0)
+    return out
+
+
+def _hf_layer_norm_eps(model: nn.Module) -> None:
+    """transformers' ViTConfig default layer_norm_eps is 1e-12 (timm and vitlab: 1e-6); use it so that HF weights
+    give HF's logits."""
+    for module in model.modules():
+        if isinstance(module, nn.LayerNorm):
+            module.eps = 1e-12
+
+
 def _crate_alpha_head_eps(model: nn.Module) -> None:
     """The PyTorch port's head LayerNorm has eps 1e-5 (the JAX encoder_norm that trained the weights: 1e-6); use
     the port's value so that its published files give the port's logits exactly."""
@@ -96,12 +145,13 @@ class Layout:
 LAYOUTS: dict[str, Layout] = {
     "crate_official": Layout("crate_official", "to_patch_embedding.2.weight", _from_crate),
     "crate_alpha_official": Layout("crate_alpha_official", "conv1.weight", _from_crate_alpha, _crate_alpha_head_eps),
+    "hf_vit": Layout("hf_vit", "embeddings.patch_embeddings.projection.weight", _from_hf_vit, _hf_layer_norm_eps),
 }
 
 
 def detect_layout(state_dict: Mapping[str, torch.Tensor]) -> str:
-    """'crate_official', 'crate_alpha_official', or 'vitlab' (our keys, which are also timm's for the ViT)."""
+    """'crate_official', 'crate_alpha_official', 'hf_vit', or 'vitlab' (our keys, also timm's for the ViT)."""
     for layout in LAYOUTS.values():
-        if layout.marker in state_dict:
+        if layout.marker in state_dict or "vit." + layout.marker in state_dict:
             return layout.name
     return "vitlab"
