@@ -75,7 +75,7 @@ def run_study(study: Study, root: str | Path, log: Callable[[str], None] = print
         result = json.loads(done.read_text())
         curve = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         records.append({"row": cell.row, "col": cell.col, "seed": seed, "top1": result["top1"],
-                        "eval_loss": result["eval_loss"], "seconds": result.get("seconds", float("nan")),
+                        "eval_loss": result["eval_loss"], "train_loss": result.get("train_loss", float("nan")), "seconds": result.get("seconds", float("nan")),
                         "curve": [(r["epoch"], r["top1"]) for r in curve if "top1" in r]})
     return records
 
@@ -130,6 +130,14 @@ def summarise(study: Study, records: list[dict[str, Any]]) -> str:
                 cells.append(f"**{text}**" if low > 0 or high < 0 else text)
             lines.append(f"| {col} − {against} | " + " | ".join(cells) + " |")
         lines += ["", *_verdicts(study, rows, value)]
+    train = {(r["row"], r["col"]): [] for r in records}
+    for r in records:
+        train[r["row"], r["col"]].append(r.get("train_loss", math.nan))
+    lines += ["", "Final training loss (last logged window, mean over seeds):", "", "| | " + " | ".join(cols) + " |",
+              "|---|" + "---:|" * len(cols)]
+    for row in rows:
+        lines.append(f"| {row} | " + " | ".join(f"{statistics.fmean(train.get((row, c), [math.nan])):.3f}"
+                                                for c in cols) + " |")
     minutes = sum(r["seconds"] for r in records if r["seconds"] == r["seconds"]) / 60
     lines += ["", f"{len(records)} runs, {minutes:.1f} min of training in total."]
     return "\n".join(lines)
