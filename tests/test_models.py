@@ -56,24 +56,20 @@ def test_crate_alpha_layer_is_10_d_squared():
     assert per_layer == 10 * d * d + 4 * d  # U, out, D, D1 + two LayerNorms
 
 
-@pytest.mark.parametrize("ours, timm_kwargs", [
-    ("vit_tiny_patch16_224", {}),
-    ("vit_small_patch16_224", None),
-    ("vit_tiny_patch2_32", dict(img_size=32, patch_size=2, num_classes=10)),
-    ("vit_tiny_patch4_32", dict(img_size=32, patch_size=4, num_classes=10)),
+@pytest.mark.parametrize("ours, timm_name, shape", [
+    ("vit_tiny_patch16_224", "vit_tiny_patch16_224", dict(depth=2)),  # keys per block are the same at any depth
+    ("vit_small_patch16_224", "vit_small_patch16_224", dict(depth=2)),
+    ("vit_tiny_patch2_32", "vit_tiny_patch16_224", dict(img_size=32, patch_size=2, num_classes=10)),
+    ("vit_tiny_patch4_32", "vit_tiny_patch16_224", dict(img_size=32, patch_size=4, num_classes=10)),
 ])
-def test_vit_keys_and_logits_equal_timm(ours, timm_kwargs):
+def test_vit_keys_and_logits_equal_timm(ours, timm_name, shape):
     timm = pytest.importorskip("timm")
-    timm_name = "vit_small_patch16_224" if timm_kwargs is None else "vit_tiny_patch16_224"
-    kwargs = dict(timm_kwargs or {})
-    if timm_kwargs is None or not timm_kwargs:
-        kwargs.update(depth=2)  # keys per block are identical at any depth; keep the test fast
-    reference = timm.create_model(timm_name, **kwargs).eval()
-    model = vitlab.create_model(ours, **({"depth": 2} if "depth" in kwargs else {})).eval()
+    reference = timm.create_model(timm_name, **shape).eval()
+    model = vitlab.create_model(ours, **({"depth": shape["depth"]} if "depth" in shape else {})).eval()
     ref_shapes = {k: tuple(v.shape) for k, v in reference.state_dict().items()}
     assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == ref_shapes
     model.load_state_dict(reference.state_dict())
-    img = kwargs.get("img_size", 224)
+    img = shape.get("img_size", 224)
     x = torch.randn(2, 3, img, img)
     torch.testing.assert_close(model(x), reference(x), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(model.forward_features(x), reference.forward_features(x), rtol=1e-5, atol=1e-5)
