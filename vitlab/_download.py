@@ -9,7 +9,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-__all__ = ["download", "sha256sum", "md5sum", "file_digests", "cache_dir", "ChecksumError"]
+__all__ = ["download", "md5sum", "file_digests", "cache_dir", "ChecksumError"]
 
 _CHUNK = 1 << 20
 
@@ -33,10 +33,6 @@ def file_digests(path: str | os.PathLike, algorithms: tuple[str, ...] = ("sha256
             for digest in digests.values():
                 digest.update(chunk)
     return {name: digest.hexdigest() for name, digest in digests.items()}
-
-
-def sha256sum(path: str | os.PathLike) -> str:
-    return file_digests(path, ("sha256",))["sha256"]
 
 
 def md5sum(path: str | os.PathLike) -> str:

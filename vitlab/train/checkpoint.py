@@ -15,22 +15,10 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
-from torch import nn
 
-__all__ = ["save_checkpoint", "find_checkpoint", "load_training_state", "unwrap_model", "WEIGHTS", "STATE"]
+__all__ = ["save_checkpoint", "find_checkpoint", "load_training_state", "WEIGHTS", "STATE"]
 
 WEIGHTS, STATE = "model.safetensors", "state.pt"
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The plain model inside DDP (`.module`) and torch.compile (`._orig_mod`) wrappers."""
-    while True:
-        if hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        elif isinstance(model, nn.parallel.DistributedDataParallel):
-            model = model.module
-        else:
-            return model
 
 
 def _fsync_dir(path: Path) -> None:
