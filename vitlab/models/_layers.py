@@ -24,11 +24,11 @@ __all__ = [
 class _PatchGrid(nn.Module):
     """Square images of `img_size` cut into a grid_size × grid_size grid of patch_size patches."""
 
-    def __init__(self, img_size: int, patch_size: int):
+    def __init__(self, img_size: int, patch_size: int, in_chans: int):
         super().__init__()
         if img_size % patch_size:
             raise ValueError(f"img_size {img_size} is not divisible by patch_size {patch_size}")
-        self.img_size, self.patch_size = img_size, patch_size
+        self.img_size, self.patch_size, self.in_chans = img_size, patch_size, in_chans
         self.grid_size = img_size // patch_size
         self.num_patches = self.grid_size**2
 
@@ -37,7 +37,7 @@ class PatchEmbed(_PatchGrid):
     """Conv2d(kernel P, stride P) patchify, tokens in row-major patch order (timm's `patch_embed.proj`)."""
 
     def __init__(self, img_size: int, patch_size: int, in_chans: int, embed_dim: int, bias: bool = True):
-        super().__init__(img_size, patch_size)
+        super().__init__(img_size, patch_size, in_chans)
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -53,7 +53,7 @@ class CratePatchEmbed(_PatchGrid):
     """
 
     def __init__(self, img_size: int, patch_size: int, in_chans: int, embed_dim: int, eps: float = 1e-5):
-        super().__init__(img_size, patch_size)
+        super().__init__(img_size, patch_size, in_chans)
         patch_dim = in_chans * patch_size * patch_size
         self.norm_in = nn.LayerNorm(patch_dim, eps=eps)
         self.proj = nn.Linear(patch_dim, embed_dim)

@@ -79,6 +79,20 @@ def get_pretrained_cfg(name: str) -> dict[str, Any]:
     return dict(_CFGS[resolve_model_name(name)])
 
 
+def _fit_cfg_to_model(cfg: dict[str, Any], model: nn.Module) -> dict[str, Any]:
+    """The cfg's input size, classes and channels as built (img_size / in_chans / num_classes overrides); a mean / std
+    with another channel count than the model's becomes its channel average, repeated (e.g. grayscale)."""
+    embed = getattr(model, "patch_embed", None)
+    if embed is None:
+        return cfg
+    cfg = {**cfg, "input_size": (embed.in_chans, embed.img_size, embed.img_size),
+           "num_classes": getattr(model, "num_classes", cfg.get("num_classes"))}
+    for key in ("mean", "std"):
+        if len(cfg[key]) != embed.in_chans:
+            cfg[key] = (sum(cfg[key]) / len(cfg[key]),) * embed.in_chans
+    return cfg
+
+
 def create_model(name: str, pretrained: bool = False, *, pretrained_cfg_overlay: dict[str, Any] | None = None,
                  checkpoint_path: str | None = None, init: str | None = None,
                  init_kwargs: dict[str, Any] | None = None, **kwargs) -> nn.Module:
@@ -98,7 +112,7 @@ def create_model(name: str, pretrained: bool = False, *, pretrained_cfg_overlay:
         model = _MODELS[canonical](**kwargs)
     except TypeError as err:
         raise TypeError(f"create_model({name!r}): {err}") from None
-    model.pretrained_cfg = {**cfg, "architecture": canonical}
+    model.pretrained_cfg = _fit_cfg_to_model({**cfg, "architecture": canonical}, model)
     if init == "mimetic":
         from ..init import mimetic_init_
 
