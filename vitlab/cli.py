@@ -38,7 +38,7 @@ def _profile(args: argparse.Namespace) -> int:
 
 
 def _plot_weights(args: argparse.Namespace) -> int:
-    from .interpret.weights import format_stats, parse_model_kwargs, plot_checkpoint
+    from .interpret import format_stats, parse_model_kwargs, plot_checkpoint
 
     layers = [int(i) for i in args.layers.split(",") if i.strip()] if args.layers else None
     path, products = plot_checkpoint(args.checkpoint, args.out, model=args.model, layers=layers,
@@ -48,6 +48,63 @@ def _plot_weights(args: argparse.Namespace) -> int:
     for label, layer_products in products.items():
         print(f"{label}:\n{format_stats(layer_products)}")
     return 0
+
+
+def _load_for_maps(args: argparse.Namespace):
+    from .interpret import load_model, parse_model_kwargs
+
+    model, label = load_model(args.checkpoint, args.model, parse_model_kwargs(args.model_kwargs))
+    return model.eval(), label
+
+
+def _layers(text: str | None) -> list[int] | None:
+    return [int(i) for i in text.split(",") if i.strip()] if text else None
+
+
+def _attention(args: argparse.Namespace) -> int:
+    from .interpret.render import load_inputs, plot_attention
+
+    model, _ = _load_for_maps(args)
+    inputs = load_inputs(args.images, model.pretrained_cfg, data_dir=args.data_dir)
+    for path in plot_attention(model, inputs, args.out, layers=_layers(args.layers), heads=_layers(args.heads),
+                               pca_layer=args.pca_layer):
+        print(path)
+    return 0
+
+
+def _segment(args: argparse.Namespace) -> int:
+    from .interpret.render import evaluate_mask_files, load_inputs, plot_segmentation
+    from .interpret.segment import evaluate_fashion_mnist
+
+    model, label = _load_for_maps(args)
+    if not args.images and not args.evaluate:
+        raise ValueError("nothing to do: give images (files or DATASET[:SPLIT]:INDEX items) and/or --evaluate")
+    if args.images:
+        inputs = load_inputs(args.images, model.pretrained_cfg, data_dir=args.data_dir)
+        for path in plot_segmentation(model, inputs, args.out, mass=args.mass, tau=args.tau,
+                                      num_masks=args.num_masks, save_masks=args.save_masks):
+            print(path)
+        if args.masks:
+            _print_scores(f"{label} on {len(inputs.names)} images vs {args.masks}",
+                          evaluate_mask_files(model, inputs, args.masks, mass=args.mass, tau=args.tau))
+    if args.evaluate:
+        dataset, _, split = args.evaluate.partition(":")
+        if dataset != "fashion_mnist":
+            raise ValueError(f"--evaluate knows fashion_mnist[:SPLIT] (its masks follow from its pixels), got "
+                             f"{dataset!r}; for other data pass images with --masks DIR")
+        scores = evaluate_fashion_mnist(model, split or "test", limit=args.limit, data_dir=args.data_dir,
+                                        mass=args.mass, tau=args.tau)
+        _print_scores(f"{label} on fashion_mnist {split or 'test'}", scores)
+    return 0
+
+
+def _print_scores(title: str, scores: dict) -> None:
+    print(f"{title}: mIoU (background, foreground IoU), per-image foreground Jaccard")
+    for method, s in scores.items():
+        for i, one in enumerate(s if isinstance(s, list) else [s]):
+            name = f"{method} {i}" if isinstance(s, list) else method
+            print(f"  {name:18s} {100 * one['miou']:6.2f}  ({100 * one['iou_background']:.2f}, "
+                  f"{100 * one['iou_foreground']:.2f})  {100 * one['jaccard']:6.2f}   [{one['images']} images]")
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -137,7 +194,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the init: comparison")
     p.add_argument("--title", default=None, help="figure title (default: architecture and checkpoint)")
     p.set_defaults(func=_plot_weights)
+    _add_map_commands(sub)
     return parser
+
+
+def _add_checkpoint_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="a run directory (or its best/, last/, weights file), or a weight file with "
+                                      "--model (vitlab, timm, Hugging Face ViT, official CRATE / CRATE-α)")
+    p.add_argument("images", nargs="*", help="image files (PNG, JPEG, ...) or dataset items DATASET[:SPLIT]:INDEX, "
+                                             "e.g. fashion_mnist:test:0")
+    p.add_argument("--model", default=None, help="architecture of a plain weight file (vitlab model name)")
+    p.add_argument("--model-kwargs", nargs="*", default=[], metavar="key=value",
+                   help="constructor arguments as Python literals, e.g. img_size=32 num_classes=10")
+    p.add_argument("--out", default="maps", help="output folder for the PNGs (default ./maps)")
+    p.add_argument("--data-dir", default=None, help="where dataset items are looked up")
+
+
+def _add_map_commands(sub) -> None:
+    p = sub.add_parser("attention", help="PNG overlays of class-token attention per layer and head, attention "
+                                         "rollout and the PCA of patch features: vitlab attention CHECKPOINT IMAGE...")
+    _add_checkpoint_args(p)
+    p.add_argument("--layers", default=None, help="comma-separated layer indices (default: all)")
+    p.add_argument("--heads", default=None, help="comma-separated head indices (default: all)")
+    p.add_argument("--pca-layer", type=int, default=-1, help="block whose output tokens the PCA shows")
+    p.set_defaults(func=_attention)
+    p = sub.add_parser("segment", help="unsupervised foreground masks (attention thresholding, MaskCut) as PNGs, "
+                                       "and their mIoU: vitlab segment CHECKPOINT [IMAGE...] [--evaluate fashion_mnist]")
+    _add_checkpoint_args(p)
+    p.add_argument("--mass", type=float, default=0.6, help="attention mass a mask keeps (DINO: 0.6)")
+    p.add_argument("--tau", type=float, default=0.15, help="MaskCut affinity threshold on cosine similarity")
+    p.add_argument("--num-masks", type=int, default=1, help="MaskCut masks per image")
+    p.add_argument("--save-masks", action="store_true", help="also write the masks as 8-bit PNGs")
+    p.add_argument("--masks", default=None, help="folder of ground-truth masks named like the images (<stem>.png, "
+                                                  "nonzero = foreground): print mIoU on the given images")
+    p.add_argument("--evaluate", default=None, metavar="fashion_mnist[:SPLIT]",
+                   help="score every method on a whole split against the silhouette masks (docs/interpret.md)")
+    p.add_argument("--limit", type=int, default=0, help="with --evaluate: only the first N images")
+    p.set_defaults(func=_segment)
 
 
 def main(argv: list[str] | None = None) -> int:
