@@ -398,9 +398,6 @@ def test_maskcut_further_masks_come_from_the_patches_not_yet_taken():
     assert not (masks[0, 0] & masks[0, 2]).any()
 
 
-@pytest.mark.xfail(strict=True, reason="maskcut keeps the whole salient side of the cut (no connected component of "
-                                       "the seed patch, as CutLER's detect_box takes), so two separated objects "
-                                       "come out merged in the first mask")
 def test_maskcut_two_masks_recover_two_separated_objects():
     labels = torch.zeros(8, 8, dtype=torch.long)
     labels[1:3, 1:4] = 1  # object A, 6 patches
@@ -643,3 +640,21 @@ def test_mass_and_tau_reach_the_masks(name):
         by_mass.append(masks)
     assert any(not torch.equal(by_tau[0], other) for other in by_tau[1:])  # the check above can tell taus apart
     assert by_mass[0].sum() < by_mass[1].sum() < by_mass[2].sum()
+
+
+def test_maskcut_keeps_an_object_along_an_edge_that_touches_two_corners():
+    labels = torch.zeros(8, 8, dtype=torch.long)
+    labels[:, :2] = 1  # a band down the left edge: two of the four corners (CutLER flips only at three)
+    for seed in range(3):
+        assert torch.equal(maskcut(grouped_features(labels, seed), (8, 8))[0, 0], labels > 0)
+
+
+def test_evaluate_segmentation_needs_images_and_matching_masks():
+    model = vitlab.create_model("vit_tiny_patch4_32", img_size=16, patch_size=4, embed_dim=24, depth=2, num_heads=2,
+                                in_chans=1)
+    with pytest.raises(ValueError, match="0 images"):
+        evaluate_segmentation(model, torch.zeros(0, 1, 16, 16, dtype=torch.uint8), torch.zeros(0, 16, 16, dtype=bool),
+                              (0.5,), (0.5,))
+    with pytest.raises(ValueError, match="2 images and 1 masks"):
+        evaluate_segmentation(model, torch.zeros(2, 1, 16, 16, dtype=torch.uint8), torch.zeros(1, 16, 16, dtype=bool),
+                              (0.5,), (0.5,))

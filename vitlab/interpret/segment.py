@@ -6,8 +6,9 @@ its patch, as DINO does):
   highest-attention patches that together hold `mass` (0.6) of the class token's attention over the patches;
 - MaskCut (Wang et al. 2023, CutLER): a normalized cut of the patch-feature affinity graph, W_ij = 1 if
   cos(f_i, f_j) > τ else ε; the second-smallest generalized eigenvector of (D − W) x = λ D x, split at its mean;
-  the foreground is the side holding the eigenvector's largest |entry|, flipped when it holds ≥ 2 of the 4 corners;
-  further masks repeat the cut on the patches not yet taken.
+  the foreground is the side holding the eigenvector's largest |entry|, flipped when it holds ≥ 3 of the 4 corners,
+  and of it the 4-connected piece holding its most salient patch is kept; further masks repeat the cut on the
+  patches not yet taken.
 
 Scores: `segmentation_scores` accumulates per-class intersection and union over a whole split (background and
 foreground), mIoU = their mean (the semantic-segmentation convention), and also the per-image foreground Jaccard
@@ -69,6 +70,8 @@ def maskcut(features: torch.Tensor, grid: tuple[int, int], num_masks: int = 1, t
         raise ValueError(f"{N} patch features do not fit a {h}×{w} grid")
     if num_masks < 1:
         raise ValueError(f"num_masks must be ≥ 1, got {num_masks}")
+    from scipy import ndimage
+
     corners = [0, w - 1, (h - 1) * w, h * w - 1]
     unit = F.normalize(features.double(), dim=-1).cpu().numpy()  # (B, N, D)
     out = np.zeros((B, num_masks, N), dtype=bool)
@@ -80,12 +83,18 @@ def maskcut(features: torch.Tensor, grid: tuple[int, int], num_masks: int = 1, t
             if len(free) < 2:
                 break
             x = _second_eigenvector(affinity[np.ix_(free, free)])  # the cut runs on the patches still free
+            if x[np.argmax(np.abs(x))] < 0:
+                x = -x  # orient: the most salient patch on the positive side
             side = x > x.mean()  # bipartition at the mean
-            foreground = side if side[np.argmax(np.abs(x))] else ~side  # the side of the most salient patch
-            if np.isin(free[foreground], corners).sum() >= 2:  # a side holding two corners is background
-                foreground = ~foreground
-            out[b, m, free[foreground]] = True
-            taken[free[foreground]] = True
+            if np.isin(free[side], corners).sum() >= 3:  # a side holding three corners is background
+                x, side = -x, ~side
+            seed = free[np.argmax(x)]  # the most salient patch of the foreground side
+            grid_side = np.zeros(N, dtype=bool)
+            grid_side[free[side]] = True
+            components, _ = ndimage.label(grid_side.reshape(h, w))  # 4-connected pieces on the patch grid
+            mask = components.reshape(N) == components.reshape(N)[seed]  # the piece holding the seed
+            out[b, m] = mask
+            taken |= mask
     return torch.from_numpy(out).reshape(B, num_masks, h, w)
 
 
@@ -238,6 +247,9 @@ def evaluate_segmentation(model: torch.nn.Module, images: torch.Tensor, targets:
     model = model.to(device).eval()
     shift = torch.tensor(mean, device=device).view(1, -1, 1, 1)
     scale = torch.tensor(std, device=device).view(1, -1, 1, 1)
+    if len(images) == 0 or len(images) != len(targets):
+        raise ValueError(f"need as many ground-truth masks as images (at least one), got {len(images)} images and "
+                         f"{len(targets)} masks")
     scores = None
     for start in range(0, len(images), batch_size):
         x = (images[start:start + batch_size].to(device).float() / 255 - shift) / scale  # (B, C, H, W)
