@@ -38,6 +38,8 @@ class Study:
     comparisons: list[tuple[str, str]] = field(default_factory=list)
     budget: str = ""
     notes: list[str] = field(default_factory=list)
+    report: Callable[["Study", list[dict[str, Any]], Path, Path], str] | None = None
+    """Optional further section after training: report(study, records, runs root, figures folder) → Markdown."""
 
 
 def confidence_interval(values: list[float], level: float = 0.95) -> tuple[float, float]:
@@ -74,8 +76,10 @@ def run_study(study: Study, root: str | Path, log: Callable[[str], None] = print
             done.write_text(json.dumps(result))
         result = json.loads(done.read_text())
         curve = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-        records.append({"row": cell.row, "col": cell.col, "seed": seed, "top1": result["top1"],
-                        "eval_loss": result["eval_loss"], "train_loss": result.get("train_loss", float("nan")), "seconds": result.get("seconds", float("nan")),
+        records.append({"row": cell.row, "col": cell.col, "seed": seed, "run_dir": str(run_dir),
+                        "top1": result["top1"], "eval_loss": result["eval_loss"],
+                        "train_loss": result.get("train_loss", float("nan")),
+                        "seconds": result.get("seconds", float("nan")),
                         "curve": [(r["epoch"], r["top1"]) for r in curve if "top1" in r]})
     return records
 

@@ -1,0 +1,161 @@
+"""The emergent-segmentation study's report: unsupervised masks of the trained runs scored against Fashion-MNIST's
+silhouettes (`vitlab.interpret.fashion_mnist_foreground`), beside the same architectures untrained and two
+label-free references, with an example figure. Scores are cached per run in `segmentation.json`."""
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .runner import Study, confidence_interval
+
+__all__ = ["segmentation_report", "run_scores"]
+
+_SELECT_IMAGES = 2000  # training images the best head is chosen on (never the test split)
+_METHOD_NAMES = {"attention": "class-token attention, heads averaged", "best_head": "class-token attention, one head "
+                 "(chosen on 2 k training images)", "rollout": "attention rollout", "maskcut": "MaskCut (last-block keys)"}
+
+
+def _scores(model, split: str, limit: int = 0) -> dict[str, Any]:
+    from ..interpret.segment import evaluate_fashion_mnist
+
+    return evaluate_fashion_mnist(model, split, limit=limit)
+
+
+def run_scores(model, cache: Path) -> dict[str, Any]:
+    """Test-split scores of every method plus the best head chosen on training images; cached in `cache`."""
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    test = _scores(model, "test")
+    select = _scores(model, "train", limit=_SELECT_IMAGES)["attention_head"]
+    best = max(range(len(select)), key=lambda h: select[h]["miou"])
+    result = {**test, "best_head": {**test["attention_head"][best], "head": best}}
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(result))
+    return result
+
+
+def _untrained(config, seed: int):
+    from ..interpret._load import _with_run_preprocessing
+    from ..models import create_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = create_model(config.model, num_classes=10, in_chans=1, img_size=28, **config.model_kwargs)
+    return _with_run_preprocessing(model, config)
+
+
+def _cell(values: list[float]) -> str:
+    values = [100 * v for v in values]
+    if len(values) < 2:
+        return f"{values[0]:.1f}" if values else "–"
+    low, high = confidence_interval(values)
+    return f"{statistics.fmean(values):.1f} ± {statistics.stdev(values):.1f} [{low:.1f}, {high:.1f}]"
+
+
+def _baselines() -> list[str]:
+    """Label-free references: every pixel foreground, and the mean training silhouette thresholded at ½."""
+    from ..data import load_dataset
+    from ..interpret.segment import SegmentationScores, fashion_mnist_foreground
+
+    test = fashion_mnist_foreground(load_dataset("fashion_mnist", "test").images)  # (N, 28, 28)
+    train = fashion_mnist_foreground(load_dataset("fashion_mnist", "train").images)
+    prior = train.float().mean(dim=0) > 0.5  # (28, 28)
+    rows = []
+    for name, mask in (("every pixel foreground", torch.ones_like(test)),
+                       ("mean training silhouette > ½ (uses the training masks)", prior.expand_as(test))):
+        s = SegmentationScores().update(mask, test).as_dict()
+        rows.append(f"| {name} | {100 * s['miou']:.1f} | {100 * s['iou_foreground']:.1f} | {100 * s['jaccard']:.1f} |")
+    return rows
+
+
+def segmentation_report(study: Study, records: list[dict[str, Any]], root: Path, figures: Path) -> str:
+    from ..interpret import load_model
+
+    cols = list(dict.fromkeys(c.col for c in study.cells))
+    configs = {c.col: c.config for c in study.cells}
+    trained: dict[tuple[str, int], dict] = {}
+    for r in records:
+        run = Path(r["run_dir"])
+        trained[r["col"], r["seed"]] = run_scores(load_model(run)[0], run / "segmentation.json")
+    untrained = {(col, seed): run_scores(_untrained(configs[col], seed),
+                                         root / study.name / "untrained" / f"{col}_seed{seed}.json")
+                 for col in cols for seed in study.seeds}
+    lines = ["#### Unsupervised foreground masks vs Fashion-MNIST silhouettes", "",
+             "Test-split mIoU (%, mean of background and foreground IoU over all 10 k test images), mean ± std "
+             f"[95% CI] over seeds {study.seeds}; masks keep 60% of the attention mass (DINO), MaskCut τ = 0.15:", "",
+             "| method | " + " | ".join(cols) + " | " + " | ".join(f"{c} untrained" for c in cols) + " |",
+             "|---|" + "---:|" * (2 * len(cols))]
+    for method, label in _METHOD_NAMES.items():
+        cells = [_cell([scores[col, s][method]["miou"] for s in study.seeds]) for scores in (trained, untrained)
+                 for col in cols]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", "Paired differences of mIoU (same seed), points, mean [95% CI]; **bold** where the interval excludes "
+              "zero:", "", "| | " + " | ".join(_METHOD_NAMES) + " |", "|---|" + "---:|" * len(_METHOD_NAMES)]
+    pairs = [*study.comparisons, *[(c, f"{c} untrained") for c in cols]]
+    for col, against in pairs:
+        other = untrained if against.endswith(" untrained") else trained
+        base = against.removesuffix(" untrained")
+        cells = []
+        for method in _METHOD_NAMES:
+            diffs = [100 * (trained[col, s][method]["miou"] - other[base, s][method]["miou"]) for s in study.seeds]
+            low, high = confidence_interval(diffs)
+            text = f"{statistics.fmean(diffs):+.1f} [{low:+.1f}, {high:+.1f}]"
+            cells.append(f"**{text}**" if low > 0 or high < 0 else text)
+        lines.append(f"| {col} − {against} | " + " | ".join(cells) + " |")
+    heads = {col: [trained[col, s]["best_head"]["head"] for s in study.seeds] for col in cols}
+    lines += ["", "Heads chosen on the training images (per seed): " +
+              "; ".join(f"{col} {heads[col]}" for col in cols) + ".", "",
+              "Label-free references on the same test images:", "", "| reference | mIoU | foreground IoU | "
+              "per-image Jaccard |", "|---|---:|---:|---:|", *_baselines()]
+    figure = _example_figure({col: load_model(Path(next(r["run_dir"] for r in records if r["col"] == col
+                                                        and r["seed"] == study.seeds[0])))[0] for col in cols},
+                             figures / f"{study.name}_examples.png")
+    lines += ["", f"Examples (test images 0-5, seed {study.seeds[0]} of each model): input, silhouette mask, then "
+              "per model the class-token attention (heads averaged), its 60%-mass mask and MaskCut's mask:", "",
+              f"![examples](figures/{figure.name})"]
+    return "\n".join(lines)
+
+
+@torch.no_grad()
+def _example_figure(models: dict, path: Path, count: int = 6) -> Path:
+    from matplotlib.figure import Figure
+
+    from ..data import load_dataset
+    from ..interpret.attention import cls_attention, grid_shape, record_attention
+    from ..interpret.render import _show, _smooth, _tint
+    from ..interpret.segment import fashion_mnist_foreground, unsupervised_masks
+    from ..interpret.weights import _save
+
+    data = load_dataset("fashion_mnist", "test")
+    pixels = data.images[:count]  # (B, 1, 28, 28) uint8
+    display = pixels.permute(0, 2, 3, 1)  # (B, 28, 28, 1)
+    truth = fashion_mnist_foreground(pixels)
+    colours = np.array([[1.0, 0.2, 0.2]])
+    columns = 2 + 3 * len(models)
+    fig = Figure(figsize=(0.85 * columns, 0.95 * count + 0.5), layout="constrained")
+    axes = fig.subplots(count, columns, squeeze=False)
+    base = (display.float() / 255).repeat(1, 1, 1, 3).numpy()
+    for b in range(count):
+        _show(axes[b, 0], display[b], "input" if b == 0 else "")
+        _show(axes[b, 1], display[b], "silhouette" if b == 0 else "", rgb=_tint(base[b], [truth[b].numpy()], colours))
+    for m, (name, model) in enumerate(models.items()):
+        cfg = model.pretrained_cfg
+        x = (pixels.float() / 255 - torch.tensor(cfg["mean"]).view(1, -1, 1, 1)) / torch.tensor(cfg["std"]).view(
+            1, -1, 1, 1)  # (B, 1, 28, 28)
+        maps = cls_attention(record_attention(model, x), grid_shape(model), model.num_prefix_tokens)  # (B, L, H, h, w)
+        attention_mask = unsupervised_masks(model, x, "attention")  # (B, 28, 28)
+        cut = unsupervised_masks(model, x, "maskcut")
+        for b in range(count):
+            col = 2 + 3 * m
+            _show(axes[b, col], display[b], f"{name}\nattention" if b == 0 else "",
+                  heat=_smooth(maps[b, -1].mean(dim=0), 28))
+            _show(axes[b, col + 1], display[b], f"{name}\nmask" if b == 0 else "",
+                  rgb=_tint(base[b], [attention_mask[b].numpy()], colours))
+            _show(axes[b, col + 2], display[b], f"{name}\nMaskCut" if b == 0 else "",
+                  rgb=_tint(base[b], [cut[b].numpy()], colours))
+    return _save(fig, path, 110)
