@@ -70,3 +70,36 @@ def test_grid_runs_resumes_and_writes_the_page(tmp_path, monkeypatch):
     assert len(records) == 4 and all(len(r["curve"]) == 2 for r in records)
     result = json.loads((tmp_path / "runs" / "tiny" / "256_images__default" / "seed0" / "result.json").read_text())
     assert result["step"] == 8 and 0 <= result["top1"] <= 100
+
+
+@pytest.mark.skipif(not (FASHION / "train-images-idx3-ubyte.gz").is_file(), reason="Fashion-MNIST absent")
+def test_segmentation_report_scores_trained_and_untrained_models_and_caches(tmp_path, monkeypatch):
+    import vitlab.compare.segmentation as segmentation
+    from vitlab.interpret import evaluate_fashion_mnist, load_model
+
+    monkeypatch.setattr(segmentation, "_TEST_IMAGES", 48)
+    monkeypatch.setattr(segmentation, "_SELECT_IMAGES", 16)
+    monkeypatch.setenv("VITLAB_DATA", str(FASHION.parent))
+    base = dataclasses.replace(get_preset("fashion_mnist_vit"), data_dir=str(FASHION), train_subset=128,
+                               eval_subset=64, batch_size=64, epochs=1, eval_every=1,
+                               model_kwargs=dict(patch_size=4, embed_dim=16, depth=2, num_heads=2))
+    study = Study("seg", "tiny segmentation", [Cell("r", "ViT", base),
+                                               Cell("r", "CRATE", dataclasses.replace(base, model="crate_tiny_patch4_32"))],
+                  seeds=[0, 1], comparisons=[("CRATE", "ViT")], report=segmentation.segmentation_report)
+    monkeypatch.setitem(STUDIES, "seg", lambda: study)
+    page = compare(["seg"], root=str(tmp_path / "runs"), figures=str(tmp_path / "figures"))
+    assert "over 48 test images" in page and "| ViT | CRATE | ViT untrained | CRATE untrained |" in page
+    for row in ("class-token attention, heads averaged", "attention rollout", "MaskCut (last-block keys)",
+                "| CRATE − ViT |", "| CRATE − CRATE untrained |", "every pixel foreground",
+                "mean training silhouette"):
+        assert row in page
+    assert Image.open(tmp_path / "figures" / "seg_examples.png").size[0] > 500
+    run = tmp_path / "runs" / "seg" / "r__CRATE" / "seed1"
+    cached = json.loads((run / "segmentation.json").read_text())
+    fresh = evaluate_fashion_mnist(load_model(run)[0], "test", limit=48)
+    assert cached["maskcut"] == fresh["maskcut"] and cached["attention"] == fresh["attention"]
+    assert cached["best_head"]["head"] in (0, 1)
+    assert cached["best_head"]["miou"] == fresh["attention_head"][cached["best_head"]["head"]]["miou"]
+    # scores are cached: a second report evaluates nothing
+    monkeypatch.setattr(segmentation, "_scores", lambda *a, **k: pytest.fail("re-scored a cached run"))
+    assert compare(["seg"], root=str(tmp_path / "runs"), figures=str(tmp_path / "figures")) == page

@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["mass_threshold", "upsample_mask", "maskcut", "fashion_mnist_foreground", "SegmentationScores",
-           "segmentation_scores", "METHODS", "attention_scores", "evaluate_fashion_mnist", "score_batch", "unsupervised_masks", "evaluate_segmentation"]
+           "segmentation_scores", "METHODS", "attention_scores", "unsupervised_masks", "score_batch",
+           "evaluate_segmentation", "evaluate_fashion_mnist"]
 
 
 def mass_threshold(scores: torch.Tensor, mass: float = 0.6) -> torch.Tensor:
