@@ -80,13 +80,13 @@ def get_pretrained_cfg(name: str) -> dict[str, Any]:
 
 
 def _fit_cfg_to_model(cfg: dict[str, Any], model: nn.Module) -> dict[str, Any]:
-    """The cfg's input size, classes and channels as built (img_size / in_chans / num_classes overrides); a mean / std
-    with another channel count than the model's becomes its channel average, repeated (e.g. grayscale)."""
+    """The cfg's input size and channels as built (img_size / in_chans overrides), so images are prepared for this
+    model; a mean / std with another channel count becomes its channel average, repeated (e.g. grayscale).
+    `num_classes` keeps describing the published weights (a model built for other classes gets a fresh head)."""
     embed = getattr(model, "patch_embed", None)
     if embed is None:
         return cfg
-    cfg = {**cfg, "input_size": (embed.in_chans, embed.img_size, embed.img_size),
-           "num_classes": getattr(model, "num_classes", cfg.get("num_classes"))}
+    cfg = {**cfg, "input_size": (embed.in_chans, embed.img_size, embed.img_size)}
     for key in ("mean", "std"):
         if len(cfg[key]) != embed.in_chans:
             cfg[key] = (sum(cfg[key]) / len(cfg[key]),) * embed.in_chans
