@@ -1,4 +1,5 @@
-"""vitlab: vision transformers you can read — ViT, CRATE, CRATE-α and mimetic initialization."""
+"""vitlab: transformers you can read — ViT, CRATE, CRATE-α, their causal language models beside GPT-2, and mimetic
+initialization."""
 from .convert import CheckpointMismatchError, load_checkpoint
 from .init import UnsupportedAttentionError, mimetic_init_, norm_matched_init_
 from .models import create_model, get_pretrained_cfg, is_model, list_models, register_model

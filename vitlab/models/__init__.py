@@ -1,9 +1,14 @@
-"""Model zoo: ViT, CRATE and CRATE-α on one skeleton, registered with timm semantics."""
+"""Model zoo: ViT, CRATE and CRATE-α on one image skeleton; GPT-2 and causal CRATE / CRATE-α language models on
+one language-model skeleton; all registered with timm semantics."""
 from ._base import ImageTransformer
+from ._lm_base import CausalLM
 from ._registry import create_model, get_pretrained_cfg, is_model, list_models, register_model, resolve_model_name
 from .crate import CRATE, CrateBlock
 from .crate_alpha import CRATEAlpha
+from .crate_lm import CRATEAlphaLM, CRATELM
+from .gpt import GPT
 from .vit import VisionTransformer
 
-__all__ = ["ImageTransformer", "VisionTransformer", "CRATE", "CRATEAlpha", "CrateBlock", "create_model",
+__all__ = ["ImageTransformer", "VisionTransformer", "CRATE", "CRATEAlpha", "CrateBlock", "CausalLM", "GPT",
+           "CRATELM", "CRATEAlphaLM", "create_model",
            "list_models", "register_model", "is_model", "resolve_model_name", "get_pretrained_cfg"]

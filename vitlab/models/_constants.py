@@ -1,4 +1,4 @@
-"""Normalisation constants and the pretrained_cfg builder shared by every model family."""
+"""Normalisation constants and the pretrained_cfg builders shared by every model family (image and language)."""
 from __future__ import annotations
 
 from typing import Any
@@ -16,3 +16,9 @@ def model_cfg(img_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, num_classes: 
     return dict(url=None, num_classes=num_classes, input_size=(3, img_size, img_size), mean=tuple(mean),
                 std=tuple(std), interpolation="bicubic", crop_pct=crop_pct, first_conv=first_conv,
                 classifier="head", **kwargs)
+
+
+def lm_cfg(vocab_size: int, block_size: int, paper: str, url: str | None = None, **kwargs: Any) -> dict[str, Any]:
+    """pretrained_cfg of a language model: task 'lm', the vocabulary and context it was registered with (and where
+    weights live, if any). No image keys."""
+    return dict(task="lm", url=url, vocab_size=vocab_size, block_size=block_size, paper=paper, **kwargs)

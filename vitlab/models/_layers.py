@@ -13,7 +13,7 @@ from torch import nn
 
 __all__ = [
     "PatchEmbed", "CratePatchEmbed", "sincos_2d_position_embedding",
-    "Attention", "SubspaceAttention", "Mlp", "SparseCoding",
+    "Attention", "SubspaceAttention", "Mlp", "SparseCoding", "split_fused_qkv",
 ]
 
 
@@ -88,38 +88,62 @@ def sincos_2d_position_embedding(grid_size: int, dim: int, temperature: float = 
 # Attention
 
 
-def _explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float):
-    """softmax(q kᵀ · scale) v with the probabilities returned: (B, H, N, dh), (B, H, N, N)."""
+def _explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, causal: bool = False):
+    """softmax(q kᵀ · scale) v with the probabilities returned: (B, H, N, dh), (B, H, N, N). `causal`: token i
+    attends only to tokens j ≤ i (the upper triangle is masked to −∞ before the softmax, so it is exactly 0)."""
     attn = (q * scale) @ k.transpose(-2, -1)  # (B, H, N, N)
+    if causal:
+        N = attn.shape[-1]
+        future = torch.ones(N, N, dtype=torch.bool, device=attn.device).triu(1)  # (N, N) True above the diagonal
+        attn = attn.masked_fill(future, float("-inf"))  # (B, H, N, N)
     attn = attn.softmax(dim=-1)
     return attn @ v, attn
 
 
 class _MultiHeadAttention(nn.Module):
-    """The plumbing both attentions share: per-head softmax attention of `_qkv(x)` (fused SDPA, or explicit when the
-    probabilities are wanted), heads merged head-major, then the output projection `proj`."""
+    """The plumbing every attention shares: per-head softmax attention of `_qkv(x)` (fused SDPA, or explicit when the
+    probabilities are wanted), heads merged head-major, then the output projection `_project`.
 
-    def __init__(self, dim: int, num_heads: int):
+    `causal=True` lets token i attend only to tokens j ≤ i (language models): SDPA's `is_causal`, or the same mask
+    in the explicit path. `attn_dropout` drops attention probabilities in training (SDPA path only; the explicit
+    path is for inspection and never drops).
+    """
+
+    def __init__(self, dim: int, num_heads: int, causal: bool = False, attn_dropout: float = 0.0):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"width {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = self.head_dim**-0.5
+        self.causal = causal
+        self.attn_dropout = attn_dropout
 
     def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
+    def _project(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)  # (B, N, d)
+
     def _merge(self, out: torch.Tensor) -> torch.Tensor:
         B, H, N, dh = out.shape
-        return self.proj(out.transpose(1, 2).reshape(B, N, H * dh))  # (B, N, d)
+        return self._project(out.transpose(1, 2).reshape(B, N, H * dh))  # (B, N, d)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._merge(F.scaled_dot_product_attention(*self._qkv(x)))
+        dropout_p = self.attn_dropout if self.training else 0.0
+        return self._merge(F.scaled_dot_product_attention(*self._qkv(x), dropout_p=dropout_p,
+                                                          is_causal=self.causal))
 
     def forward_with_attention(self, x: torch.Tensor):
-        out, attn = _explicit_attention(*self._qkv(x), self.scale)
+        out, attn = _explicit_attention(*self._qkv(x), self.scale, causal=self.causal)
         return self._merge(out), attn  # (B, N, d), (B, H, N, N)
+
+
+def split_fused_qkv(qkv: torch.Tensor, num_heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(B, N, 3·d) output of a fused projection, rows q | k | v each head-major → 3 × (B, H, N, dh)."""
+    B, N, three_d = qkv.shape
+    qkv = qkv.reshape(B, N, 3, num_heads, three_d // (3 * num_heads))  # (B, N, 3, H, dh)
+    return qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 × (B, H, N, dh)
 
 
 class Attention(_MultiHeadAttention):
@@ -128,15 +152,14 @@ class Attention(_MultiHeadAttention):
     qkv rows are ordered q | k | v, each block head-major: row = s·d + h·dh + j.
     """
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, proj_bias: bool = True):
-        super().__init__(dim, num_heads)
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, proj_bias: bool = True,
+                 causal: bool = False):
+        super().__init__(dim, num_heads, causal=causal)
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim, bias=proj_bias)
 
     def _qkv(self, x: torch.Tensor):
-        B, N, d = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim)  # (B, N, 3, H, dh)
-        return qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 × (B, H, N, dh)
+        return split_fused_qkv(self.qkv(x), self.num_heads)  # 3 × (B, H, N, dh)
 
 
 class SubspaceAttention(_MultiHeadAttention):
@@ -145,10 +168,11 @@ class SubspaceAttention(_MultiHeadAttention):
     One bias-free projection U = [U_1; …; U_K] (`subspace`, rows head-major) gives w = U z, which serves as query,
     key AND value: per head softmax(w_k w_kᵀ / √dh) w_k. This is a gradient step on the compression term
     R^c(Z; U_[K]); `proj` maps the concatenated heads back (CRATE: with bias, CRATE-α: without).
+    `causal=True`: each token compresses against its past only (the language models).
     """
 
-    def __init__(self, dim: int, num_heads: int, proj_bias: bool = True):
-        super().__init__(dim, num_heads)
+    def __init__(self, dim: int, num_heads: int, proj_bias: bool = True, causal: bool = False):
+        super().__init__(dim, num_heads, causal=causal)
         self.subspace = nn.Linear(dim, dim, bias=False)  # U_[K]
         self.proj = nn.Linear(dim, dim, bias=proj_bias)
 

@@ -23,10 +23,12 @@ def load_pretrained(model: nn.Module, checkpoint_path: str | None = None) -> nn.
         path = Path(cfg["file"])
     elif cfg.get("url"):
         url = cfg["url"]
-        path = download(url, cache_dir() / "weights" / url.rsplit("/", 1)[-1], sha256=cfg.get("sha256"))
+        name = cfg.get("cache_name") or url.rsplit("/", 1)[-1]  # cache_name when several URLs share a file name
+        path = download(url, cache_dir() / "weights" / name, sha256=cfg.get("sha256"))
     else:
         raise ValueError(f"no pretrained weights are published for {cfg.get('architecture', type(model).__name__)}; "
-                         "pass checkpoint_path=... (our safetensors, a timm ViT state dict, or an official CRATE / "
-                         "CRATE-α .pth)")
-    skip_head = checkpoint_path is None and model.num_classes != cfg.get("num_classes", model.num_classes)
+                         "pass checkpoint_path=... (our safetensors, a timm ViT state dict, an official CRATE / "
+                         "CRATE-α .pth, a Hugging Face GPT-2 file or a nanoGPT ckpt.pt)")
+    num_classes = getattr(model, "num_classes", None)  # language models have none
+    skip_head = checkpoint_path is None and num_classes != cfg.get("num_classes", num_classes)
     return load_checkpoint(model, path, layout=layout, skip_head=skip_head)

@@ -1,7 +1,8 @@
 """Model registry with timm semantics: `register_model`, `list_models(pattern)`, `create_model(name, **overrides)`.
 
-Canonical names are timm style (`crate_alpha_base_patch16_224`); each also gets a short alias
-(`crate_alpha_b16`; `vit_t2_32` for 32 px models).
+Canonical names are timm style (`crate_alpha_base_patch16_224`); each image model also gets a short alias
+(`crate_alpha_b16`; `vit_t2_32` for 32 px models). Language models (pretrained_cfg task 'lm': `gpt2`,
+`crate_lm_base`, ...) have no alias.
 """
 from __future__ import annotations
 
@@ -82,7 +83,10 @@ def get_pretrained_cfg(name: str) -> dict[str, Any]:
 def _fit_cfg_to_model(cfg: dict[str, Any], model: nn.Module) -> dict[str, Any]:
     """The cfg's input size and channels as built (img_size / in_chans overrides), so images are prepared for this
     model; a mean / std with another channel count becomes its channel average, repeated (e.g. grayscale).
-    `num_classes` keeps describing the published weights (a model built for other classes gets a fresh head)."""
+    `num_classes` keeps describing the published weights (a model built for other classes gets a fresh head).
+    A language model's cfg gets the vocab_size and block_size it was built with."""
+    if cfg.get("task") == "lm":
+        return {**cfg, "vocab_size": model.vocab_size, "block_size": model.block_size}
     embed = getattr(model, "patch_embed", None)
     if embed is None:
         return cfg
@@ -104,7 +108,8 @@ def create_model(name: str, pretrained: bool = False, *, pretrained_cfg_overlay:
         checkpoint_path: a local weight file (safetensors, or a .pth in our or an official layout) to load.
         init: None for the family's default initialisation, or 'mimetic' (Trockman & Kolter 2023).
         init_kwargs: keyword arguments for the chosen init, e.g. `dict(alpha_qk=0.7, beta_qk=0.7, seed=0)`.
-        **kwargs: constructor overrides (num_classes, img_size, patch_size, embed_dim, depth, num_heads, ...).
+        **kwargs: constructor overrides (num_classes, img_size, patch_size, embed_dim, depth, num_heads, ...;
+            language models: vocab_size, block_size, n_layer, n_head, n_embd, dropout, ...).
     """
     canonical = resolve_model_name(name)
     cfg = {**_CFGS[canonical], **(pretrained_cfg_overlay or {})}

@@ -20,8 +20,7 @@ from ._constants import CIFAR10_MEAN, CIFAR10_STD, model_cfg
 from ._layers import SparseCoding, SubspaceAttention, init_dictionary_
 from ._registry import register_model
 
-__all__ = ["CrateBlock", "CRATE"]
-
+__all__ = ["CrateBlock", "CRATE", "init_crate_blocks_"]
 
 
 class CrateBlock(nn.Module):
@@ -32,15 +31,17 @@ class CrateBlock(nn.Module):
         decoupled_dictionary: decode the sparse code with a separate dictionary D1 (CRATE-α).
         residual_sparse_coding: z ← z + ODL(LN2(z)) (CRATE-α) instead of z ← ISTA(LN2(z)) (CRATE).
         attn_proj_bias: bias on MSSA's output projection (CRATE: yes, CRATE-α: no).
+        causal: MSSA attends only to earlier tokens (the causal language models of crate_lm.py); ISTA / ODL is
+            token-wise, so this makes the whole block causal.
     """
 
     def __init__(self, dim: int, num_heads: int, overcomplete_ratio: int = 1, decoupled_dictionary: bool = False,
                  residual_sparse_coding: bool = False, attn_proj_bias: bool = True, norm_eps: float = 1e-5,
-                 ista_step_size: float = 0.1, ista_lambda: float = 0.1):
+                 ista_step_size: float = 0.1, ista_lambda: float = 0.1, causal: bool = False):
         super().__init__()
         self.residual_sparse_coding = residual_sparse_coding
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
-        self.attn = SubspaceAttention(dim, num_heads, proj_bias=attn_proj_bias)
+        self.attn = SubspaceAttention(dim, num_heads, proj_bias=attn_proj_bias, causal=causal)
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.ista = SparseCoding(dim, overcomplete_ratio, decoupled_dictionary, ista_step_size, ista_lambda)
 
@@ -55,6 +56,13 @@ class CrateBlock(nn.Module):
     def forward_with_attention(self, x: torch.Tensor):
         out, attn = self.attn.forward_with_attention(self.norm1(x))
         return self._sparsify(x + out), attn
+
+
+def init_crate_blocks_(blocks) -> None:
+    """The official CRATE block init: PyTorch-default Linear layers (as built) and Kaiming-uniform square
+    dictionaries D (d, d)."""
+    for block in blocks:
+        init_dictionary_(block.ista.D, fan_in=block.ista.D.shape[1])  # kaiming_uniform_ on (d, d)
 
 
 class CRATE(ImageTransformer):
@@ -80,8 +88,7 @@ class CRATE(ImageTransformer):
     def init_weights(self) -> None:
         nn.init.normal_(self.pos_embed, std=1.0)  # official: torch.randn
         nn.init.normal_(self.cls_token, std=1.0)
-        for block in self.blocks:
-            init_dictionary_(block.ista.D, fan_in=block.ista.D.shape[1])  # kaiming_uniform_ on (d, d)
+        init_crate_blocks_(self.blocks)
 
     def no_weight_decay(self) -> set[str]:
         """Empty: the official CRATE recipe (Lion, `Lion(model.parameters(), weight_decay=...)`) decays every

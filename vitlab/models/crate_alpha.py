@@ -24,7 +24,20 @@ from ._layers import init_dictionary_
 from ._registry import register_model
 from .crate import CrateBlock
 
-__all__ = ["CRATEAlpha"]
+__all__ = ["CRATEAlpha", "init_crate_alpha_blocks_"]
+
+
+def init_crate_alpha_blocks_(blocks) -> None:
+    """The official (JAX) CRATE-α block init: MSSA kernels U and the output projection N(0, 0.02); dictionaries D
+    and D1 uniform ±√(6/d) (Flax kaiming-uniform with fan-in d); LayerNorms ones / zeros (as built)."""
+    for block in blocks:
+        nn.init.normal_(block.attn.subspace.weight, std=0.02)
+        nn.init.normal_(block.attn.proj.weight, std=0.02)
+        if block.attn.proj.bias is not None:
+            nn.init.zeros_(block.attn.proj.bias)
+        for dictionary in (block.ista.D, block.ista.D1):
+            if dictionary is not None:
+                init_dictionary_(dictionary, fan_in=dictionary.shape[0])  # ±√(6/d), Flax fan-in = d
 
 
 class CRATEAlpha(ImageTransformer):
@@ -54,12 +67,7 @@ class CRATEAlpha(ImageTransformer):
         nn.init.normal_(self.cls_token, std=1e-6)
         nn.init.kaiming_uniform_(self.patch_embed.proj.weight)  # Flax kaiming_uniform, fan-in 3·P·P
         nn.init.zeros_(self.patch_embed.proj.bias)
-        for block in self.blocks:
-            nn.init.normal_(block.attn.subspace.weight, std=0.02)
-            nn.init.normal_(block.attn.proj.weight, std=0.02)
-            for dictionary in (block.ista.D, block.ista.D1):
-                if dictionary is not None:
-                    init_dictionary_(dictionary, fan_in=dictionary.shape[0])  # ±√(6/d), Flax fan-in = d
+        init_crate_alpha_blocks_(self.blocks)
         if isinstance(self.head, nn.Linear):
             nn.init.normal_(self.head.weight, std=0.02)
             nn.init.zeros_(self.head.bias)

@@ -1,0 +1,130 @@
+"""The one skeleton shared by the causal language models (GPT-2, CRATE LM, CRATE-α LM), in nanoGPT's layout and
+parameter names: token embedding `transformer.wte` + learned positions `transformer.wpe` → dropout → blocks
+`transformer.h.{i}` → final LayerNorm `transformer.ln_f` → `lm_head`, whose weight IS `transformer.wte.weight`
+(weight tying: one Parameter under two names). The families differ only in the block they stack and their init.
+
+Shapes: B batch, T tokens (T ≤ block_size), V vocab_size, d n_embd, L n_layer, H n_head.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["CausalLM"]
+
+
+class CausalLM(nn.Module):
+    """Args:
+        block_fn: `block_fn(index) -> nn.Module`; each block maps (B, T, d) → (B, T, d) causally and has
+            `forward_with_attention(x) -> (x, attn (B, H, T, T))`.
+        vocab_size, block_size: V and the longest context T (the size of the position table).
+        n_layer, n_head, n_embd: depth L, heads H, width d.
+        dropout: on the summed embeddings (the blocks apply their own).
+        norm_eps, norm_bias: the final LayerNorm `ln_f`.
+    """
+
+    def __init__(self, *, block_fn: Callable[[int], nn.Module], vocab_size: int, block_size: int, n_layer: int,
+                 n_head: int, n_embd: int, dropout: float = 0.0, norm_eps: float = 1e-5, norm_bias: bool = True):
+        super().__init__()
+        if vocab_size < 1 or block_size < 1:
+            raise ValueError(f"vocab_size and block_size must be positive, got {vocab_size} and {block_size}")
+        self.vocab_size, self.block_size = vocab_size, block_size
+        self.n_layer, self.n_head, self.n_embd = n_layer, n_head, n_embd
+        self.num_heads, self.num_features = n_head, n_embd  # the names the image models use
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(vocab_size, n_embd),
+            wpe=nn.Embedding(block_size, n_embd),
+            drop=nn.Dropout(dropout),
+            h=nn.ModuleList([block_fn(i) for i in range(n_layer)]),
+            ln_f=nn.LayerNorm(n_embd, eps=norm_eps, bias=norm_bias),
+        ))
+        self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight  # weight tying (nanoGPT, GPT-2): one Parameter
+
+    # --------------------------------------------------------------------------------------------------------
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Parameter count (the tied head counted once). nanoGPT's convention: `non_embedding=True` leaves out the
+        position table wpe; the token table stays in, because it is also the output layer."""
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.transformer.wpe.weight.numel() if non_embedding else n
+
+    def no_weight_decay(self) -> set[str]:
+        """Full names of the parameters not decayed: nanoGPT's rule, every parameter with fewer than 2 dimensions
+        (biases, LayerNorm weights). The tied embedding matrix is decayed."""
+        return {name for name, p in self.named_parameters() if p.ndim < 2}
+
+    def crop_block_size(self, block_size: int) -> None:
+        """Shrinks the context to `block_size` (e.g. GPT-2's 1024 → 256) by keeping the first rows of wpe."""
+        if not 0 < block_size <= self.block_size:
+            raise ValueError(f"crop_block_size: {block_size} must be in 1..{self.block_size} (the current block_size)")
+        self.block_size = block_size
+        self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size].detach().clone())
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head
+
+    # --------------------------------------------------------------------------------------------------------
+    def _embed(self, idx: torch.Tensor) -> torch.Tensor:
+        if idx.dim() != 2:
+            raise ValueError(f"expected token indices of shape (B, T), got {tuple(idx.shape)}")
+        T = idx.shape[1]
+        if T > self.block_size:
+            raise ValueError(f"cannot forward a sequence of length {T}: the block size (context length) is only "
+                             f"{self.block_size}; crop the input to its last {self.block_size} tokens")
+        pos = torch.arange(T, dtype=torch.long, device=idx.device)  # (T,)
+        tok_emb = self.transformer.wte(idx)  # (B, T, d)
+        pos_emb = self.transformer.wpe(pos)  # (T, d)
+        return self.transformer.drop(tok_emb + pos_emb)  # (B, T, d)
+
+    def forward_features(self, idx: torch.Tensor) -> torch.Tensor:
+        """(B, T) token indices → (B, T, d) hidden states after ln_f."""
+        x = self._embed(idx)  # (B, T, d)
+        for block in self.transformer.h:
+            x = block(x)  # (B, T, d)
+        return self.transformer.ln_f(x)  # (B, T, d)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """(B, T) token indices → (B, T, V) next-token logits; position t sees tokens 0..t only."""
+        return self.lm_head(self.forward_features(idx))  # (B, T, V)
+
+    @torch.no_grad()
+    def forward_attention(self, idx: torch.Tensor) -> torch.Tensor:
+        """Causal softmax attention probabilities of every block: (B, L, H, T, T); row t is zero beyond column t."""
+        x = self._embed(idx)  # (B, T, d)
+        maps = []
+        for block in self.transformer.h:
+            x, attn = block.forward_with_attention(x)  # (B, T, d), (B, H, T, T)
+            maps.append(attn)
+        return torch.stack(maps, dim=1)  # (B, L, H, T, T)
+
+    @torch.no_grad()
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """Appends `max_new_tokens` sampled tokens to `idx` (B, T) and returns (B, T + max_new_tokens).
+
+        Each step sees at most the last block_size tokens. temperature 0 picks the argmax (greedy); otherwise the
+        logits are divided by `temperature`, kept to the `top_k` largest (if given) and sampled with
+        torch.multinomial, so a seeded `generator` (on the model's device) makes the output reproducible. Call
+        `model.eval()` first when the model has dropout.
+        """
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k must be a positive integer or None, got {top_k}")
+        for _ in range(max_new_tokens):
+            idx_cond = idx if idx.shape[1] <= self.block_size else idx[:, -self.block_size:]  # (B, ≤ block_size)
+            logits = self(idx_cond)[:, -1, :]  # (B, V)
+            if temperature == 0:
+                idx_next = logits.argmax(dim=-1, keepdim=True)  # (B, 1)
+            else:
+                logits = logits / temperature  # (B, V)
+                if top_k is not None:
+                    kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, [-1]]  # (B, 1)
+                    logits = logits.masked_fill(logits < kth, float("-inf"))  # (B, V)
+                probs = F.softmax(logits, dim=-1)  # (B, V)
+                idx_next = torch.multinomial(probs, num_samples=1, generator=generator)  # (B, 1)
+            idx = torch.cat((idx, idx_next), dim=1)  # (B, T + 1)
+        return idx
