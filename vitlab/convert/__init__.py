@@ -1,4 +1,5 @@
-"""Loading weights: our safetensors files, timm ViT state dicts, and the official CRATE / CRATE-α layouts."""
+"""Loading weights: our safetensors files, timm ViT state dicts, the official CRATE / CRATE-α layouts, Hugging Face
+ViT, and GPT-2 (Hugging Face and nanoGPT)."""
 from .checkpoint import CheckpointMismatchError, convert_state_dict, load_checkpoint, read_weights, unwrap_state_dict
 from .official import LAYOUTS, detect_layout
 

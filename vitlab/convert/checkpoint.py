@@ -94,6 +94,28 @@ def _mismatch_report(ours: Mapping[str, torch.Tensor], theirs: Mapping[str, torc
             + listing("shape mismatches", shapes))
 
 
+def _fill_tied(state_dict: dict[str, torch.Tensor], model: nn.Module) -> list[str]:
+    """A Parameter registered under several names (a language model's lm_head tied to its token embedding) needs
+    only one of them in the checkpoint: the others are filled in. Returns a report line for each tied group whose
+    names hold different tensors (an untied checkpoint cannot load into a tied model)."""
+    groups: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(p), []).append(name)
+    problems = []
+    for names in (g for g in groups.values() if len(g) > 1):
+        present = [n for n in names if n in state_dict]
+        if not present:
+            continue
+        first = state_dict[present[0]]
+        for other in present[1:]:
+            if state_dict[other].shape != first.shape or not torch.equal(state_dict[other], first):
+                problems.append(f"    {present[0]} and {other} differ in the checkpoint but are one (tied) "
+                                "parameter in the model")
+        for name in names:
+            state_dict.setdefault(name, first)
+    return ["  tied parameters (%d):" % len(problems)] + problems if problems else []
+
+
 def load_checkpoint(model: nn.Module, checkpoint: str | os.PathLike | Mapping, layout: str = "auto",
                     skip_head: bool | str = False, adapt: bool = False) -> nn.Module:
     """Loads weights into `model` with strict key and shape checks; raises `CheckpointMismatchError` with a full
@@ -101,7 +123,9 @@ def load_checkpoint(model: nn.Module, checkpoint: str | os.PathLike | Mapping, l
 
     Args:
         checkpoint: a file path (see `read_weights`) or an already loaded dict / training checkpoint.
-        layout: 'auto' (detected from the keys), 'vitlab', 'crate_official' or 'crate_alpha_official'.
+        layout: 'auto' (detected from the keys and shapes), 'vitlab', or one of `vitlab.convert.LAYOUTS`
+            ('crate_official', 'crate_alpha_official', 'hf_vit', 'gpt2_hf', 'nanogpt'). A tied parameter (GPT's
+            lm_head.weight = transformer.wte.weight) may appear under one of its names only.
         skip_head: keep the model's own classifier (`head.*`), e.g. to fine-tune on a new number of classes;
             'auto' keeps it only where the checkpoint's head has another shape.
         adapt: resize the conv stem kernel and interpolate the position grid to the model's patch and image size
@@ -119,7 +143,9 @@ def load_checkpoint(model: nn.Module, checkpoint: str | os.PathLike | Mapping, l
             k in state_dict for k in head)
     if skip_head:
         state_dict = {k: v for k, v in state_dict.items() if k not in head}
-    problems = _mismatch_report(ours, state_dict, head if skip_head else frozenset())
+    state_dict = dict(state_dict)
+    problems = _fill_tied(state_dict, model)
+    problems += _mismatch_report(ours, state_dict, head if skip_head else frozenset())
     if problems:
         raise CheckpointMismatchError(f"{source} (layout {layout!r}) does not fit {type(model).__name__} "
                                       f"{getattr(model, 'pretrained_cfg', {}).get('architecture', '')}:\n"

@@ -1,12 +1,15 @@
-"""Key maps from the official CRATE and CRATE-α PyTorch layouts, and Hugging Face ViT, to this library's keys.
+"""Key maps from the official CRATE and CRATE-α PyTorch layouts, Hugging Face ViT, and GPT-2 (Hugging Face and
+nanoGPT) to this library's keys.
 
-See ../shared/design/official_layouts.md §1-2. Both official models keep their weights under `transformer.layers.{i}`
-with `.0` the MSSA sub-block and `.1` the ISTA / ODL sub-block.
+See ../shared/design/official_layouts.md §1-2, 5-7. Both official CRATE models keep their weights under
+`transformer.layers.{i}` with `.0` the MSSA sub-block and `.1` the ISTA / ODL sub-block. Our GPT already uses the
+GPT-2 names (nanoGPT's nn.Linear layout), so GPT-2 files need only HF's Conv1D weights transposed.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable, Mapping
 
 import torch
@@ -134,24 +137,72 @@ def _crate_alpha_head_eps(model: nn.Module) -> None:
         model.norm.eps = 1e-5
 
 
+# GPT-2: Hugging Face GPT2LMHeadModel / GPT2Model (official_layouts §6) and nanoGPT (§5)
+_GPT2_CONV1D = re.compile(r"transformer\.h\.\d+\.(?:attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.weight")
+_GPT2_BUFFER = re.compile(r"(?:transformer\.)?h\.\d+\.attn\.(?:bias|masked_bias)")  # causal-mask buffers
+
+
+def _gpt2_c_attn(state_dict: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
+    return next((state_dict[k] for k in ("transformer.h.0.attn.c_attn.weight", "h.0.attn.c_attn.weight")
+                 if k in state_dict), None)
+
+
+def _is_gpt2_hf(state_dict: Mapping[str, torch.Tensor]) -> bool:
+    """HF Conv1D layout: c_attn weight (d, 3d) = (in, out); ours / nanoGPT's nn.Linear is (3d, d)."""
+    w = _gpt2_c_attn(state_dict)
+    return w is not None and w.ndim == 2 and w.shape[1] == 3 * w.shape[0]
+
+
+def _is_nanogpt_variant(state_dict: Mapping[str, torch.Tensor]) -> bool:
+    """GPT-2 keys in nn.Linear layout that still need work: the `transformer.` prefix is missing, or nanoGPT's
+    causal-mask buffers `attn.bias` (PyTorch < 2.0) are present. Plain nanoGPT keys are ours ('vitlab')."""
+    w = _gpt2_c_attn(state_dict)
+    if w is None or _is_gpt2_hf(state_dict):
+        return False
+    return "h.0.attn.c_attn.weight" in state_dict or any(_GPT2_BUFFER.fullmatch(k) for k in state_dict)
+
+
+def _from_gpt2(state_dict: Mapping[str, torch.Tensor], model: nn.Module, transpose: bool) -> dict[str, torch.Tensor]:
+    """GPT-2 keys → ours: adds the `transformer.` prefix (GPT2Model files lack it), drops the causal-mask buffers
+    `attn.bias` / `attn.masked_bias`, and (HF) transposes the four Conv1D weights attn.c_attn, attn.c_proj,
+    mlp.c_fc, mlp.c_proj from (in, out) to nn.Linear's (out, in). A missing `lm_head.weight` is the tied
+    `transformer.wte.weight` (filled in by load_checkpoint)."""
+    out = {}
+    for key, value in state_dict.items():
+        if _GPT2_BUFFER.fullmatch(key):
+            continue
+        if not key.startswith(("transformer.", "lm_head.")):
+            key = "transformer." + key
+        out[key] = value.t() if transpose and _GPT2_CONV1D.fullmatch(key) and value.ndim == 2 else value
+    return out
+
+
 @dataclass(frozen=True)
 class Layout:
     name: str
-    marker: str  # a key only this layout has
+    marker: str | None  # a key only this layout has (None: recognised by `detect`)
     convert: Callable[[Mapping[str, torch.Tensor], nn.Module], dict[str, torch.Tensor]]
     after_load: Callable[[nn.Module], None] = lambda model: None
+    detect: Callable[[Mapping[str, torch.Tensor]], bool] | None = None  # for layouts told apart by shapes
 
 
 LAYOUTS: dict[str, Layout] = {
     "crate_official": Layout("crate_official", "to_patch_embedding.2.weight", _from_crate),
     "crate_alpha_official": Layout("crate_alpha_official", "conv1.weight", _from_crate_alpha, _crate_alpha_head_eps),
     "hf_vit": Layout("hf_vit", "embeddings.patch_embeddings.projection.weight", _from_hf_vit, _hf_layer_norm_eps),
+    "gpt2_hf": Layout("gpt2_hf", None, partial(_from_gpt2, transpose=True), detect=_is_gpt2_hf),
+    "nanogpt": Layout("nanogpt", None, partial(_from_gpt2, transpose=False), detect=_is_nanogpt_variant),
 }
 
 
 def detect_layout(state_dict: Mapping[str, torch.Tensor]) -> str:
-    """'crate_official', 'crate_alpha_official', 'hf_vit', or 'vitlab' (our keys, also timm's for the ViT)."""
+    """'crate_official', 'crate_alpha_official', 'hf_vit', 'gpt2_hf' (Conv1D c_attn (d, 3d)), 'nanogpt' (GPT-2
+    keys in nn.Linear layout without the `transformer.` prefix or with mask buffers), or 'vitlab' (our keys, also
+    timm's for the ViT and nanoGPT's for GPT)."""
     for layout in LAYOUTS.values():
-        if layout.marker in state_dict or "vit." + layout.marker in state_dict:
+        if layout.detect is not None:
+            if layout.detect(state_dict):
+                return layout.name
+        elif layout.marker in state_dict or "vit." + layout.marker in state_dict:
             return layout.name
     return "vitlab"
