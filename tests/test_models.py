@@ -16,7 +16,20 @@ def tiny(name: str, **extra):
                                img_size=2 * patch_size, **extra)
 
 
-@pytest.mark.parametrize("name", vitlab.list_models())
+# Image models only; the language models (pretrained_cfg task 'lm') have their own suite, tests/test_lm_models.py.
+IMAGE_MODELS = [n for n in vitlab.list_models() if vitlab.get_pretrained_cfg(n).get("task") != "lm"]
+LM_MODELS = [n for n in vitlab.list_models() if vitlab.get_pretrained_cfg(n).get("task") == "lm"]
+
+
+def test_language_models_are_registered_apart_from_image_models():
+    assert {"gpt2", "gpt_char_tiny", "crate_lm_base", "crate_alpha_lm_small", "crate_alpha_lm_base"} <= set(LM_MODELS)
+    assert len(IMAGE_MODELS) + len(LM_MODELS) == len(vitlab.list_models()) and len(IMAGE_MODELS) > 30
+    for name in LM_MODELS:
+        cfg = vitlab.get_pretrained_cfg(name)
+        assert {"vocab_size", "block_size", "paper"} <= set(cfg) and "input_size" not in cfg
+
+
+@pytest.mark.parametrize("name", IMAGE_MODELS)
 def test_every_model_forward_backward_roundtrip(name, tmp_path):
     model = tiny(name)
     img = model.patch_embed.img_size
