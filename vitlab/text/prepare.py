@@ -1,0 +1,256 @@
+"""Token shards for language modelling: `prepare_text(dataset, tokenizer)` tokenises each split of a text dataset once
+and writes nanoGPT-style flat token files; later calls with the same sources and tokenizer reuse them.
+
+A prepared folder (`<cache>/text/<dataset>/<tokenizer spec>`, e.g. `~/.cache/vitlab/text/tinyshakespeare/char`):
+    train.bin, val.bin, test.bin   the splits present: raw little-endian uint16 (vocab < 65536) or uint32 token ids
+    meta.json                      dataset, tokenizer spec, vocab_size, eot_id, dtype, tokens per split, split rule,
+                                   source fingerprint (paths, sizes, mtimes, sha256), vitlab version (written last)
+    vitlab_tokenizer.json          the tokenizer (+ tokenizer.json for 'bpe', vocab.bpe + encoder.json for 'gpt2')
+Every file is written to a temporary name and renamed into place, and meta.json is removed before a folder is
+rewritten, so an interrupted prepare leaves a folder that the next call prepares again instead of trusting."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from .._download import cache_dir as vitlab_cache_dir
+from .._download import file_digests
+from ._gpt2 import find_gpt2_files
+from ._io import atomic_open, atomic_write_json, file_lock
+from ._sources import MissingSplitError, TextSource, _sanitise, resolve_source
+from .tokenizers import (BPETokenizer, CharTokenizer, GPT2Tokenizer, Tokenizer, canonical_tokenizer_spec,
+                         load_tokenizer, parse_tokenizer_spec)
+
+__all__ = ["PreparedText", "prepare_text", "prepared_dir", "FORMAT_VERSION"]
+
+FORMAT_VERSION = 1  # bump when the shard layout or the splitting rules change: older folders are prepared again
+_BATCH_CHARS = 1 << 20  # characters per batch-encode call (Hugging Face needs ~200 bytes per character)
+_BATCH_ITEMS = 1024
+_SPLIT_ALIASES = {"valid": "val", "validation": "val"}
+
+
+def _split_name(split: str) -> str:
+    return _SPLIT_ALIASES.get(split, split)
+
+
+@dataclass
+class PreparedText:
+    """A prepared folder: `splits` = {split: number of tokens}, `tokens(split)` = a read-only memmap of them."""
+    root: Path
+    dataset: str
+    tokenizer: Tokenizer
+    splits: dict[str, int]
+    vocab_size: int
+    dtype: np.dtype
+    meta: dict
+
+    @classmethod
+    def load(cls, root: str | os.PathLike) -> "PreparedText":
+        """Opens a folder written by `prepare_text` (checks that every shard has the size meta.json gives)."""
+        root = Path(root)
+        meta = json.loads((root / "meta.json").read_text(encoding="utf-8"))
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{root}: prepared by another vitlab format ({meta.get('format_version')}); prepare it "
+                             "again")
+        tokenizer = load_tokenizer(root)
+        if tokenizer.vocab_size != meta["vocab_size"]:
+            raise ValueError(f"{root}: meta.json says vocab_size {meta['vocab_size']}, the tokenizer has "
+                             f"{tokenizer.vocab_size}; prepare it again")
+        prepared = cls(root, meta["dataset"], tokenizer, dict(meta["splits"]), meta["vocab_size"],
+                       np.dtype(meta["dtype"]).newbyteorder("<"), meta)
+        for split, n in prepared.splits.items():
+            path = prepared.path(split)
+            size = path.stat().st_size if path.is_file() else None
+            if size != n * prepared.dtype.itemsize:
+                raise ValueError(f"{path}: {size} bytes, but meta.json says {n} tokens of {meta['dtype']}; prepare "
+                                 "it again")
+        return prepared
+
+    def path(self, split: str) -> Path:
+        return self.root / f"{_split_name(split)}.bin"
+
+    def has_split(self, split: str) -> bool:
+        return _split_name(split) in self.splits
+
+    def tokens(self, split: str) -> np.ndarray:
+        """The token ids of `split`: a read-only 1-D np.memmap of `dtype`. A split whose file was not found (e.g.
+        WikiText's train split) raises `MissingSplitError` naming the files looked for."""
+        name = _split_name(split)
+        if name not in self.splits:
+            missing = self.meta.get("missing_splits", {})
+            present = ", ".join(self.splits)
+            if name in missing:
+                raise MissingSplitError(f"{self.dataset}: no {name!r} split: its file was not found when {self.root} "
+                                        f"was prepared (looked for {', '.join(missing[name])}). Prepared splits: "
+                                        f"{present}. Add the file and call prepare_text again.")
+            raise MissingSplitError(f"{self.dataset} has no {split!r} split; prepared splits: {present}")
+        n = self.splits[name]
+        if n == 0:
+            empty = np.zeros(0, dtype=self.dtype)
+            empty.flags.writeable = False
+            return empty
+        return np.memmap(self.path(name), dtype=self.dtype, mode="r", shape=(n,))
+
+    def __repr__(self) -> str:
+        return (f"PreparedText({self.dataset!r}, tokenizer={self.tokenizer.name!r}, vocab_size={self.vocab_size}, "
+                f"splits={self.splits}, root={str(self.root)!r})")
+
+
+def prepared_dir(dataset_key: str, tokenizer: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """`<cache_dir or vitlab cache/text>/<dataset>/<tokenizer spec, sanitised>`."""
+    base = Path(cache_dir).expanduser() if cache_dir is not None else vitlab_cache_dir() / "text"
+    return base / dataset_key / _sanitise(canonical_tokenizer_spec(tokenizer))
+
+
+def prepare_text(dataset: str, tokenizer: str = "char", data_dir: str | os.PathLike | None = None,
+                 cache_dir: str | os.PathLike | None = None, download: bool = False, *,
+                 gpt2_files: str | os.PathLike | None = None, url: str | None = None,
+                 progress: bool | None = None) -> PreparedText:
+    """Tokenises every split of `dataset` (a TEXT_DATASETS name or 'textfile:PATH') present under the data roots
+    (`data_dir`, $VITLAB_DATA, ./data, ../shared/data, ...) with `tokenizer` ('char', 'bpe', 'bpe:N', 'gpt2') into
+    `prepared_dir(...)`, or returns the folder prepared before from the same sources (same sizes and mtimes, or
+    the same sha256) and tokenizer spec without tokenising again. `download=True` fetches tinyshakespeare (from
+    `url` if given) when it is not found; `gpt2_files` is a folder with GPT-2's vocab.bpe + encoder.json."""
+    spec = canonical_tokenizer_spec(tokenizer)
+    source = resolve_source(dataset, data_dir, download=download, url=url, progress=progress)
+    gpt2_pair = find_gpt2_files(gpt2_files, data_dir) if spec == "gpt2" else None
+    root = prepared_dir(source.key, spec, cache_dir)
+    tracked = source.source_files() + list(gpt2_pair or ())
+    with file_lock(root / ".lock"):
+        cached = _cached(root, source.name, spec, tracked)
+        if cached is not None:
+            return cached
+        return _prepare(root, source, spec, gpt2_pair, tracked, progress)
+
+
+def _stats(paths: Iterable[Path]) -> list[dict]:
+    return [{"path": str(p.resolve()), "size": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns} for p in paths]
+
+
+def _fingerprint(paths: list[Path]) -> list[dict]:
+    return [{**stat, "sha256": file_digests(path)["sha256"]} for stat, path in zip(_stats(paths), paths)]
+
+
+def _cached(root: Path, dataset: str, spec: str, tracked: list[Path]) -> PreparedText | None:
+    """The prepared folder when meta.json matches: same dataset and spec, and the tracked files have the recorded
+    paths, sizes and mtimes, or failing that the recorded sizes and sha256 (then the record is refreshed)."""
+    try:
+        meta = json.loads((root / "meta.json").read_text(encoding="utf-8"))
+        recorded = meta["source"]["files"] + meta.get("tokenizer_source", [])
+        if meta.get("format_version") != FORMAT_VERSION or meta["dataset"] != dataset or meta["tokenizer"] != spec:
+            return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    now = _stats(tracked)
+    key = ("path", "size", "mtime_ns")
+    if [[r.get(k) for k in key] for r in recorded] != [[s[k] for k in key] for s in now]:
+        if [r.get("size") for r in recorded] != [s["size"] for s in now]:
+            return None
+        current = _fingerprint(tracked)
+        if [r.get("sha256") for r in recorded] != [c["sha256"] for c in current]:
+            return None
+        n_text = len(meta["source"]["files"])
+        meta["source"]["files"], meta["tokenizer_source"] = current[:n_text], current[n_text:]
+        atomic_write_json(root / "meta.json", meta)  # same content elsewhere or touched: keep the shards
+    try:
+        return PreparedText.load(root)
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _build_tokenizer(source: TextSource, spec: str, gpt2_pair) -> Tokenizer:
+    kind, size = parse_tokenizer_spec(spec)
+    if kind == "gpt2":
+        return GPT2Tokenizer(*gpt2_pair)
+    if kind == "char":  # nanoGPT: the characters of the whole text (here: of every split present)
+        extra = ["\n\n"] if source.layout == "documents" else []  # the document separator without an eot token
+        return CharTokenizer.from_texts([*extra, *source.all_text()] if extra else source.all_text())
+    if "train" not in source.splits():
+        error = source.missing_error("train")
+        raise type(error)(f"the {spec!r} tokenizer is trained on the train split. {error}")
+    return BPETokenizer.train((piece for piece, _ in source.pieces("train")), size)
+
+
+def _prepare(root: Path, source: TextSource, spec: str, gpt2_pair, tracked: list[Path],
+             progress: bool | None) -> PreparedText:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "meta.json").unlink(missing_ok=True)  # the folder is not valid again until the new meta.json
+    for stale in root.glob(".*.tmp-*"):  # left by an interrupted run (we hold the lock)
+        stale.unlink(missing_ok=True)
+    fingerprint = _fingerprint(tracked)
+    tokenizer = _build_tokenizer(source, spec, gpt2_pair)
+    tokenizer.save(root)
+    dtype = np.dtype("<u2" if tokenizer.vocab_size < 65536 else "<u4")
+    splits = source.splits()
+    separator = ([] if source.layout != "documents" else [tokenizer.eot_id] if tokenizer.eot_id is not None
+                 else tokenizer.encode("\n\n"))  # after each document: eot, or a blank line for 'char'
+    counts = _write_splits(root, source.labelled_pieces(splits), splits, tokenizer, dtype,
+                           np.asarray(separator, dtype=np.int64), _show(progress), source.name)
+    for old in root.glob("*.bin"):
+        if old.stem not in counts:
+            old.unlink()
+    n_text = len(source.source_files())
+    meta = {"format_version": FORMAT_VERSION, "dataset": source.name, "tokenizer": spec,
+            "tokenizer_kind": parse_tokenizer_spec(spec)[0], "vocab_size": tokenizer.vocab_size,
+            "eot_id": tokenizer.eot_id, "dtype": dtype.name, "byteorder": "little", "splits": counts,
+            "missing_splits": {s: paths for s, paths in source.missing.items() if s in source.info.splits},
+            "split_rule": source.info.split_rule,
+            "source": {"layout": source.layout, "root": str(source.root.resolve()), "files": fingerprint[:n_text]},
+            "tokenizer_source": fingerprint[n_text:], "vitlab_version": _vitlab_version(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    if source.layout == "documents":
+        n_docs, val = source.document_split()
+        meta["documents"] = {"train": n_docs - len(val), "val": len(val)}
+    atomic_write_json(root / "meta.json", meta)
+    return PreparedText.load(root)
+
+
+def _write_splits(root: Path, items: Iterable[tuple[str, str, bool]], splits: list[str], tokenizer: Tokenizer,
+                  dtype: np.dtype, separator: np.ndarray, show: bool, name: str) -> dict[str, int]:
+    """Encodes (split, piece, ends a document) items in batches and streams the ids to `<split>.bin` (each written
+    to a temporary file, renamed into place only when every split is complete)."""
+    from tqdm.auto import tqdm
+
+    counts = {split: 0 for split in splits}
+    with ExitStack() as stack:
+        files = {split: stack.enter_context(atomic_open(root / f"{split}.bin", "wb")) for split in splits}
+        bar = stack.enter_context(tqdm(unit="char", unit_scale=True, desc=f"tokenizing {name}", disable=not show))
+        batch: list[tuple[str, str, bool]] = []
+
+        def flush():
+            for (split, _, ends), ids in zip(batch, tokenizer.encode_arrays([text for _, text, _ in batch])):
+                ids = np.concatenate([ids, separator]) if ends else ids  # (n,)
+                if ids.size and (ids.min() < 0 or ids.max() >= tokenizer.vocab_size):
+                    raise ValueError(f"{tokenizer!r} produced id {int(ids.max())} outside its vocabulary")
+                files[split].write(ids.astype(dtype).tobytes())
+                counts[split] += int(ids.size)
+            bar.update(sum(len(text) for _, text, _ in batch))
+            batch.clear()
+
+        chars = 0
+        for item in items:
+            batch.append(item)
+            chars += len(item[1])
+            if chars >= _BATCH_CHARS or len(batch) >= _BATCH_ITEMS:
+                flush()
+                chars = 0
+        flush()
+    return counts
+
+
+def _show(progress: bool | None) -> bool:
+    return sys.stderr.isatty() if progress is None else progress
+
+
+def _vitlab_version() -> str | None:
+    import vitlab
+
+    return getattr(vitlab, "__version__", None)
