@@ -118,17 +118,17 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path):
 
 @needs_fashion
 def test_nan_guard_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
-    import vitlab.train.loop as loop
+    import vitlab.train.data as data
 
     calls = {"n": 0}
-    honest = loop._soft_cross_entropy
+    honest = data.soft_cross_entropy
 
     def poisoned(logits, targets):  # the loss turns NaN from the 12th optimiser step on
         calls["n"] += 1
         loss = honest(logits, targets)
         return loss * float("nan") if calls["n"] >= 12 else loss
 
-    monkeypatch.setattr(loop, "_soft_cross_entropy", poisoned)
+    monkeypatch.setattr(data, "soft_cross_entropy", poisoned)
     config = tiny_run(tmp_path, eval_every=0.25)  # checkpoint at step 8, log every 8 steps
     with pytest.raises(TrainingDiverged, match=r"NaN/inf within steps 9\.\.16"):
         train(config)

@@ -19,7 +19,9 @@ def _models(args: argparse.Namespace) -> int:
         cfg = get_pretrained_cfg(name)
         alias = short_alias(name) or ""
         weights = "  weights: " + cfg["url"] if cfg.get("url") else ""
-        print(f"{name:34s} {alias:18s} input {cfg['input_size'][1]}px{weights}")
+        shape = (f"context {cfg['block_size']}, vocab {cfg['vocab_size']}" if cfg.get("task") == "lm"
+                 else f"input {cfg['input_size'][1]}px")
+        print(f"{name:34s} {alias:18s} {shape}{weights}")
     return 0
 
 
@@ -112,9 +114,15 @@ def _train(args: argparse.Namespace) -> int:
 
     config = apply_overrides(get_preset(args.preset), args.overrides)
     result = train(config, preset=args.preset, argv=sys.argv)
-    if "top1" in result and os.environ.get("RANK", "0") == "0":
+    if os.environ.get("RANK", "0") != "0":
+        return 0
+    if "top1" in result:
         print(f"test accuracy: {result['top1']:.2f}% top-1, {result['top5']:.2f}% top-5 "
               f"({config.dataset} {config.eval_split}, step {result['step']}; best {result['best_top1']:.2f}%); "
+              f"run: {result['out_dir']}")
+    elif "perplexity" in result:
+        print(f"{config.eval_split} loss {result['eval_loss']:.4f} (perplexity {result['perplexity']:.2f}; "
+              f"{config.dataset}, step {result['step']}; best {result['best_eval_loss']:.4f}); "
               f"run: {result['out_dir']}")
     return 0
 
@@ -123,8 +131,23 @@ def _eval(args: argparse.Namespace) -> int:
     from .train import evaluate_checkpoint
 
     result = evaluate_checkpoint(args.checkpoint, args.overrides)
-    print(f"{result['checkpoint']}: {result['eval_split']} ({result['images']} images): top-1 {result['top1']:.2f}%, "
-          f"top-5 {result['top5']:.2f}%, loss {result['eval_loss']:.4f}")
+    if "perplexity" in result:
+        print(f"{result['checkpoint']}: {result['eval_split']} ({result['tokens']} tokens): loss "
+              f"{result['eval_loss']:.4f}, perplexity {result['perplexity']:.2f}, "
+              f"{result['bits_per_token']:.4f} bits/token")
+    else:
+        print(f"{result['checkpoint']}: {result['eval_split']} ({result['images']} images): top-1 "
+              f"{result['top1']:.2f}%, top-5 {result['top5']:.2f}%, loss {result['eval_loss']:.4f}")
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from .train.generate import generate_text
+
+    texts = generate_text(args.checkpoint, args.prompt, max_new_tokens=args.max_new_tokens,
+                          temperature=args.temperature, top_k=args.top_k or None, seed=args.seed,
+                          num_samples=args.num_samples, device=args.device)
+    print("\n---------------\n".join(texts))
     return 0
 
 
@@ -162,6 +185,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(func=_eval)
+    p = sub.add_parser("generate", help="sample text from a language-model run: vitlab generate RUN --prompt ...")
+    p.add_argument("checkpoint", help="a language-model run directory (or its best/, last/, weights file)")
+    p.add_argument("--prompt", default="", help="text to continue (default: a new document)")
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8, help="0: greedy")
+    p.add_argument("--top-k", type=int, default=200, help="sample among the k most likely tokens (0: all)")
+    p.add_argument("--seed", type=int, default=0, help="the same seed gives the same text")
+    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_generate)
     p = sub.add_parser("compare", help="run comparison studies (grid × seeds) and write tables and curves: "
                                        "vitlab compare all --results docs/results.md")
     p.add_argument("studies", nargs="*", help="study names, or 'all'; none: list them")

@@ -36,9 +36,12 @@ class TrainConfig:
     eval_split: str = "test"
     image_size: int | None = None  # None: the dataset's own size (ImageFolder datasets need one)
     train_subset: int = 0  # use only the first N training images (0: all); CPU presets use it
-    eval_subset: int = 0
+    eval_subset: int = 0  # images, or for text the first N windows of block_size tokens (0: the whole split)
     num_workers: int = 4  # DataLoader workers for ImageFolder datasets (in-memory datasets need none)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # -- text (language-model datasets: tinyshakespeare, wikitext2, wikitext103, openwebtext, textfile:PATH) -----
+    tokenizer: str = "char"  # 'char', 'bpe' / 'bpe:N' (byte-level BPE trained on the train split), 'gpt2' (tiktoken)
+    block_size: int = 256  # context length of the training windows (and of the model)
     # -- optimisation -----------------------------------------------------------------------------------------
     optimizer: str = "adamw"  # 'adamw', 'adam' (decoupled weight decay, as the JAX recipes) or 'lion'
     lr: float = 1e-3
@@ -63,6 +66,11 @@ class TrainConfig:
     tensorboard: bool = False
     progress: bool | None = None  # None: a progress bar when stdout is a terminal
     max_steps: int = 0  # stop after this many optimiser steps of the schedule (0: run to the end); resumable
+    # -- step-based budgets (nanoGPT style; 0: use the epoch-based fields above) --------------------------------
+    steps: int = 0  # total optimiser steps of the schedule (instead of epochs)
+    warmup_steps: int = 0  # instead of warmup_epochs
+    eval_interval: int = 0  # steps between evaluations (instead of eval_every)
+    peak_tflops: float = 0.0  # the device's peak (TFLOP/s) for the MFU log; 0: known GPUs only
 
 
 def _field_types(cls) -> dict[str, Any]:

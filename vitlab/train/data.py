@@ -10,14 +10,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from ..data import ImageFolderDataset, TensorImageDataset, load_dataset
 from ..data.augment import DeviceAugment
 from ..data.loader import DeviceLoader
 from .config import TrainConfig
-from .distributed import DistInfo
+from .distributed import DistInfo, all_reduce_sum
 
-__all__ = ["TrainData", "build_data", "FolderLoader"]
+__all__ = ["TrainData", "build_data", "FolderLoader", "soft_cross_entropy"]
 
 
 class FolderLoader:
@@ -64,8 +66,15 @@ class FolderLoader:
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
 
 
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return torch.sum(-targets * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()  # (,)
+
+
 @dataclass
 class TrainData:
+    """Image classification for the engine. The engine talks to its data through `model_kwargs`, `loss`,
+    `evaluate`, `example_input`, `unit`, `samples_per_batch` and `primary` (the metric `best/` follows); `LMData`
+    (vitlab/train/lm.py) has the same interface for language modelling."""
     train: DeviceLoader | FolderLoader
     eval: DeviceLoader | FolderLoader
     augment: DeviceAugment
@@ -74,6 +83,44 @@ class TrainData:
     image_size: int
     train_size: int
     eval_size: int
+    unit = "images"
+    primary = ("top1", "max")  # best/ keeps the highest top-1
+
+    def model_kwargs(self) -> dict:
+        return {"num_classes": self.num_classes, "in_chans": self.in_chans, "img_size": self.image_size}
+
+    def example_input(self, device: torch.device) -> torch.Tensor:
+        return torch.zeros(1, self.in_chans, self.image_size, self.image_size, device=device)
+
+    def samples_per_batch(self, batch_size: int) -> int:
+        return batch_size  # images per optimiser step (global)
+
+    def describe(self) -> str:
+        return f"{self.train_size} train / {self.eval_size} eval images"
+
+    def save_assets(self, out_dir) -> None:
+        """Nothing beyond config.json is needed to rebuild an image run."""
+
+    def loss(self, model: nn.Module, batch, generator: torch.Generator) -> torch.Tensor:
+        """Augments one uint8 micro-batch on the device (soft targets), then soft-target cross-entropy."""
+        images, targets = self.augment(*batch, generator=generator)
+        return soft_cross_entropy(model(images), targets)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, info: DistInfo, autocast) -> dict[str, float]:
+        """Loss, top-1 and top-5 (%) over the whole evaluation split (summed across ranks)."""
+        sums = torch.zeros(4, dtype=torch.float64, device=info.device)  # loss, top1, top5, count
+        self.eval.set_epoch(0)
+        for images, labels in self.eval:
+            with autocast:
+                logits = model(self.augment.eval_transform(images)).float()  # (B, classes)
+            top5 = logits.topk(min(5, logits.shape[-1]), dim=-1).indices  # (B, 5)
+            hits = top5 == labels[:, None]
+            sums += torch.stack([F.cross_entropy(logits, labels, reduction="sum").double(),
+                                 hits[:, 0].sum().double(), hits.any(-1).sum().double(),
+                                 torch.tensor(float(len(labels)), dtype=torch.float64, device=info.device)])
+        loss, top1, top5, count = all_reduce_sum(sums, info).tolist()
+        return {"eval_loss": loss / count, "top1": 100 * top1 / count, "top5": 100 * top5 / count}
 
 
 def _subset(dataset: TensorImageDataset, n: int) -> TensorImageDataset:
@@ -92,8 +139,13 @@ def _loader(dataset, batch_size: int, train: bool, config: TrainConfig, info: Di
                         config.num_workers)
 
 
-def build_data(config: TrainConfig, info: DistInfo) -> TrainData:
-    """Loads both splits, places them, and builds the augmentation from the training split's statistics."""
+def build_data(config: TrainConfig, info: DistInfo):
+    """The run's data: `LMData` for a text dataset (vitlab/train/lm.py), else `TrainData` (images): both splits
+    loaded and placed, the augmentation built from the training split's statistics."""
+    from .lm import build_lm_data, is_text_dataset
+
+    if is_text_dataset(config.dataset):
+        return build_lm_data(config, info)
     common = dict(data_dir=config.data_dir, download=config.download and info.is_main, image_size=config.image_size)
     train_set = load_dataset(config.dataset, config.train_split, train_transform=True, **common)
     eval_set = load_dataset(config.dataset, config.eval_split, train_transform=False, **common)

@@ -49,4 +49,4 @@ def evaluate_checkpoint(path: str | os.PathLike, overrides: list[str] | None = N
         result = evaluate(model.to(info.device), data, info, _autocast(config, info.device))
     finally:
         teardown_distributed()
-    return {**result, "checkpoint": str(weights), "eval_split": config.eval_split, "images": data.eval_size}
+    return {**result, "checkpoint": str(weights), "eval_split": config.eval_split, data.unit: data.eval_size}

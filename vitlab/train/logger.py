@@ -35,7 +35,7 @@ class RunLogger:
         self.metrics.write(json.dumps(record) + "\n")
         self.metrics.flush()
         if self.writer is not None:
-            prefix = "eval" if "top1" in record else "train"
+            prefix = "eval" if "eval_loss" in record else "train"
             for key, value in record.items():
                 if isinstance(value, (int, float)) and key not in ("step", "epoch"):
                     self.writer.add_scalar(f"{prefix}/{key}", value, record["step"])

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
@@ -54,6 +53,19 @@ class RunState:
     step: int = 0
     epoch: int = 0
     best_top1: float = -1.0
+    best_loss: float = math.inf  # language models: best/ keeps the lowest evaluation loss
+
+
+def _tied_names(model: nn.Module) -> dict[str, str]:
+    """{alias: first name} of parameters registered under two names (a language model's tied output head)."""
+    first: dict[int, str] = {}
+    tied = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if id(param) in first:
+            tied[name] = first[id(param)]
+        else:
+            first[id(param)] = name
+    return tied
 
 
 def peak_flops(device: torch.device) -> float | None:
@@ -71,7 +83,8 @@ def build_model(config: TrainConfig, data: TrainData | None = None) -> nn.Module
     """The configured model for the dataset's classes, channels and image size; init, then starting weights."""
     kwargs = dict(config.model_kwargs)
     if data is not None:
-        kwargs = {"num_classes": data.num_classes, "in_chans": data.in_chans, "img_size": data.image_size, **kwargs}
+        _check_family(config, data)
+        kwargs = {**data.model_kwargs(), **kwargs}
     model = create_model(config.model, pretrained=config.pretrained, **kwargs)
     if config.init == "mimetic":
         mimetic_init_(model, seed=config.seed, **config.init_kwargs)
@@ -84,8 +97,15 @@ def build_model(config: TrainConfig, data: TrainData | None = None) -> nn.Module
     return model
 
 
-def _soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return torch.sum(-targets * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()  # (,)
+def _check_family(config: TrainConfig, data) -> None:
+    """A language model for text data, an image model for images: said plainly, before anything is built."""
+    from ..models import get_pretrained_cfg
+
+    is_lm = get_pretrained_cfg(config.model).get("task") == "lm"
+    if is_lm != (data.unit == "tokens"):
+        kind = "a language model (e.g. gpt_char_tiny, crate_lm_char_tiny)" if not is_lm else "an image model"
+        raise ValueError(f"dataset {config.dataset!r} needs {kind}; model {config.model!r} is "
+                         f"{'a language model' if is_lm else 'an image model'}")
 
 
 def _autocast(config: TrainConfig, device: torch.device):
@@ -95,24 +115,15 @@ def _autocast(config: TrainConfig, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, data: TrainData, info: DistInfo, autocast) -> dict[str, float]:
-    """Loss, top-1 and top-5 (%) over the whole evaluation split (summed across ranks)."""
+def evaluate(model: nn.Module, data, info: DistInfo, autocast) -> dict[str, float]:
+    """The data's evaluation over its whole evaluation split (images: loss, top-1, top-5; text: loss, perplexity),
+    in eval mode, summed across ranks."""
     was_training = model.training
     model.eval()
-    sums = torch.zeros(4, dtype=torch.float64, device=info.device)  # loss, top1, top5, count
-    data.eval.set_epoch(0)
-    for images, labels in data.eval:
-        with autocast:
-            logits = model(data.augment.eval_transform(images)).float()  # (B, classes)
-        top5 = logits.topk(min(5, logits.shape[-1]), dim=-1).indices  # (B, 5)
-        hits = top5 == labels[:, None]
-        sums += torch.stack([F.cross_entropy(logits, labels, reduction="sum").double(),
-                             hits[:, 0].sum().double(), hits.any(-1).sum().double(),
-                             torch.tensor(float(len(labels)), dtype=torch.float64, device=info.device)])
-    loss, top1, top5, count = all_reduce_sum(sums, info).tolist()
-    model.train(was_training)
-    return {"eval_loss": loss / count, "top1": 100 * top1 / count, "top5": 100 * top5 / count}
+    try:
+        return data.evaluate(model, info, autocast)
+    finally:
+        model.train(was_training)
 
 
 def _provenance(config: TrainConfig, preset: str | None, argv: list[str] | None) -> dict[str, Any]:
@@ -140,18 +151,20 @@ class _Run:
         self.steps_per_epoch = len(self.data.train) // config.grad_accum_steps
         if self.steps_per_epoch < 1:
             raise ValueError("fewer training batches than grad_accum_steps: no optimiser step per epoch")
-        self.total_steps = max(1, math.ceil(config.epochs * self.steps_per_epoch))
-        warmup = round(config.warmup_epochs * self.steps_per_epoch)
+        self.total_steps = config.steps or max(1, math.ceil(config.epochs * self.steps_per_epoch))
+        warmup = config.warmup_steps or round(config.warmup_epochs * self.steps_per_epoch)
         self.scheduler = build_scheduler(self.optimizer, self.total_steps, warmup, config.schedule, config.lr,
                                          config.min_lr)
-        self.eval_interval = max(1, round(config.eval_every * self.steps_per_epoch))
+        self.eval_interval = config.eval_interval or max(1, round(config.eval_every * self.steps_per_epoch))
         self.augment_rng = torch.Generator().manual_seed(config.seed * 9973 + info.rank)  # CPU: no device sync
         self.state = RunState()
         self.autocast = _autocast(config, info.device)
+        self.tied = _tied_names(self.model)  # e.g. lm_head.weight → transformer.wte.weight: stored once
         self.resumed = self._resume()
         if info.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             (self.out_dir / "config.json").write_text(json.dumps(_provenance(config, preset, argv), indent=1))
+            self.data.save_assets(self.out_dir)
         if config.compile:
             self.wrapped.compile()
 
@@ -162,6 +175,7 @@ class _Run:
             return False
         self._check_same_run()
         weights, state = load_training_state(directory)
+        weights.update({alias: weights[name] for alias, name in self.tied.items() if name in weights})
         set_state_dict(self.model, self.optimizer, model_state_dict=weights, optim_state_dict=state["optimizer"],
                        options=StateDictOptions(full_state_dict=True))
         self.scheduler.load_state_dict(state["scheduler"])
@@ -184,8 +198,9 @@ class _Run:
                              "it unchanged, or start a new run with out_dir=...")
 
     def _save(self, metrics: dict[str, float], is_best: bool) -> None:
-        """`last/` (weights + everything to resume) and, on a new best top-1, `best/` (weights)."""
+        """`last/` (weights + everything to resume) and, on a new best primary metric, `best/` (weights)."""
         weights, optim = get_state_dict(self.model, self.optimizer, options=_FULL)  # collective under FSDP
+        weights = {k: v for k, v in weights.items() if k not in self.tied}  # safetensors stores a tensor once
         rngs = [self.augment_rng.get_state()]
         if self.info.enabled:
             rngs = [None] * self.info.world_size
@@ -205,12 +220,11 @@ class _Run:
     def _optimizer_step(self, micro_batches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         accum = len(micro_batches)
         total = torch.zeros((), device=self.info.device)
-        for i, (images, labels) in enumerate(micro_batches):
-            images, targets = self.data.augment(images, labels, generator=self.augment_rng)
+        for i, batch in enumerate(micro_batches):
             sync = i == accum - 1 or not isinstance(self.wrapped, nn.parallel.DistributedDataParallel)
             with contextlib.nullcontext() if sync else self.wrapped.no_sync():
                 with self.autocast:
-                    loss = _soft_cross_entropy(self.wrapped(images), targets) / accum
+                    loss = self.data.loss(self.wrapped, batch, self.augment_rng) / accum
                 loss.backward()
             total += loss.detach()
         if self.config.grad_clip > 0:
@@ -238,19 +252,17 @@ class _Run:
         stop = min(self.total_steps, config.max_steps or self.total_steps)
         logger = RunLogger(self.out_dir, info.is_main, self.total_steps, self.state.step, config.tensorboard,
                            config.progress)
-        peak = peak_flops(info.device)  # MFU on known accelerators only
-        flops = count_flops(self.model, torch.zeros(1, self.data.in_chans, self.data.image_size,
-                                                     self.data.image_size, device=info.device),
-                            backward=True) if peak else 0
+        peak = config.peak_tflops * 1e12 or peak_flops(info.device)  # MFU on known (or given) peaks only
+        flops = count_flops(self.model, self.data.example_input(info.device), backward=True) if peak else 0
         if info.is_main:
             resumed = f"resumed at step {self.state.step}" if self.resumed else "new run"
             print(f"{self.out_dir}: {resumed}; {self.total_steps} steps ({self.steps_per_epoch}/epoch), "
-                  f"{self.data.train_size} train / {self.data.eval_size} eval images, {info.world_size} process(es) "
-                  f"on {info.device}")
+                  f"{self.data.describe()}, {info.world_size} process(es) on {info.device}")
         metrics: dict[str, Any] = {}
         window_loss = torch.zeros((), device=info.device)
         nonfinite = torch.zeros((), dtype=torch.bool, device=info.device)
         window_steps, window_start = 0, time.perf_counter()
+        self.started = window_start  # for `elapsed_s` in the log (wall time of this process, evaluations included)
         self.model.train()
         batches = self._batches()
         try:
@@ -275,31 +287,39 @@ class _Run:
                 if evaluating:
                     metrics.update(self._evaluate_and_save(logger))
                     window_start = time.perf_counter()
-            if "top1" not in metrics:  # resumed at its last step: nothing trained, but report where it stands
+            if self.data.primary[0] not in metrics:  # resumed at its last step: nothing trained; where it stands
                 metrics = evaluate(self.wrapped, self.data, self.info, self.autocast)
         finally:
             logger.close()
-        return {**metrics, "step": self.state.step, "best_top1": self.state.best_top1, "out_dir": str(self.out_dir)}
+        best = {"best_top1": self.state.best_top1} if self.data.unit == "images" else {"best_eval_loss":
+                                                                                       self.state.best_loss}
+        return {**metrics, "step": self.state.step, **best, "out_dir": str(self.out_dir)}
 
     def _log(self, logger, window_loss, window_steps, window_start, flops, peak) -> dict[str, Any]:
         if self.info.device.type == "cuda":
             torch.cuda.synchronize(self.info.device)
         seconds = time.perf_counter() - window_start
         loss = all_reduce_sum(window_loss.clone(), self.info).item() / (window_steps * self.info.world_size)
-        images_per_s = window_steps * self.config.batch_size / seconds
+        samples_per_s = window_steps * self.config.batch_size / seconds  # images, or windows of block_size tokens
         record = {"step": self.state.step, "epoch": round(self.state.step / self.steps_per_epoch, 3),
-                  "train_loss": loss, "lr": self.scheduler.get_last_lr()[0], "images_per_s": images_per_s}
-        if peak is not None:
-            record["mfu"] = images_per_s * flops / peak / self.info.world_size
+                  "elapsed_s": round(time.perf_counter() - self.started, 3),
+                  "train_loss": loss, "lr": self.scheduler.get_last_lr()[0],
+                  f"{self.data.unit}_per_s": window_steps * self.data.samples_per_batch(self.config.batch_size) / seconds}
+        if peak:
+            record["mfu"] = samples_per_s * flops / peak / self.info.world_size
         logger.log(record)
         return record
 
     def _evaluate_and_save(self, logger) -> dict[str, float]:
         result = evaluate(self.wrapped, self.data, self.info, self.autocast)
-        logger.log({"step": self.state.step, "epoch": round(self.state.step / self.steps_per_epoch, 3), **result})
-        is_best = result["top1"] > self.state.best_top1
-        if is_best:
-            self.state.best_top1 = result["top1"]
+        logger.log({"step": self.state.step, "epoch": round(self.state.step / self.steps_per_epoch, 3),
+                    "elapsed_s": round(time.perf_counter() - self.started, 3), **result})
+        if self.data.primary == ("top1", "max"):
+            is_best = result["top1"] > self.state.best_top1
+            self.state.best_top1 = max(self.state.best_top1, result["top1"])
+        else:
+            is_best = result["eval_loss"] < self.state.best_loss
+            self.state.best_loss = min(self.state.best_loss, result["eval_loss"])
         self._save(result, is_best)
         return result
 

@@ -1,0 +1,173 @@
+"""Language modelling on the training engine: token windows, the validation loss, a real tiny-shakespeare run that
+learns, exact resume, `vitlab eval` / `vitlab generate`, and clear errors for a model that does not fit the data."""
+import json
+import math
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import vitlab.train.lm as lm
+from vitlab.cli import main
+from vitlab.train import apply_overrides, get_preset, train
+
+SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare" / "input.txt"
+needs_shakespeare = pytest.mark.skipif(not SHAKESPEARE.is_file(), reason="../shared/data/tinyshakespeare absent")
+
+
+def tiny_lm(tmp_path: Path, model: str = "gpt_char_tiny", **changes):
+    """shakespeare_char_gpt shrunk to seconds: 60 steps, evaluation on 64 windows every 30 steps; the GPT at
+    2 layers × width 32 (other models at their registered size)."""
+    overrides = [f"out_dir={tmp_path / 'run'}", "progress=false", f"data_dir={SHAKESPEARE.parent.parent}",
+                 "steps=60", "warmup_steps=10", "eval_interval=30", "eval_subset=64", "log_every=10", f"model={model}"]
+    if model == "gpt_char_tiny":
+        overrides += ["model_kwargs.n_layer=2", "model_kwargs.n_embd=32", "model_kwargs.n_head=2"]
+    config = apply_overrides(get_preset("shakespeare_char_gpt"), overrides)
+    for key, value in changes.items():
+        setattr(config, key, value)
+    return config
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Windows and the loss
+
+
+def test_token_windows_are_shifted_deterministic_and_resumable():
+    tokens = np.arange(1000, dtype=np.uint16)
+    a = lm.TokenWindows(tokens, batch_size=4, block_size=8, device=torch.device("cpu"), seed=3)
+    x, y = next(iter(a))
+    assert x.shape == y.shape == (4, 8) and x.dtype == torch.long
+    assert torch.equal(y, x + 1)  # y is x shifted by one token (tokens are their own positions here)
+    assert len(a) == 1000 // (4 * 8)
+    first = [b[0] for _, b in zip(range(5), a)]  # the 2nd..6th batches of epoch 0
+    b = lm.TokenWindows(tokens, batch_size=4, block_size=8, device=torch.device("cpu"), seed=3)
+    b.load_state_dict({"epoch": 0, "position": 1})
+    assert all(torch.equal(p, q[0]) for p, q in zip(first, b))  # resumed mid-epoch: the same batches
+    other_rank = lm.TokenWindows(tokens, 4, 8, torch.device("cpu"), seed=3, rank=1, world_size=2)
+    assert not torch.equal(next(iter(other_rank))[0], x)
+    monkey_big = lm._IN_MEMORY_BYTES
+    try:  # the memmap path (files over 1 GiB) draws the very same windows
+        lm._IN_MEMORY_BYTES = 0
+        c = lm.TokenWindows(tokens, batch_size=4, block_size=8, device=torch.device("cpu"), seed=3)
+        assert c.tensor is None and torch.equal(next(iter(c))[0], x)
+    finally:
+        lm._IN_MEMORY_BYTES = monkey_big
+    with pytest.raises(ValueError, match="too few"):
+        lm.TokenWindows(tokens[:9], 1, 8, torch.device("cpu"), seed=0)
+
+
+class _Uniform(torch.nn.Module):
+    def __init__(self, vocab: int):
+        super().__init__()
+        self.vocab = vocab
+
+    def forward(self, idx):
+        return torch.zeros(*idx.shape, self.vocab)
+
+
+class _Oracle(torch.nn.Module):
+    """Predicts token t+1 = t + 1 (mod vocab) with probability ~1."""
+
+    def __init__(self, vocab: int):
+        super().__init__()
+        self.vocab = vocab
+
+    def forward(self, idx):
+        return 50.0 * torch.nn.functional.one_hot((idx + 1) % self.vocab, self.vocab).float()
+
+
+def _lm_data(tokens: np.ndarray, vocab: int, block: int, windows: int) -> lm.LMData:
+    return lm.LMData(train=lm.TokenWindows(tokens, 2, block, torch.device("cpu"), 0), eval_tokens=tokens,
+                     eval_windows=windows, eval_batch_size=3, vocab_size=vocab, block_size=block, tokenizer=None,
+                     root=None, dataset="synthetic", train_size=len(tokens))
+
+
+def test_validation_loss_covers_every_window_once():
+    from contextlib import nullcontext
+
+    from vitlab.train.distributed import setup_distributed
+
+    info = setup_distributed("cpu")
+    tokens = (np.arange(1001) % 13).astype(np.uint16)
+    data = _lm_data(tokens, 13, block=10, windows=100)
+    result = data.evaluate(_Uniform(13), info, nullcontext())
+    assert result["eval_loss"] == pytest.approx(math.log(13))  # uniform prediction: log V nats per token
+    assert result["perplexity"] == pytest.approx(13)
+    assert result["bits_per_token"] == pytest.approx(math.log2(13))
+    assert data.evaluate(_Oracle(13), info, nullcontext())["eval_loss"] < 1e-6
+    assert data.eval_size == 1000
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Real runs on tiny-shakespeare
+
+
+def _unigram_entropy() -> float:
+    text = SHAKESPEARE.read_text()
+    counts = Counter(text[: int(len(text) * 0.9)])
+    total = sum(counts.values())
+    return -sum(c / total * math.log(c / total) for c in counts.values())
+
+
+@needs_shakespeare
+def test_a_short_real_run_learns_well_below_the_unigram_entropy(tmp_path, capsys):
+    config = tiny_lm(tmp_path, steps=300, eval_interval=150, eval_subset=0, lr=3e-3)
+    result = train(config, preset="test")
+    entropy = _unigram_entropy()  # ≈ 3.3 nats: what a model that ignores context can reach
+    assert result["eval_loss"] < entropy - 0.6, (result["eval_loss"], entropy)
+    assert result["perplexity"] == pytest.approx(math.exp(result["eval_loss"]))
+    log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    train_records = [r for r in log if "train_loss" in r]
+    assert all(r["tokens_per_s"] > 0 and r["elapsed_s"] >= 0 for r in train_records)
+    assert [r["step"] for r in log if "eval_loss" in r] == [150, 300]
+    assert (tmp_path / "run" / "tokenizer").is_dir() and (tmp_path / "run" / "best" / "model.safetensors").is_file()
+    # vitlab eval re-measures the same loss from the checkpoint
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert f"loss {result['best_eval_loss']:.4f}" in out and "perplexity" in out
+
+
+@needs_shakespeare
+def test_generation_is_deterministic_under_a_seed(tmp_path, capsys):
+    train(tiny_lm(tmp_path), preset="test")
+    capsys.readouterr()
+    argv = ["generate", str(tmp_path / "run"), "--prompt", "ROMEO:", "--max-new-tokens", "40", "--seed", "7"]
+    assert main(argv) == 0
+    first = capsys.readouterr().out
+    assert main(argv) == 0
+    assert capsys.readouterr().out == first and first.startswith("ROMEO:") and len(first.rstrip("\n")) == 46
+    assert main([*argv[:-1], "8"]) == 0
+    assert capsys.readouterr().out != first  # another seed, another sample
+    assert main(["generate", str(tmp_path / "run"), "--temperature", "-1"]) == 2
+
+
+@needs_shakespeare
+@pytest.mark.parametrize("model", ["crate_lm_char_tiny", "crate_alpha_lm_char_tiny"])
+def test_crate_language_models_train_on_the_same_engine(tmp_path, model):
+    config = tiny_lm(tmp_path, model=model, steps=20, eval_interval=20, model_kwargs={"dropout": 0.0})
+    result = train(config, preset="test")
+    assert math.isfinite(result["eval_loss"]) and result["step"] == 20
+
+
+@needs_shakespeare
+def test_language_model_runs_resume_exactly(tmp_path):
+    straight = train(tiny_lm(tmp_path / "a"), preset="test")
+    first = tiny_lm(tmp_path / "b", max_steps=30)
+    train(first, preset="test")
+    resumed = train(tiny_lm(tmp_path / "b"), preset="test")
+    assert resumed["eval_loss"] == straight["eval_loss"] and resumed["step"] == 60
+
+
+@needs_shakespeare
+def test_model_and_data_must_fit(tmp_path):
+    config = tiny_lm(tmp_path)
+    config.model, config.model_kwargs = "vit_tiny_patch4_32", {}
+    with pytest.raises(ValueError, match="needs a language model"):
+        train(config)
+    image = apply_overrides(get_preset("fashion_mnist_vit"), ["model=gpt_char_tiny", f"out_dir={tmp_path / 'x'}"])
+    image.model_kwargs = {}
+    with pytest.raises(ValueError, match="needs an image model"):
+        train(image)

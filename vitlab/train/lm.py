@@ -1,0 +1,181 @@
+"""Language modelling on the same engine: token shards (vitlab.text) → (B, T) windows, next-token cross-entropy,
+validation loss and perplexity. `LMData` has the interface `TrainData` has for images (model_kwargs, loss, evaluate,
+example_input, unit, samples_per_batch, primary), so `vitlab train` runs both with one loop.
+
+Training windows are nanoGPT's `get_batch`: `batch` random offsets into the training tokens, x = tokens[o : o+T],
+y = tokens[o+1 : o+T+1]. The offsets of batch n of epoch e on rank r come from a generator seeded with
+(seed, e, n, r), so a resumed run draws exactly the batches the uninterrupted run would have. An "epoch" is
+tokens / (global batch · T) batches. Evaluation reads the whole split (or its first `eval_subset` windows) in
+non-overlapping windows of T tokens: every token after the first is predicted exactly once, so the loss is the
+split's mean next-token cross-entropy in nats, and perplexity = exp(loss).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import TrainConfig
+from .distributed import DistInfo, all_reduce_sum
+
+__all__ = ["LMData", "TokenWindows", "build_lm_data", "is_text_dataset"]
+
+_IN_MEMORY_BYTES = 1 << 30  # token arrays up to 1 GiB are held as one tensor (on the device); larger stay memmapped
+
+
+def is_text_dataset(name: str) -> bool:
+    from ..text import TEXT_DATASETS
+
+    return name in TEXT_DATASETS or name.startswith("textfile:")
+
+
+def _as_tensor(tokens: np.ndarray, device: torch.device) -> torch.Tensor | None:
+    if tokens.nbytes > _IN_MEMORY_BYTES:
+        return None
+    return torch.from_numpy(np.asarray(tokens).astype(np.int64)).to(device)  # (n,)
+
+
+def _windows(tokens: np.ndarray, tensor: torch.Tensor | None, starts: np.ndarray, block: int,
+             device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x, y), each (B, T) int64 on `device`: x = tokens[s:s+T], y = tokens[s+1:s+T+1]."""
+    if tensor is not None:
+        index = torch.from_numpy(starts).to(device)[:, None] + torch.arange(block + 1, device=device)  # (B, T+1)
+        rows = tensor[index]  # (B, T+1)
+    else:
+        rows = torch.from_numpy(np.stack([tokens[s:s + block + 1] for s in starts]).astype(np.int64)).to(device)
+    return rows[:, :-1], rows[:, 1:]
+
+
+class TokenWindows:
+    """Random training windows, resumable (`state_dict` / `load_state_dict`), one stream per rank."""
+
+    def __init__(self, tokens: np.ndarray, batch_size: int, block_size: int, device: torch.device, seed: int,
+                 rank: int = 0, world_size: int = 1):
+        if len(tokens) < block_size + 2:
+            raise ValueError(f"{len(tokens)} training tokens are too few for block_size {block_size}")
+        self.tokens, self.tensor = tokens, _as_tensor(tokens, device)
+        self.batch_size, self.block_size, self.device = batch_size, block_size, device
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.epoch, self.position = 0, 0
+
+    def __len__(self) -> int:
+        return max(1, len(self.tokens) // (self.batch_size * self.block_size * self.world_size))
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch, self.position = epoch, 0
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+
+    def batch(self, epoch: int, position: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, epoch, position, self.rank])
+        starts = rng.integers(0, len(self.tokens) - self.block_size - 1, size=self.batch_size)  # (B,)
+        return _windows(self.tokens, self.tensor, starts, self.block_size, self.device)
+
+    def __iter__(self):
+        while self.position < len(self):
+            batch = self.batch(self.epoch, self.position)
+            self.position += 1
+            yield batch
+        self.epoch, self.position = self.epoch + 1, 0
+
+
+@dataclass
+class LMData:
+    """Next-token prediction on a prepared text dataset (see the module docstring)."""
+    train: TokenWindows
+    eval_tokens: np.ndarray
+    eval_windows: int  # windows of block_size tokens evaluated (all ranks together)
+    eval_batch_size: int
+    vocab_size: int
+    block_size: int
+    tokenizer: Any
+    root: Any  # the prepared folder (shards, meta.json, tokenizer files)
+    dataset: str
+    train_size: int  # tokens
+    unit = "tokens"
+    primary = ("eval_loss", "min")  # best/ keeps the lowest validation loss
+
+    def model_kwargs(self) -> dict:
+        return {"vocab_size": self.vocab_size, "block_size": self.block_size}
+
+    def example_input(self, device: torch.device) -> torch.Tensor:
+        return torch.zeros(1, self.block_size, dtype=torch.long, device=device)
+
+    def samples_per_batch(self, batch_size: int) -> int:
+        return batch_size * self.block_size  # tokens per optimiser step (global)
+
+    @property
+    def eval_size(self) -> int:
+        return self.eval_windows * self.block_size  # tokens predicted per evaluation
+
+    def describe(self) -> str:
+        return (f"{self.dataset}: {self.train_size} train / {self.eval_size} eval tokens, vocabulary "
+                f"{self.vocab_size} ({self.tokenizer.name}), context {self.block_size}")
+
+    def save_assets(self, out_dir) -> None:
+        """The tokenizer goes with the run (`vitlab generate` needs nothing else)."""
+        self.tokenizer.save(out_dir / "tokenizer")
+
+    def loss(self, model: nn.Module, batch, generator: torch.Generator | None = None) -> torch.Tensor:
+        x, y = batch  # (B, T), (B, T)
+        logits = model(x)  # (B, T, V)
+        return F.cross_entropy(logits.float().flatten(0, 1), y.flatten())  # mean over B·T tokens
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, info: DistInfo, autocast) -> dict[str, float]:
+        """Mean next-token loss (nats) over the evaluation windows, perplexity, and bits per token."""
+        tensor = _as_tensor(self.eval_tokens, info.device)
+        mine = np.arange(info.rank, self.eval_windows, info.world_size) * self.block_size  # window starts
+        sums = torch.zeros(2, dtype=torch.float64, device=info.device)  # loss sum, tokens
+        for i in range(0, len(mine), self.eval_batch_size):
+            x, y = _windows(self.eval_tokens, tensor, mine[i:i + self.eval_batch_size], self.block_size, info.device)
+            with autocast:
+                logits = model(x).float()  # (B, T, V)
+            loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum")
+            sums += torch.stack([loss.double(), torch.tensor(float(y.numel()), dtype=torch.float64,
+                                                             device=info.device)])
+        loss, count = all_reduce_sum(sums, info).tolist()
+        mean = loss / count
+        return {"eval_loss": mean, "perplexity": math.exp(min(mean, 700)), "bits_per_token": mean / math.log(2)}
+
+
+def build_lm_data(config: TrainConfig, info: DistInfo) -> LMData:
+    """Prepares (or reuses) the token shards of `config.dataset` with `config.tokenizer` (rank 0 first), and
+    builds the training windows and the evaluation split (`eval_split`; 'val' for the validation split)."""
+    from ..text import prepare_text
+
+    def prepare():
+        return prepare_text(config.dataset, tokenizer=config.tokenizer, data_dir=config.data_dir,
+                            download=config.download)
+
+    if info.enabled and not info.is_main:
+        torch.distributed.barrier()  # rank 0 prepares; the others read its files
+    prepared = prepare()
+    if info.enabled and info.is_main:
+        torch.distributed.barrier()
+    block = config.block_size
+    per_rank = config.batch_size // (info.world_size * config.grad_accum_steps)
+    if per_rank * info.world_size * config.grad_accum_steps != config.batch_size or per_rank < 1:
+        raise ValueError(f"batch_size {config.batch_size} is not divisible by world size {info.world_size} × "
+                         f"grad_accum_steps {config.grad_accum_steps}")
+    train_tokens = prepared.tokens(config.train_split)
+    eval_split = config.eval_split
+    eval_tokens = prepared.tokens(eval_split)
+    windows = (len(eval_tokens) - 1) // block
+    if windows < 1:
+        raise ValueError(f"the {eval_split} split has {len(eval_tokens)} tokens, fewer than block_size {block} + 1")
+    windows = min(windows, config.eval_subset) if config.eval_subset else windows
+    return LMData(train=TokenWindows(train_tokens, per_rank, block, info.device, config.seed, info.rank,
+                                     info.world_size),
+                  eval_tokens=eval_tokens, eval_windows=windows, eval_batch_size=max(per_rank, 64),
+                  vocab_size=prepared.vocab_size, block_size=block, tokenizer=prepared.tokenizer,
+                  root=prepared.root, dataset=config.dataset, train_size=len(train_tokens))
