@@ -312,3 +312,6 @@ def fashion_mnist_crate_alpha_mimetic() -> TrainConfig:
     Run: vitlab train fashion_mnist_crate_alpha_mimetic
     Should reach: see docs/results.md."""
     return _fashion("crate_alpha_tiny_patch4_32", True, **_FASHION_CRATE)
+
+
+from . import lm_presets  # noqa: E402,F401  (registers the language-model presets)
