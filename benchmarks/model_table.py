@@ -1,4 +1,5 @@
-"""Parameters and forward GMACs of every registered model at its own input size (1000 or 10 classes as registered).
+"""Parameters and forward GMACs of every registered model at its own input size (1000 or 10 classes as registered);
+language models in a second table (parameters with the tied head counted once, GMACs per full context).
 
     python benchmarks/model_table.py [PATTERN]
 
@@ -17,13 +18,25 @@ def main(pattern: str = "") -> None:
     print("|---|---|---:|---:|---:|---:|")
     from vitlab.models._registry import short_alias
 
-    for name in vitlab.list_models(pattern):
+    names = vitlab.list_models(pattern)
+    language = [n for n in names if vitlab.get_pretrained_cfg(n).get("task") == "lm"]
+    for name in [n for n in names if n not in language]:
         with torch.device("meta"):
             model = vitlab.create_model(name).eval()
         c, h, w = model.pretrained_cfg["input_size"]
         macs = count_flops(model, torch.empty(1, c, h, w, device="meta")) / 2e9
         params = sum(p.numel() for p in model.parameters()) / 1e6
         print(f"| {name} | {short_alias(name)} | {h} | {model.num_classes} | {params:.3f} | {macs:.2f} |")
+    if language:
+        print("\n| language model | layers / heads / width | vocabulary | context | params (M) | GMACs per context |")
+        print("|---|---|---:|---:|---:|---:|")
+    for name in language:
+        with torch.device("meta"):
+            model = vitlab.create_model(name).eval()
+        macs = count_flops(model, torch.zeros(1, model.block_size, dtype=torch.long, device="meta")) / 2e9
+        params = sum(p.numel() for p in model.parameters()) / 1e6  # parameters() counts a tied tensor once
+        print(f"| {name} | {model.n_layer} / {model.n_head} / {model.n_embd} | {model.vocab_size} | "
+              f"{model.block_size} | {params:.3f} | {macs:.2f} |")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ def compare(names: list[str], root: str = "runs/compare", figures: str = "docs/f
     for name in names:
         study = get_study(name)
         records = run_study(study, root)
-        figure = plot_curves(records, Path(figures) / f"{study.name}_curves.png", study.title)
+        ylabel = "validation loss" if study.metric == "eval_loss" else "test top-1 (%)"
+        figure = plot_curves(records, Path(figures) / f"{study.name}_curves.png", study.title, ylabel=ylabel)
         text = "\n".join([f"### {study.title}", "", f"Budget: {study.budget}.", "", summarise(study, records), "",
                           *[f"Note: {n}" for n in study.notes], "", f"![learning curves](figures/{figure.name})"])
         if study.report is not None:

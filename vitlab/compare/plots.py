@@ -9,7 +9,8 @@ import numpy as np
 __all__ = ["plot_curves"]
 
 
-def plot_curves(records: list[dict[str, Any]], path: str | Path, title: str) -> Path:
+def plot_curves(records: list[dict[str, Any]], path: str | Path, title: str, ylabel: str = "test top-1 (%)",
+                xlabel: str = "epoch") -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -25,14 +26,14 @@ def plot_curves(records: list[dict[str, Any]], path: str | Path, title: str) -> 
                 continue
             length = min(len(c) for c in curves)
             epochs = np.array([p[0] for p in curves[0][:length]])
-            top1 = np.array([[p[1] for p in c[:length]] for c in curves])  # (seeds, evals)
-            (line,) = ax.plot(epochs, top1.mean(0), marker="o", markersize=3, label=col)
-            ax.fill_between(epochs, top1.min(0), top1.max(0), color=line.get_color(), alpha=0.15)
+            values = np.array([[p[1] for p in c[:length]] for c in curves])  # (seeds, evals)
+            (line,) = ax.plot(epochs, values.mean(0), marker="o", markersize=3, label=col)
+            ax.fill_between(epochs, values.min(0), values.max(0), color=line.get_color(), alpha=0.15)
         ax.set_title(row)
-        ax.set_xlabel("epoch")
+        ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("test top-1 (%)")
-    axes[0][-1].legend(fontsize=8, loc="lower right")
+    axes[0][0].set_ylabel(ylabel)
+    axes[0][-1].legend(fontsize=8, loc="best")
     fig.suptitle(title)
     fig.tight_layout()
     path = Path(path)

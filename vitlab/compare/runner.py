@@ -38,6 +38,7 @@ class Study:
     comparisons: list[tuple[str, str]] = field(default_factory=list)
     budget: str = ""
     notes: list[str] = field(default_factory=list)
+    metric: str = "top1"  # the result compared: 'top1' (%, higher is better) or 'eval_loss' (lower is better)
     report: Callable[["Study", list[dict[str, Any]], Path, Path], str] | None = None
     """Optional further section after training: report(study, records, runs root, figures folder) → Markdown."""
 
@@ -77,18 +78,26 @@ def run_study(study: Study, root: str | Path, log: Callable[[str], None] = print
         result = json.loads(done.read_text())
         curve = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         records.append({"row": cell.row, "col": cell.col, "seed": seed, "run_dir": str(run_dir),
-                        "top1": result["top1"], "eval_loss": result["eval_loss"],
+                        "top1": result.get("top1", math.nan), "eval_loss": result["eval_loss"],
                         "train_loss": result.get("train_loss", float("nan")),
                         "seconds": result.get("seconds", float("nan")),
-                        "curve": [(r["epoch"], r["top1"]) for r in curve if "top1" in r]})
+                        "curve": [(r["epoch"], r[study.metric]) for r in curve if study.metric in r]})
     return records
 
 
-def _cell_text(values: list[float]) -> str:
+_METRIC_NAMES = {"top1": "Test top-1 (%)", "eval_loss": "Validation loss (nats per token; lower is better)"}
+
+
+def _higher_is_better(study: Study) -> bool:
+    return study.metric == "top1"
+
+
+def _cell_text(values: list[float], digits: int = 2) -> str:
     if len(values) < 2:
-        return f"{values[0]:.2f}" if values else "–"
+        return f"{values[0]:.{digits}f}" if values else "–"
     low, high = confidence_interval(values)
-    return f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f} [{low:.2f}, {high:.2f}]"
+    return (f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f} "
+            f"[{low:.{digits}f}, {high:.{digits}f}]")
 
 
 def _verdicts(study: Study, rows: list[str], value: dict) -> list[str]:
@@ -102,7 +111,8 @@ def _verdicts(study: Study, rows: list[str], value: dict) -> list[str]:
             if len(diffs) < 2:
                 continue
             low, high = confidence_interval(diffs)
-            groups["better" if low > 0 else "worse" if high < 0 else "no clear difference"].append(row)
+            above, below = ("better", "worse") if _higher_is_better(study) else ("worse", "better")
+            groups[above if low > 0 else below if high < 0 else "no clear difference"].append(row)
         said = "; ".join(f"{verdict} at {', '.join(where)}" for verdict, where in groups.items() if where)
         out.append(f"- `{col}` vs `{against}`: {said or 'not enough seeds yet'}.")
     return out
@@ -112,14 +122,17 @@ def summarise(study: Study, records: list[dict[str, Any]]) -> str:
     """Markdown: the top-1 table (mean ± std [95% CI] over seeds) and the paired differences of `study.comparisons`."""
     rows = list(dict.fromkeys(c.row for c in study.cells))
     cols = list(dict.fromkeys(c.col for c in study.cells))
-    value = {(r["row"], r["col"], r["seed"]): r["top1"] for r in records}
-    lines = [f"Test top-1 (%), mean ± std [95% CI] over seeds {study.seeds}:", "",
+    value = {(r["row"], r["col"], r["seed"]): r[study.metric] for r in records}
+    digits = 2 if study.metric == "top1" else 3
+    lines = [f"{_METRIC_NAMES[study.metric]}, mean ± std [95% CI] over seeds {study.seeds}:", "",
              "| | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
     for row in rows:
-        cells = [_cell_text([value[row, col, s] for s in study.seeds if (row, col, s) in value]) for col in cols]
+        cells = [_cell_text([value[row, col, s] for s in study.seeds if (row, col, s) in value], digits)
+                 for col in cols]
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     if study.comparisons:
-        lines += ["", "Paired differences (same row and seed), percentage points, mean [95% CI]; **bold** where the "
+        unit = "percentage points" if study.metric == "top1" else "nats per token"
+        lines += ["", f"Paired differences (same row and seed), {unit}, mean [95% CI]; **bold** where the "
                   "interval excludes zero:", "", "| | " + " | ".join(rows) + " |", "|---|" + "---:|" * len(rows)]
         for col, against in study.comparisons:
             cells = []
@@ -130,7 +143,7 @@ def summarise(study: Study, records: list[dict[str, Any]]) -> str:
                     cells.append("–")
                     continue
                 low, high = confidence_interval(diffs)
-                text = f"{statistics.fmean(diffs):+.2f} [{low:+.2f}, {high:+.2f}]"
+                text = f"{statistics.fmean(diffs):+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
                 cells.append(f"**{text}**" if low > 0 or high < 0 else text)
             lines.append(f"| {col} − {against} | " + " | ".join(cells) + " |")
         lines += ["", *_verdicts(study, rows, value)]

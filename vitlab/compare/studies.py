@@ -126,3 +126,27 @@ def emergent_segmentation() -> Study:
                         "page cannot test; `vitlab segment` runs on the official weights for users who have them "
                         "(docs/interpret.md)."],
                  report=segmentation_report)
+
+
+_LM_CELLS = {"GPT": "shakespeare_char_gpt", "GPT + mimetic": "shakespeare_char_gpt_mimetic",
+             "GPT + mimetic VO (small β)": "shakespeare_char_gpt_mimetic_vo", "CRATE": "shakespeare_char_crate",
+             "CRATE-α": "shakespeare_char_crate_alpha"}
+
+
+@_study
+def lm_shakespeare() -> Study:
+    """GPT vs mimetic GPT (full, and VO-only small β) vs causal CRATE vs causal CRATE-α on character-level
+    tiny-shakespeare: equal parameters (about 0.8 M) and steps (nanoGPT's 2000-step CPU run), 3 seeds."""
+    row = "tiny-shakespeare chars, 2000 steps"
+    cells = [Cell(row, name, get_preset(preset)) for name, preset in _LM_CELLS.items()]
+    return Study("lm_shakespeare", "Language modelling: GPT vs mimetic GPT vs CRATE vs CRATE-α on tiny-shakespeare "
+                 "characters (about 0.8 M parameters each, context 64, batch 12)", cells, seeds=[0, 1, 2],
+                 metric="eval_loss",
+                 comparisons=[("GPT + mimetic", "GPT"), ("GPT + mimetic VO (small β)", "GPT"), ("CRATE", "GPT"),
+                              ("CRATE-α", "GPT"), ("CRATE-α", "CRATE")],
+                 budget="5 models × 3 seeds × 2000 steps of 12 × 64 characters; about an hour on 2 CPU cores",
+                 notes=["Validation loss is the mean next-character cross-entropy (nats) over the whole validation "
+                        "split (the last 10% of the text, 111 k characters) in non-overlapping windows of 64; "
+                        "nanoGPT's README reports about 1.88 for this GPT configuration (estimated on 20 random "
+                        "batches). Parameter counts and how the equal-size CRATE models are derived: "
+                        "docs/language.md."])
