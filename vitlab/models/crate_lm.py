@@ -113,8 +113,8 @@ class CRATEAlphaLM(CausalLM):
 
 # ----------------------------------------------------------------------------------------------------------------
 # Registry. The char-level CPU configs match nanoGPT's `gpt_char_tiny` (4 layers × 12d² at d 128) in parameters:
-# at vocab 65, block 64: GPT 809,856; CRATE 16 layers × 3d² → 813,440 (+0.4 %); CRATE-α 5 layers × 10d² →
-# 838,528 (+3.5 %; 4 layers would give 674,176, −17 %).
+# at vocab 65, block 64: GPT 804,096 (bias-free); CRATE 16 layers × 3d² → 813,440 (+1.2 %); CRATE-α 5 layers ×
+# 10d² → 838,528 (+4.3 %; 4 layers would give 674,176, −16 %).
 
 _PAPER_CRATE = "Yu et al. 2023, CRATE (causal language model as in Yang et al. 2024, CRATE-α, §4)"
 _PAPER_ALPHA = "Yang et al. 2024, CRATE-α (causal language model, §4)"
