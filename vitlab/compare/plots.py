@@ -1,6 +1,7 @@
 """Learning curves of a study: one panel per table row, one line per column (mean over seeds, band = min–max)."""
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ def plot_curves(records: list[dict[str, Any]], path: str | Path, title: str, yla
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel(ylabel)
     axes[0][-1].legend(fontsize=8, loc="best")
-    fig.suptitle(title)
+    fig.suptitle(textwrap.fill(title, width=55 * len(rows)), fontsize=10)  # wrapped to the figure's width
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

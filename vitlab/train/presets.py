@@ -37,7 +37,7 @@ def list_presets() -> list[str]:
 
 def describe(name: str) -> str:
     """The first paragraph of a preset's docstring."""
-    return (PRESETS[name].__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+    return " ".join((PRESETS[name].__doc__ or "").strip().split("\n\n")[0].split())
 
 
 # ----------------------------------------------------------------------------------------------------------------
