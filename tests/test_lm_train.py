@@ -113,7 +113,7 @@ def _unigram_entropy() -> float:
 
 @needs_shakespeare
 def test_a_short_real_run_learns_well_below_the_unigram_entropy(tmp_path, capsys):
-    config = tiny_lm(tmp_path, steps=300, eval_interval=150, eval_subset=0, lr=3e-3)
+    config = tiny_lm(tmp_path, steps=300, eval_interval=150, eval_subset=0, lr=3e-3, peak_tflops=0.5)
     result = train(config, preset="test")
     entropy = _unigram_entropy()  # ≈ 3.3 nats: what a model that ignores context can reach
     assert result["eval_loss"] < entropy - 0.6, (result["eval_loss"], entropy)
@@ -121,6 +121,8 @@ def test_a_short_real_run_learns_well_below_the_unigram_entropy(tmp_path, capsys
     log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     train_records = [r for r in log if "train_loss" in r]
     assert all(r["tokens_per_s"] > 0 and r["elapsed_s"] >= 0 for r in train_records)
+    # MFU = windows/s × FLOPs per window (forward + backward, counted) / the given peak
+    assert all(0 < r["mfu"] < 1 for r in train_records)
     assert [r["step"] for r in log if "eval_loss" in r] == [150, 300]
     assert (tmp_path / "run" / "tokenizer").is_dir() and (tmp_path / "run" / "best" / "model.safetensors").is_file()
     # vitlab eval re-measures the same loss from the checkpoint

@@ -28,7 +28,7 @@ def compare(names: list[str], root: str = "runs/compare", figures: str = "docs/f
         ylabel = "validation loss" if study.metric == "eval_loss" else "test top-1 (%)"
         figure = plot_curves(records, Path(figures) / f"{study.name}_curves.png", study.title, ylabel=ylabel)
         text = "\n".join([f"### {study.title}", "", f"Budget: {study.budget}.", "", summarise(study, records), "",
-                          *[f"Note: {n}" for n in study.notes], "", f"![learning curves](figures/{figure.name})"])
+                          *[f"Note: {n}\n" for n in study.notes], f"![learning curves](figures/{figure.name})"])
         if study.report is not None:
             text += "\n\n" + study.report(study, records, Path(root), Path(figures))
         (Path(root) / study.name / "results.md").write_text(text + "\n")
@@ -46,8 +46,9 @@ def compare(names: list[str], root: str = "runs/compare", figures: str = "docs/f
     return page
 
 
-_SCOPE = """What this page can and cannot show. Everything here trains on the real Fashion-MNIST on a 2-core CPU, with
-small models (width 96, depth 4, patch 4) and short schedules, so that the whole page regenerates in under two hours.
+_SCOPE = """What this page can and cannot show. Everything here trains on real data (Fashion-MNIST; tiny-shakespeare for
+the language models) on a 2-core CPU, with small models (width 96, depth 4, patch 4; language models of 0.8 M
+parameters) and short schedules, so that the whole page regenerates in about two and a half hours.
 It is not the papers' setting: the mimetic paper's claims are for ViT-Tiny/2 trained 100 epochs on CIFAR-10/100,
 SVHN, Tiny ImageNet and ImageNet, CRATE-α's ablation is B/32 on ImageNet-1K, and its segmentation results are
 MaskCut on COCO with L/8 models. CIFAR, ImageNet and COCO cannot be downloaded on these machines, and no GPU was lent
