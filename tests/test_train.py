@@ -1,6 +1,7 @@
 """The training engine on the real Fashion-MNIST: smoke accuracy, exact resume, NaN guard, DDP equivalence, CLI."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -188,9 +189,14 @@ def test_ddp_and_fsdp_two_processes_match_one_process(tmp_path):
     top1_one = [r["top1"] for r in read_metrics(tmp_path / "one") if "top1" in r]
     assert len(losses_one) == 8
     for strategy in ("ddp", "fsdp"):
-        two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                              "-m", "vitlab", "train", *common, f"distributed={strategy}",
-                              f"out_dir={tmp_path / strategy}"], capture_output=True, text=True, env=env, timeout=300)
+        argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "vitlab",
+                "train", *common, f"distributed={strategy}", f"out_dir={tmp_path / strategy}"]
+        two = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
+        if two.returncode != 0 and "SIGABRT" in two.stderr:
+            # Seen once in the full suite on the 2-core machine (a gloo worker aborted by a signal, not a
+            # Python error): one retry from scratch. A real failure fails twice; its stderr is shown below.
+            shutil.rmtree(tmp_path / strategy, ignore_errors=True)
+            two = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
         assert two.returncode == 0, two.stderr[-3000:]
         assert two.stdout.count("test accuracy:") == 1  # only rank 0 reports
         losses_two = [r["train_loss"] for r in read_metrics(tmp_path / strategy) if "train_loss" in r]
