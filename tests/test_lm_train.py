@@ -80,7 +80,7 @@ class _Oracle(torch.nn.Module):
 
 def _lm_data(tokens: np.ndarray, vocab: int, block: int, windows: int) -> lm.LMData:
     return lm.LMData(train=lm.TokenWindows(tokens, 2, block, torch.device("cpu"), 0), eval_tokens=tokens,
-                     eval_windows=windows, eval_batch_size=3, vocab_size=vocab, block_size=block, tokenizer=None,
+                     eval_tensor=lm._as_tensor(tokens, torch.device("cpu")), eval_windows=windows, eval_batch_size=3, vocab_size=vocab, block_size=block, tokenizer=None,
                      root=None, dataset="synthetic", train_size=len(tokens))
 
 

@@ -63,6 +63,11 @@ class CausalLM(nn.Module):
         self.block_size = block_size
         self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size].detach().clone())
 
+    def init_embeddings_(self, std: float = 0.02) -> None:
+        """GPT-2's embedding init: token table (= the tied head) and position table N(0, std)."""
+        nn.init.normal_(self.transformer.wte.weight, std=std)
+        nn.init.normal_(self.transformer.wpe.weight, std=std)
+
     def get_output_embeddings(self) -> nn.Module:
         return self.lm_head
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from functools import partial
 
-from torch import nn
 
 from ._constants import lm_cfg
 from ._lm_base import CausalLM
@@ -57,8 +56,7 @@ class CRATELM(CausalLM):
         self.init_weights()
 
     def init_weights(self) -> None:
-        nn.init.normal_(self.transformer.wte.weight, std=0.02)  # = lm_head.weight (tied)
-        nn.init.normal_(self.transformer.wpe.weight, std=0.02)
+        self.init_embeddings_()
         init_crate_blocks_(self.transformer.h)
 
 
@@ -101,8 +99,7 @@ class CRATEAlphaLM(CausalLM):
         self.init_weights()
 
     def init_weights(self) -> None:
-        nn.init.normal_(self.transformer.wte.weight, std=0.02)  # = lm_head.weight (tied)
-        nn.init.normal_(self.transformer.wpe.weight, std=0.02)
+        self.init_embeddings_()
         init_crate_alpha_blocks_(self.transformer.h)
 
     def no_weight_decay(self) -> set[str]:

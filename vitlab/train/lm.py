@@ -93,6 +93,7 @@ class LMData:
     """Next-token prediction on a prepared text dataset (see the module docstring)."""
     train: TokenWindows
     eval_tokens: np.ndarray
+    eval_tensor: torch.Tensor | None  # eval_tokens on the device (None beyond 1 GiB: read from the memmap)
     eval_windows: int  # windows of block_size tokens evaluated (all ranks together)
     eval_batch_size: int
     vocab_size: int
@@ -133,11 +134,11 @@ class LMData:
     @torch.no_grad()
     def evaluate(self, model: nn.Module, info: DistInfo, autocast) -> dict[str, float]:
         """Mean next-token loss (nats) over the evaluation windows, perplexity, and bits per token."""
-        tensor = _as_tensor(self.eval_tokens, info.device)
         mine = np.arange(info.rank, self.eval_windows, info.world_size) * self.block_size  # window starts
         sums = torch.zeros(2, dtype=torch.float64, device=info.device)  # loss sum, tokens
         for i in range(0, len(mine), self.eval_batch_size):
-            x, y = _windows(self.eval_tokens, tensor, mine[i:i + self.eval_batch_size], self.block_size, info.device)
+            x, y = _windows(self.eval_tokens, self.eval_tensor, mine[i:i + self.eval_batch_size], self.block_size,
+                            info.device)
             with autocast:
                 logits = model(x).float()  # (B, T, V)
             loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum")
@@ -176,6 +177,7 @@ def build_lm_data(config: TrainConfig, info: DistInfo) -> LMData:
     windows = min(windows, config.eval_subset) if config.eval_subset else windows
     return LMData(train=TokenWindows(train_tokens, per_rank, block, info.device, config.seed, info.rank,
                                      info.world_size),
-                  eval_tokens=eval_tokens, eval_windows=windows, eval_batch_size=max(per_rank, 64),
+                  eval_tokens=eval_tokens, eval_tensor=_as_tensor(eval_tokens, info.device), eval_windows=windows,
+                  eval_batch_size=max(per_rank, 64),
                   vocab_size=prepared.vocab_size, block_size=block, tokenizer=prepared.tokenizer,
                   root=prepared.root, dataset=config.dataset, train_size=len(train_tokens))
