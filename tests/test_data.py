@@ -4,6 +4,7 @@ import dataclasses
 import gzip
 import io
 import os
+import random
 import re
 import tarfile
 import time
@@ -25,7 +26,7 @@ from vitlab.data import (DATASETS, Checksum, DatasetFormatError, DatasetNotFound
                          MissingFileError, TensorImageDataset, UnsafeArchiveError, UnsafePickleError,
                          extract_archive, find_data_root, load_dataset)
 from vitlab.data import _locate
-from vitlab.data._imagefolder import center_crop_box, random_resized_crop_box
+from vitlab.data.decode import center_crop_box, random_resized_crop_box
 
 REAL_FASHION = Path(vitlab.__file__).resolve().parents[1].parent / "shared" / "data" / "fashion-mnist"
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")  # apt-get install dataset-fashion-mnist
@@ -235,13 +236,14 @@ def test_imagenet_layout_and_flat_val_error(tmp_path):
 
 
 def test_crops(tmp_path):
+    rng = random.Random(0)
     for _ in range(200):
-        left, top, right, bottom = random_resized_crop_box(300, 200, min_scale=0.3)
+        left, top, right, bottom = random_resized_crop_box(300, 200, (0.3, 1.0), (3 / 4, 4 / 3), rng)
         w, h = right - left, bottom - top
         assert 0 <= left and 0 <= top and right <= 300 and bottom <= 200
         assert 0.3 * 60000 * 0.95 <= w * h <= 60000 and 3 / 4 * 0.95 <= w / h <= 4 / 3 * 1.05
     assert center_crop_box(400, 200, 224, 0.875) == (112.5, 12.5, 287.5, 187.5)  # short side 200 -> 256, keep 224
-    assert random_resized_crop_box(1000, 10, min_scale=0.9) == (493, 0, 506, 10)  # fallback: centered, ratio <= 4/3
+    assert random_resized_crop_box(1000, 10, (0.9, 1.0), (3 / 4, 4 / 3), rng) == (493, 0, 506, 10)  # fallback: centered, ratio <= 4/3
     # eval: a red center square inside a blue border; crop_pct 0.5 keeps only the center half (50..150)
     image = np.zeros((200, 200, 3), np.uint8)
     image[:, :, 2] = 255

@@ -159,6 +159,20 @@ def _presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shards(args: argparse.Namespace) -> int:
+    from .data import load_dataset, write_shards
+
+    for split in args.split.split(","):
+        dataset = load_dataset(args.source, split, data_dir=args.data_dir, download=args.download,
+                               image_size=args.image_size, train_transform=False)
+        out = write_shards(dataset, os.path.join(args.out, split), prefix=split, shard_size=args.shard_size,
+                           max_bytes=int(args.max_mb * 2**20), seed=None if args.no_shuffle else args.seed,
+                           progress=None, overwrite=args.overwrite, description=f"{args.source}:{split}")
+        print(f"{out}: {len(dataset)} samples, {dataset.num_classes} classes "
+              f"(train with dataset=shards data_dir={args.out} train_split={split})")
+    return 0
+
+
 def _compare(args: argparse.Namespace) -> int:
     from .compare import STUDIES, compare
 
@@ -203,6 +217,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--figures", default="docs/figures")
     p.add_argument("--results", default=None, help="also write the whole results page (Markdown) here")
     p.set_defaults(func=_compare)
+    p = sub.add_parser("shards", help="write WebDataset shards (tar: key.jpg|png + key.cls + key.json, index.json) "
+                                      "from any dataset vitlab reads: vitlab shards SRC OUT --split train,val")
+    p.add_argument("source", help="a dataset name (imagenet, cifar10, fashion_mnist, imagefolder with --data-dir, "
+                                  "shards, ...)")
+    p.add_argument("out", help="output folder; each split goes to OUT/<split>/")
+    p.add_argument("--split", default="train", help="comma-separated splits (default: train)")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--download", action="store_true", help="download the source dataset first when it has URLs")
+    p.add_argument("--image-size", type=int, default=None, help="in-memory datasets: resize first (default: as is)")
+    p.add_argument("--shard-size", type=int, default=10000, help="samples per shard (default 10000)")
+    p.add_argument("--max-mb", type=float, default=0, help="also close a shard at this many MiB of images (0: off)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sample order (default 0)")
+    p.add_argument("--no-shuffle", action="store_true", help="keep the dataset's order")
+    p.add_argument("--overwrite", action="store_true", help="replace shards already written in OUT/<split>")
+    p.set_defaults(func=_shards)
     p = sub.add_parser("presets", help="list the training presets")
     p.set_defaults(func=_presets)
     p = sub.add_parser("profile", help="parameters, FLOPs and measured throughput of a model")
@@ -270,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError) as err:
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as err:
         print(f"vitlab: error: {err}", file=sys.stderr)
         return 2
     except RuntimeError as err:  # e.g. TrainingDiverged: the message says what happened and what to try

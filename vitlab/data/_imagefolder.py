@@ -1,116 +1,71 @@
-"""`ImageFolderDataset`: large image datasets decoded lazily with Pillow (in DataLoader workers).
-
-Samples are (path, label) pairs, from an ImageFolder tree (`root/<class>/**/*.jpg|png|...`, classes sorted by
-folder name) or from a dataset's own split files (Flowers-102, Oxford-IIIT Pets). Training samples get an
-Inception-style random-resized crop (area fraction in [min_scale, 1], aspect ratio in [3/4, 4/3]) to S x S;
-evaluation samples are resized so the short side is S / crop_pct, then center-cropped to S x S. No flip here: it is
-done later, batched, on the device."""
+"""`ImageFolderDataset`: (path, label) samples from an ImageFolder tree (`root/<class>/**/*.jpg|png|...`, classes
+sorted by folder name) or from a dataset's own split files (Flowers-102, Oxford-IIIT Pets), decoded on access by the
+`EncodedImageDataset` contract (vitlab/data/encoded.py): one decode stage that crops and resizes, nothing after it
+crops again."""
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
-from PIL import Image, UnidentifiedImageError
 
 from ._locate import DatasetFormatError, MissingFileError
 from ._sources import IMAGENET_MEAN, IMAGENET_STD
+from .decode import DecodeCrop
+from .encoded import EncodedImageDataset
 
-__all__ = ["ImageFolderDataset", "scan_image_folder", "IMAGE_EXTENSIONS", "random_resized_crop_box",
-           "center_crop_box"]
+__all__ = ["ImageFolderDataset", "scan_image_folder", "IMAGE_EXTENSIONS"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm")
-_LOG_RATIO = (math.log(3 / 4), math.log(4 / 3))
-
-Box = tuple[float, float, float, float]  # (left, upper, right, lower) in pixels, Pillow's convention
 
 
-def random_resized_crop_box(width: int, height: int, min_scale: float = 0.08) -> Box:
-    """Inception-style crop: area fraction uniform in [min_scale, 1], log aspect ratio uniform in
-    [log 3/4, log 4/3], position uniform; after 10 failed draws, the largest centered crop with a ratio in range.
-    Uses torch's global RNG (seeded per DataLoader worker)."""
-    area = width * height
-    for _ in range(10):
-        target_area = area * (min_scale + (1 - min_scale) * torch.rand(()).item())
-        aspect = math.exp(_LOG_RATIO[0] + (_LOG_RATIO[1] - _LOG_RATIO[0]) * torch.rand(()).item())
-        w, h = round(math.sqrt(target_area * aspect)), round(math.sqrt(target_area / aspect))
-        if 0 < w <= width and 0 < h <= height:
-            left = int(torch.randint(0, width - w + 1, ()).item())
-            top = int(torch.randint(0, height - h + 1, ()).item())
-            return (left, top, left + w, top + h)
-    ratio = width / height
-    if ratio < 3 / 4:
-        w, h = width, round(width / (3 / 4))
-    elif ratio > 4 / 3:
-        w, h = round(height * (4 / 3)), height
-    else:
-        w, h = width, height
-    left, top = (width - w) // 2, (height - h) // 2
-    return (left, top, left + w, top + h)
+class ImageFolderDataset(EncodedImageDataset):
+    """(path, label) samples decoded on access. `dataset[i]` or `dataset[(i, seed)]` -> (uint8 (3, S, S), label).
 
-
-def center_crop_box(width: int, height: int, size: int, crop_pct: float) -> Box:
-    """The region of the original image that "resize the short side to floor(size / crop_pct), then center-crop
-    size x size" keeps, so that one Pillow resize with `box=` does both."""
-    scale_size = math.floor(size / crop_pct)
-    side = size * min(width, height) / scale_size  # the crop's side in original pixels
-    left, top = (width - side) / 2, (height - side) / 2
-    return (left, top, left + side, top + side)
-
-
-class ImageFolderDataset(torch.utils.data.Dataset):
-    """(path, label) samples decoded on access. `__getitem__(i)` -> (uint8 tensor (3, S, S), int label)."""
-
-    in_chans = 3
+    `crop` is the decode stage (default: evaluation resize + centre crop to 224). For compatibility,
+    `image_size`, `train`, `min_scale` and `crop_pct` build it when `crop` is not given."""
 
     def __init__(self, samples: list[tuple[str, int]], classes: list[str], name: str = "imagefolder",
                  image_size: int = 224, train: bool = False, min_scale: float = 0.08, crop_pct: float = 0.875,
-                 mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD) -> None:
-        if not 0 < min_scale <= 1:
-            raise ValueError(f"min_scale must lie in (0, 1], got {min_scale}")
-        if not 0 < crop_pct <= 1:
-            raise ValueError(f"crop_pct must lie in (0, 1], got {crop_pct}")
-        self.samples, self.classes, self.name = samples, list(classes), name
-        self.image_size, self.train, self.min_scale, self.crop_pct = int(image_size), train, min_scale, crop_pct
-        self.mean, self.std = tuple(mean), tuple(std)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
+                 mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD,
+                 crop: DecodeCrop | None = None, on_error: str = "raise") -> None:
+        if crop is None:
+            if not 0 < min_scale <= 1:
+                raise ValueError(f"min_scale must lie in (0, 1], got {min_scale}")
+            if not 0 < crop_pct <= 1:
+                raise ValueError(f"crop_pct must lie in (0, 1], got {crop_pct}")
+            crop = DecodeCrop(size=int(image_size), train=train, scale=(min_scale, 1.0), crop_pct=crop_pct)
+        super().__init__(classes, name, crop, on_error, mean, std)
+        self.samples = samples
 
     @property
     def targets(self) -> list[int]:
-        """The labels of all samples, in order."""
         return [label for _, label in self.samples]
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __repr__(self) -> str:
-        mode = f"train, min_scale={self.min_scale}" if self.train else f"eval, crop_pct={self.crop_pct}"
+        c = self.crop
+        mode = f"train crop scale={c.scale} ratio={tuple(round(r, 3) for r in c.ratio)}" if c.train \
+            else f"eval, crop_pct={c.crop_pct}"
         return (f"ImageFolderDataset({self.name}: {len(self)} images, {self.num_classes} classes, "
-                f"{self.image_size}px, {mode})")
+                f"{c.size}px, {mode})")
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def source(self, index: int) -> tuple[str, int, str]:
         path, label = self.samples[index]
-        size = self.image_size
-        try:
-            with Image.open(path) as img:
-                if not self.train and img.format == "JPEG":
-                    # decode at a reduced DCT scale when that still leaves >= the pixels the resize needs
-                    factor = math.floor(size / self.crop_pct) / min(img.size)
-                    img.draft("RGB", (math.ceil(img.size[0] * factor), math.ceil(img.size[1] * factor)))
-                img = img.convert("RGB")
-                box = (random_resized_crop_box(*img.size, self.min_scale) if self.train
-                       else center_crop_box(*img.size, size, self.crop_pct))
-                img = img.resize((size, size), Image.Resampling.BILINEAR, box=box)
-        except (UnidentifiedImageError, OSError, SyntaxError) as err:
-            raise DatasetFormatError(f"{path}: cannot decode image ({type(err).__name__}: {err})") from None
-        array = np.asarray(img)  # (S, S, 3) uint8
-        return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous(), label  # (3, S, S)
+        return path, label, path
+
+    def subset(self, n: int) -> "ImageFolderDataset":
+        """`n` samples drawn once with a fixed seed (0), in stored order: an ImageFolder's stored order is class by
+        class, so its first n images would be a few classes only. The same n images for every run."""
+        if not n or n >= len(self):
+            return self
+        keep = np.sort(np.random.default_rng(0).choice(len(self), size=n, replace=False))
+        copy = ImageFolderDataset([self.samples[i] for i in keep], self.classes, self.name, crop=self.crop,
+                                  on_error=self.on_error, mean=self.mean, std=self.std)
+        return copy
 
 
 def _image_files(folder: Path) -> list[str]:

@@ -77,12 +77,12 @@ def _looks_like(folder: Path, info: DatasetInfo) -> bool:
 
 def find_data_root(name: str, data_dir: str | os.PathLike | None = None) -> Path:
     """The folder holding dataset `name`'s files (e.g. `.../cifar-10-batches-py`); see the module docstring for
-    the search order. For 'imagefolder' it is `data_dir` itself. Raises `DatasetNotFoundError` listing every place
+    the search order. For 'imagefolder' and 'shards' it is `data_dir` itself. Raises `DatasetNotFoundError` listing every place
     looked in and how to get the files."""
     info = dataset_info(name)
-    if name == "imagefolder":
+    if name in ("imagefolder", "shards"):
         if data_dir is None or not Path(data_dir).is_dir():
-            raise DatasetNotFoundError(f"imagefolder: data_dir {data_dir!r} is not a folder. {info.how_to_get}")
+            raise DatasetNotFoundError(f"{name}: data_dir {data_dir!r} is not a folder. {info.how_to_get}")
         return Path(data_dir)
     places = search_places(data_dir)
     for folder, why in places:

@@ -203,4 +203,9 @@ DATASETS: dict[str, DatasetInfo] = {info.name: info for info in [
         "imagefolder", (), ("train", "val", "test"), None, None, markers=(), required={}, in_memory=False,
         how_to_get="'imagefolder' reads the folder given as data_dir= / --data-dir: <root>/<split>/<class>/*.jpg|png, "
                    "or <root>/<class>/*.jpg|png directly."),
+    DatasetInfo(
+        "shards", (), (), None, None, markers=(), required={}, in_memory=False,
+        how_to_get="'shards' reads WebDataset tar shards: data_dir= a folder, the split a sub-folder holding index.json "
+                   "(as `vitlab shards` writes) or .tar files, or a brace pattern such as "
+                   "'train-{000000..000146}.tar' (relative to data_dir)."),
 ]}

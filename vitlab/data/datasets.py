@@ -3,7 +3,8 @@
 Small datasets (CIFAR-10/100, SVHN, MNIST, Fashion-MNIST, Tiny ImageNet) come back fully in memory as a
 `TensorImageDataset` of uint8 (N, C, H, W) images; augmentation and normalisation happen later, batched, on the
 device. Large ones (ImageNet, ImageNet-21K, Flowers-102, Pets, any ImageFolder tree) come back as an
-`ImageFolderDataset` decoded lazily with Pillow in DataLoader workers."""
+`ImageFolderDataset`, WebDataset shards as a `ShardDataset`: both `EncodedImageDataset`s, decoded, cropped and resized
+once, on access, in DataLoader workers."""
 from __future__ import annotations
 
 import os
@@ -24,8 +25,12 @@ from ._oxford import flowers102_samples, pets_samples
 from ._sources import DATASETS, IMAGENET_MEAN, IMAGENET_STD, DatasetInfo
 from ._svhn import read_svhn
 from ._tiny import read_tiny_imagenet
+from .decode import DecodeCrop
+from .encoded import EncodedImageDataset
+from .shards import ShardDataset
 
-__all__ = ["TensorImageDataset", "ImageFolderDataset", "load_dataset", "DATASETS", "find_data_root"]
+__all__ = ["TensorImageDataset", "ImageFolderDataset", "ShardDataset", "EncodedImageDataset", "load_dataset",
+           "DATASETS", "find_data_root"]
 
 
 @dataclass
@@ -44,6 +49,12 @@ class TensorImageDataset:
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return self.images[index], int(self.labels[index])
+
+    def subset(self, n: int) -> "TensorImageDataset":
+        """The first `n` images (0 or n >= len: all). The in-memory datasets are stored in a mixed class order."""
+        if not n or n >= len(self):
+            return self
+        return TensorImageDataset(self.images[:n], self.labels[:n], self.classes, self.name, self.mean, self.std)
 
     def __repr__(self) -> str:
         n, c, h, w = self.images.shape
@@ -118,24 +129,34 @@ def _folder_samples(root: Path, info: DatasetInfo, split: str) -> tuple[list[tup
 
 def load_dataset(name: str, split: str = "train", data_dir: str | None = None, download: bool = False,
                  image_size: int | None = None, train_transform: bool | None = None, min_scale: float = 0.08,
-                 crop_pct: float = 0.875) -> TensorImageDataset | ImageFolderDataset:
+                 crop_pct: float = 0.875, decode_crop: DecodeCrop | None = None, on_error: str = "raise"
+                 ) -> TensorImageDataset | EncodedImageDataset:
     """Loads split `split` of dataset `name` (a key of `DATASETS`).
 
-    data_dir: searched first (see `find_data_root` for the full search order); for 'imagefolder' the root itself.
+    data_dir: searched first (see `find_data_root` for the full search order); for 'imagefolder' and 'shards' the
+        root itself.
     download: fetch the official files (checksum-verified, resumable) into `data_dir` / `$VITLAB_DATA` / `./data`
         when they are not found.
-    image_size: in-memory datasets are resized to it when it differs from their native size; ImageFolder datasets
-        crop to it (default 224).
-    train_transform: ImageFolder only — random-resized crop (area in [min_scale, 1]) when True, resize to
-        image_size / crop_pct then center crop when False; default: True for the training split.
+    image_size: in-memory datasets are resized to it when it differs from their native size; encoded datasets
+        (ImageFolder, shards) decode to it (default 224).
+    decode_crop: encoded datasets only — the decode stage (`DecodeCrop`): random-resized crop or resize + centre
+        crop. Default: built from image_size, train_transform (default: True for the training split), min_scale
+        and crop_pct.
+    on_error: encoded datasets only — 'raise' or 'skip' (counted and logged) for unreadable images and shards.
     Split names: 'test' is accepted for a dataset whose evaluation split is 'val' (and 'val' for one whose split is
-    'test'); 'train' for Pets means 'trainval'."""
+    'test'); 'train' for Pets means 'trainval'. For 'shards' the split is a sub-folder of data_dir (with index.json
+    or .tar files) or a brace pattern of .tar files."""
     info = dataset_info(name)
-    split = resolve_split(info, split)
-    root = ensure_downloaded(name, split, data_dir) if download else find_data_root(name, data_dir)
+    if name != "shards":
+        split = resolve_split(info, split)
+    root = ensure_downloaded(name, split, data_dir) if download and name != "shards" else find_data_root(name, data_dir)
     if info.in_memory:
         return _tensor_dataset(root, info, split, image_size)
+    if decode_crop is None:
+        train = split in ("train", "trainval") if train_transform is None else train_transform
+        decode_crop = DecodeCrop(size=image_size or 224, train=train, scale=(min_scale, 1.0), crop_pct=crop_pct)
+    if name == "shards":
+        return ShardDataset.from_spec(split, root, decode_crop, on_error, name=f"shards:{split}")
     samples, classes = _folder_samples(root, info, split)
-    train = split in ("train", "trainval") if train_transform is None else train_transform
-    return ImageFolderDataset(samples, classes, name=name, image_size=image_size or 224, train=train,
-                              min_scale=min_scale, crop_pct=crop_pct, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    return ImageFolderDataset(samples, classes, name=name, crop=decode_crop, on_error=on_error, mean=IMAGENET_MEAN,
+                              std=IMAGENET_STD)

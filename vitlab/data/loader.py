@@ -1,17 +1,23 @@
-"""An in-memory loader for datasets that fit on the training device (airbench style).
+"""The two loaders: `DeviceLoader` for datasets that fit on the training device (airbench style), `EncodedLoader`
+for encoded ones (ImageFolder, shards) decoded by DataLoader workers. Both yield uint8 (B, C, H, W) batches on the
+device and resume exactly.
 
-The whole uint8 dataset is moved to ``device`` once; every epoch a seeded permutation is drawn and batches are sliced
+DeviceLoader: the whole uint8 dataset is moved to ``device`` once; every epoch a seeded permutation is drawn and batches are sliced
 from it with one gather each. No DataLoader workers, no per-image Python, no host→device copy per batch.
 Augmentation is separate (:class:`vitlab.data.augment.DeviceAugment`), applied to the uint8 batches this yields.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, Iterator
 
+import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["DeviceLoader"]
+from ._locate import DatasetFormatError
+
+__all__ = ["DeviceLoader", "EncodedLoader", "epoch_seed", "sample_seed"]
 
 _GOLDEN = 0x9E3779B97F4A7C15  # odd 64-bit constant: (seed, epoch) pairs map to distinct generator seeds
 
@@ -134,3 +140,127 @@ class DeviceLoader:
         if not 0 <= position <= most:  # without drop_last rank 0 (whose state is saved) may have one batch more
             raise ValueError(f"DeviceLoader state position {position} is outside [0, {most}]")
         self.seed, self.epoch, self.position = int(state["seed"]), int(state["epoch"]), position
+
+
+def sample_seed(seed: int, epoch: int, position: int) -> int:
+    """The crop seed of the sample at `position` of epoch `epoch`'s order: distinct for distinct triples."""
+    return (epoch_seed(seed, epoch) << 40) | int(position)
+
+
+def _collate(items: list) -> tuple[Tensor, Tensor, list]:
+    """Stacks the decoded samples of one batch; `DecodeFailure`s are passed on by message, not stacked."""
+    from .encoded import DecodeFailure
+
+    failures = [item.message for item in items if isinstance(item, DecodeFailure)]
+    good = [item for item in items if not isinstance(item, DecodeFailure)]
+    if not good:
+        return torch.zeros(0, dtype=torch.uint8), torch.zeros(0, dtype=torch.int64), failures
+    images = torch.stack([image for image, _ in good])  # (B, 3, S, S) uint8
+    labels = torch.tensor([label for _, label in good], dtype=torch.int64)  # (B,)
+    return images, labels, failures
+
+
+class EncodedLoader:
+    """Batches of an `EncodedImageDataset` (ImageFolder, shards), decoded by DataLoader workers, with a seeded,
+    resumable, rank-sharded order: the same contract as :class:`DeviceLoader` (iteration, `set_epoch`,
+    `state_dict` / `load_state_dict` with exact resume), so the engine treats both alike.
+
+    The order of epoch e is a pure function of (seed, e) and the dataset's sample counts: a permutation of all
+    samples, or for sharded data with ``shuffle_buffer`` > 1 the order a streaming reader with a shuffle buffer
+    gives (:func:`vitlab.data.shards.buffered_order`). Global batches of ``batch_size · world_size`` consecutive
+    samples are dealt to the ranks (batch j to rank j mod world_size), and each rank's batches to its workers, so no
+    sample is read twice. Every sample carries its own crop seed (:func:`sample_seed`), so the crops do not depend
+    on the number of workers, and after :meth:`load_state_dict` the remaining batches are identical to those of an
+    uninterrupted run. Unreadable images: ``dataset.on_error`` 'raise' → `DatasetFormatError` naming the file, in
+    the main process; 'skip' → left out of their batch, counted in ``skipped`` and warned about.
+    """
+
+    def __init__(self, dataset, batch_size: int, shuffle: bool, drop_last: bool, device: torch.device | str,
+                 seed: int = 0, rank: int = 0, world_size: int = 1, num_workers: int = 0, shuffle_buffer: int = 0):
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+        if int(world_size) < 1 or not 0 <= int(rank) < int(world_size):
+            raise ValueError(f"need world_size >= 1 and 0 <= rank < world_size, got rank={rank!r}, "
+                             f"world_size={world_size!r}")
+        self.dataset, self.device = dataset, torch.device(device)
+        self.batch_size, self.shuffle, self.drop_last = int(batch_size), bool(shuffle), bool(drop_last)
+        self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
+        self.num_workers, self.shuffle_buffer = int(num_workers), int(shuffle_buffer)
+        if self.drop_last and len(self) == 0:
+            raise ValueError(f"{len(dataset)} samples make no full batch of {self.batch_size} per rank on "
+                             f"{self.world_size} rank(s) with drop_last=True")
+        self.epoch, self.position, self.skipped = 0, 0, 0
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.dataset)
+
+    def __len__(self) -> int:
+        """Batches per epoch on this rank (rank 0 when they differ: evaluation without drop_last)."""
+        n, global_batch = self.num_samples, self.batch_size * self.world_size
+        usable = n - n % global_batch if self.drop_last else n
+        return len(range(self.rank * self.batch_size, usable, global_batch))
+
+    def order(self, epoch: int) -> np.ndarray:
+        """Epoch `epoch`'s order of all samples, (N,) int64, the same on every rank."""
+        n = self.num_samples
+        if not self.shuffle:
+            return np.arange(n, dtype=np.int64)
+        rng = np.random.default_rng(epoch_seed(self.seed, epoch))
+        sizes = getattr(self.dataset, "shard_sizes", None)
+        if sizes is not None and self.shuffle_buffer > 1:
+            from .shards import buffered_order
+
+            return buffered_order(sizes, self.shuffle_buffer, rng)
+        return rng.permutation(n).astype(np.int64)
+
+    def batches(self, epoch: int) -> list[list[tuple[int, int]]]:
+        """This rank's batches of epoch `epoch`, each a list of (sample index, crop seed)."""
+        order, size, ranks = self.order(epoch), self.batch_size, self.world_size
+        usable = len(order) - len(order) % (size * ranks) if self.drop_last else len(order)
+        out = []
+        for start in range(self.rank * size, usable, size * ranks):
+            out.append([(int(order[j]), sample_seed(self.seed, epoch, j)) for j in range(start, min(start + size,
+                                                                                               usable))])
+        return out
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        from .encoded import DecodedOrFailure
+
+        batches = self.batches(self.epoch)[self.position:]
+        loader = torch.utils.data.DataLoader(DecodedOrFailure(self.dataset), batch_sampler=batches, num_workers=self.num_workers,
+                                             collate_fn=_collate, pin_memory=self.device.type == "cuda")
+        for images, labels, failures in loader:
+            self.position += 1
+            if failures:
+                if self.dataset.on_error == "raise":
+                    more = f" (and {len(failures) - 1} more in this batch)" if len(failures) > 1 else ""
+                    raise DatasetFormatError(f"{failures[0]}{more}; data_errors=skip leaves unreadable images out")
+                self.skipped += len(failures)
+                for message in failures:
+                    warnings.warn(f"skipped: {message}", stacklevel=2)
+            if len(labels):
+                yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+        self.epoch, self.position = self.epoch + 1, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Move to the start of epoch `epoch` (the current epoch: keep a restored mid-epoch position)."""
+        if int(epoch) != self.epoch:
+            self.epoch, self.position = int(epoch), 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seed": self.seed, "epoch": self.epoch, "position": self.position, "shuffle": self.shuffle,
+                "num_samples": self.num_samples, "batch_size": self.batch_size, "world_size": self.world_size,
+                "drop_last": self.drop_last, "shuffle_buffer": self.shuffle_buffer, "skipped": self.skipped}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict`; sizes, shuffle settings and world size must match (else the remaining
+        batches could not be the same)."""
+        for key in ("num_samples", "batch_size", "world_size", "shuffle", "drop_last", "shuffle_buffer"):
+            if key in state and state[key] != getattr(self, key):
+                raise ValueError(f"loader state has {key}={state[key]!r} but this loader has "
+                                 f"{key}={getattr(self, key)!r}; exact resume needs them equal")
+        if not 0 <= int(state["position"]) <= len(self):
+            raise ValueError(f"loader state position {state['position']} is outside [0, {len(self)}]")
+        self.seed, self.epoch, self.position = int(state["seed"]), int(state["epoch"]), int(state["position"])
+        self.skipped = int(state.get("skipped", 0))

@@ -35,9 +35,11 @@ class TrainConfig:
     train_split: str = "train"
     eval_split: str = "test"
     image_size: int | None = None  # None: the dataset's own size (ImageFolder datasets need one)
-    train_subset: int = 0  # use only the first N training images (0: all); CPU presets use it
+    train_subset: int = 0  # N training images (0: all): the first N; ImageFolder: N drawn with a fixed seed
     eval_subset: int = 0  # images, or for text the first N windows of block_size tokens (0: the whole split)
-    num_workers: int = 4  # DataLoader workers for ImageFolder datasets (in-memory datasets need none)
+    num_workers: int = 4  # DataLoader workers for encoded datasets: ImageFolder, shards (in-memory ones need none)
+    shuffle_buffer: int = 10000  # shards: the shuffle buffer of the streamed order (shard order + buffer); 0: none
+    data_errors: str = "raise"  # encoded datasets: 'raise' (stop, naming the file) or 'skip' (counted, logged)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     # -- text (language-model datasets: tinyshakespeare, wikitext2, wikitext103, openwebtext, textfile:PATH) -----
     tokenizer: str = "char"  # 'char', 'bpe' / 'bpe:N' (byte-level BPE trained on the train split), 'gpt2' (tiktoken)
@@ -57,6 +59,7 @@ class TrainConfig:
     # -- machinery --------------------------------------------------------------------------------------------
     precision: str = "auto"  # 'auto' (bf16 autocast on CUDA, fp32 elsewhere), 'fp32', 'bf16'
     compile: bool = False
+    grad_checkpointing: bool = False  # recompute each block in backward: less activation memory, same results
     distributed: str = "ddp"  # under torchrun: 'ddp' or 'fsdp' (FSDP2 fully_shard per block)
     device: str = "auto"
     seed: int = 0

@@ -1,69 +1,77 @@
-"""Training and evaluation batches from a TrainConfig.
+"""Training and evaluation batches from a TrainConfig, and who owns each augmentation stage.
 
 Small datasets (TensorImageDataset) live on the training device and are sliced by `DeviceLoader` (airbench style);
-ImageFolder datasets are decoded by DataLoader workers into fixed-size uint8 crops. Both yield uint8 (B, C, H, W)
-batches on the device, which `DeviceAugment` turns into normalised float images and soft targets, and both can
-save and restore their position for exact resume.
+encoded datasets (ImageFolder trees, WebDataset shards) are decoded by DataLoader workers (`EncodedLoader`) into
+fixed-size uint8 crops. Both yield uint8 (B, C, H, W) batches on the device, which `DeviceAugment` turns into
+normalised float images and soft targets, and both save and restore their position for exact resume.
+
+One owner per stage (`plan_augmentation`): for encoded data the decoder crops and resizes (the random-resized crop
+when the config asks for one: cropping before the resize, at decode time, is the cheap place) and the device
+augmentation is built without a crop; for in-memory data the device does the crop. No image is cropped twice.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import ImageFolderDataset, TensorImageDataset, load_dataset
-from ..data.augment import DeviceAugment
-from ..data.loader import DeviceLoader
+from ..data import DecodeCrop, EncodedImageDataset, TensorImageDataset, load_dataset
+from ..data._locate import dataset_info
+from ..data.augment import AugmentConfig, DeviceAugment
+from ..data.loader import DeviceLoader, EncodedLoader
 from .config import TrainConfig
 from .distributed import DistInfo, all_reduce_sum
 
-__all__ = ["TrainData", "build_data", "FolderLoader", "soft_cross_entropy"]
+__all__ = ["TrainData", "build_data", "AugmentationPlan", "plan_augmentation", "soft_cross_entropy"]
+
+EVAL_CROP_PCT = 0.875  # resize to size / 0.875 (256 for 224), centre crop: timm's and the official CRATE-α eval
 
 
-class FolderLoader:
-    """A DataLoader over an ImageFolderDataset with a seeded, resumable, rank-sharded permutation per epoch."""
+@dataclass(frozen=True)
+class AugmentationPlan:
+    """Where each stage of the image pipeline runs. `train_decode` / `eval_decode`: the decode stage of encoded
+    datasets (None for in-memory ones); `device`: what `DeviceAugment` does after it."""
+    train_decode: DecodeCrop | None
+    eval_decode: DecodeCrop | None
+    device: AugmentConfig
 
-    def __init__(self, dataset: ImageFolderDataset, batch_size: int, shuffle: bool, drop_last: bool,
-                 device: torch.device, seed: int, rank: int, world_size: int, num_workers: int):
-        self.dataset, self.batch_size, self.shuffle, self.drop_last = dataset, batch_size, shuffle, drop_last
-        self.device, self.seed, self.rank, self.world_size = device, seed, rank, world_size
-        self.num_workers = num_workers
-        self.epoch, self.position = 0, 0
+    def stages(self) -> list[tuple[str, str]]:
+        """The training pipeline in order, as (stage, owner) pairs."""
+        out: list[tuple[str, str]] = []
+        if self.train_decode is not None:
+            crop = "random_resized_crop" if self.train_decode.train else "resize_center_crop"
+            out += [("decode", "loader workers"), (crop, "decoder")]
+        a = self.device
+        optional = [("random_resized_crop", a.random_resized_crop), ("random_crop_padding", a.random_crop_padding),
+                    ("hflip", a.hflip), ("randaugment", a.randaugment_n), ("color_jitter", a.color_jitter),
+                    ("normalise", True), ("random_erasing", a.random_erasing), ("mixup_cutmix", a.mixing)]
+        return out + [(name, "device") for name, on in optional if on]
 
-    def _indices(self) -> list[int]:
-        n = len(self.dataset)
-        if self.shuffle:
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
-        else:
-            order = list(range(n))
-        global_batch = self.batch_size * self.world_size
-        usable = n - n % global_batch if self.drop_last else n
-        return [i for j, i in enumerate(order[:usable]) if (j // self.batch_size) % self.world_size == self.rank]
+    def random_crops(self) -> list[tuple[str, str]]:
+        """The stages that crop at random (at most one in a sound pipeline)."""
+        return [stage for stage in self.stages() if stage[0] in ("random_resized_crop", "random_crop_padding")]
 
-    def __len__(self) -> int:
-        n, per_rank = len(self.dataset), self.batch_size * self.world_size
-        return n // per_rank if self.drop_last else -(-n // per_rank)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch, self.position = epoch, 0
+def plan_augmentation(augment: AugmentConfig, encoded: bool, image_size: int | None) -> AugmentationPlan:
+    """The owners of the stages for `augment` on encoded (decoded in workers) or in-memory data.
 
-    def __iter__(self):
-        indices = self._indices()[self.position * self.batch_size:]
-        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(self.dataset, indices),
-                                             batch_size=self.batch_size, num_workers=self.num_workers,
-                                             pin_memory=self.device.type == "cuda", drop_last=self.drop_last)
-        for images, labels in loader:
-            self.position += 1
-            yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
-        self.epoch, self.position = self.epoch + 1, 0
+    Encoded data: the decoder does the random-resized crop (`rrc_scale`, `rrc_ratio`) when asked, else a resize +
+    centre crop, to `image_size` (default 224); the device does everything else, without a crop of its own."""
+    if not encoded:
+        return AugmentationPlan(None, None, augment)
+    size = image_size or 224
+    train = DecodeCrop(size=size, train=augment.random_resized_crop, scale=tuple(augment.rrc_scale),
+                       ratio=tuple(augment.rrc_ratio), crop_pct=EVAL_CROP_PCT)
+    return AugmentationPlan(train, DecodeCrop(size=size, train=False, crop_pct=EVAL_CROP_PCT),
+                            dataclasses.replace(augment, random_resized_crop=False))
 
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position}
 
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+def config_plan(config: TrainConfig) -> AugmentationPlan:
+    """`plan_augmentation` for a config, without loading any data (what `build_data` will do)."""
+    return plan_augmentation(config.augment, not dataset_info(config.dataset).in_memory, config.image_size)
 
 
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -75,8 +83,8 @@ class TrainData:
     """Image classification for the engine. The engine talks to its data through `model_kwargs`, `loss`,
     `evaluate`, `example_input`, `unit`, `samples_per_batch` and `primary` (the metric `best/` follows); `LMData`
     (vitlab/train/lm.py) has the same interface for language modelling."""
-    train: DeviceLoader | FolderLoader
-    eval: DeviceLoader | FolderLoader
+    train: DeviceLoader | EncodedLoader
+    eval: DeviceLoader | EncodedLoader
     augment: DeviceAugment
     num_classes: int
     in_chans: int
@@ -123,41 +131,40 @@ class TrainData:
         return {"eval_loss": loss / count, "top1": 100 * top1 / count, "top5": 100 * top5 / count}
 
 
-def _subset(dataset: TensorImageDataset, n: int) -> TensorImageDataset:
-    if not n or n >= len(dataset):
-        return dataset
-    return TensorImageDataset(images=dataset.images[:n], labels=dataset.labels[:n], classes=dataset.classes,
-                              name=dataset.name, mean=dataset.mean, std=dataset.std)
-
-
 def _loader(dataset, batch_size: int, train: bool, config: TrainConfig, info: DistInfo):
     seed = config.seed if train else 0
     if isinstance(dataset, TensorImageDataset):
         return DeviceLoader(dataset.images, dataset.labels, batch_size=batch_size, shuffle=train, drop_last=train,
                             device=info.device, seed=seed, rank=info.rank, world_size=info.world_size)
-    return FolderLoader(dataset, batch_size, train, train, info.device, seed, info.rank, info.world_size,
-                        config.num_workers)
+    return EncodedLoader(dataset, batch_size, shuffle=train, drop_last=train, device=info.device, seed=seed,
+                         rank=info.rank, world_size=info.world_size, num_workers=config.num_workers,
+                         shuffle_buffer=config.shuffle_buffer)
 
 
 def build_data(config: TrainConfig, info: DistInfo):
     """The run's data: `LMData` for a text dataset (vitlab/train/lm.py), else `TrainData` (images): both splits
-    loaded and placed, the augmentation built from the training split's statistics."""
+    loaded and placed, each augmentation stage given to its one owner (`plan_augmentation`), the device
+    augmentation built from the training split's statistics."""
     from .lm import build_lm_data, is_text_dataset
 
     if is_text_dataset(config.dataset):
         return build_lm_data(config, info)
-    common = dict(data_dir=config.data_dir, download=config.download and info.is_main, image_size=config.image_size)
-    train_set = load_dataset(config.dataset, config.train_split, train_transform=True, **common)
-    eval_set = load_dataset(config.dataset, config.eval_split, train_transform=False, **common)
-    if isinstance(train_set, TensorImageDataset):
-        train_set, eval_set = _subset(train_set, config.train_subset), _subset(eval_set, config.eval_subset)
+    plan = config_plan(config)
+    common = dict(data_dir=config.data_dir, download=config.download and info.is_main, image_size=config.image_size,
+                  on_error=config.data_errors)
+    train_set = load_dataset(config.dataset, config.train_split, decode_crop=plan.train_decode, **common)
+    eval_set = load_dataset(config.dataset, config.eval_split, decode_crop=plan.eval_decode, **common)
+    train_set, eval_set = train_set.subset(config.train_subset), eval_set.subset(config.eval_subset)
     per_rank = config.batch_size // (info.world_size * config.grad_accum_steps)
     if per_rank * info.world_size * config.grad_accum_steps != config.batch_size or per_rank < 1:
         raise ValueError(f"batch_size {config.batch_size} is not divisible by world size {info.world_size} × "
                          f"grad_accum_steps {config.grad_accum_steps}")
     if len(train_set) < config.batch_size:
         raise ValueError(f"the training split has {len(train_set)} images, fewer than batch_size {config.batch_size}")
-    augment = DeviceAugment(config.augment, mean=train_set.mean, std=train_set.std,
+    if isinstance(train_set, EncodedImageDataset) and eval_set.num_classes != train_set.num_classes:
+        raise ValueError(f"the evaluation split has {eval_set.num_classes} classes, the training split "
+                         f"{train_set.num_classes}")
+    augment = DeviceAugment(plan.device, mean=train_set.mean, std=train_set.std,
                             num_classes=train_set.num_classes).to(info.device)
     return TrainData(train=_loader(train_set, per_rank, True, config, info),
                      eval=_loader(eval_set, max(per_rank, 256), False, config, info), augment=augment,

@@ -1,0 +1,433 @@
+"""WebDataset shards: reading them for training with exact resume, and writing them from any dataset vitlab reads.
+
+The format is WebDataset's (img2dataset, timm's `wds` reader, open_clip): POSIX tar files in which the members of
+one sample share a key, `<key>.<ext>`, the key being the member name up to the first dot of its base name. An image
+is `<key>.jpg|jpeg|png|webp`, its label `<key>.cls` (a decimal integer) or `<key>.json` (`{"label": int}` or
+`{"cls": int}`). Shards are named by a brace pattern, `train-{000000..000146}.tar`, or listed in an `index.json`.
+
+Reading (`ShardDataset`): each shard is indexed once (member offsets from the tar headers, with `tarfile`, labels
+read on the way; or from the `index.npz` that `write_shards` leaves beside the shards, after checking every shard's
+size), and a sample's image bytes are then read by offset. That index is what makes an exact mid-epoch resume
+possible: the training order (shard permutation + shuffle buffer, :func:`buffered_order`) is computed from sample
+counts alone, so after a kill the loader skips to its position without reading anything it already trained on.
+Shards are local files (or any mounted file system): remote URLs are refused, because resuming needs seekable files.
+
+Errors (`on_error`): a missing shard, a truncated tar, a sample without image or label, or an undecodable image stop
+the run with the file and member named ('raise'), or are counted and logged and left out ('skip').
+
+Writing (`write_shards`, `vitlab shards SRC OUT`): samples in a seeded random order, `shard_size` samples (or
+`max_bytes`) per shard, each shard written to a temporary name and renamed when complete, then `index.json` (a wids
+shard index: `shardlist` of `{url, nsamples, filesize}`, plus the classes and statistics vitlab needs) and
+`index.npz` (the member offsets: int64 arrays, loaded with `allow_pickle=False`).
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+from braceexpand import braceexpand
+from webdataset.tariterators import base_plus_ext
+
+from ._locate import DatasetFormatError, MissingFileError
+from ._sources import IMAGENET_MEAN, IMAGENET_STD
+from .decode import DecodeCrop
+from .encoded import EncodedImageDataset
+
+__all__ = ["ShardDataset", "ShardIndex", "write_shards", "expand_shard_urls", "index_shard", "buffered_order",
+           "SHARD_IMAGE_EXTENSIONS", "INDEX_FILE"]
+
+SHARD_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+INDEX_FILE, OFFSETS_FILE = "index.json", "index.npz"
+_INDEX_KIND = "wids-shard-index-v1"  # wids' shard-index format, so its tools can read ours
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# indexing
+
+@dataclass
+class ShardIndex:
+    """Where each sample of one shard is: `offsets[i]`, `sizes[i]` (bytes of the image member), `labels[i]`,
+    `keys[i]`."""
+    path: str
+    offsets: np.ndarray  # (n,) int64
+    sizes: np.ndarray  # (n,) int64
+    labels: np.ndarray  # (n,) int64
+    keys: list[str]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+def _label(ext: str, data: bytes, where: str) -> int:
+    try:
+        if ext == "cls":
+            return int(data.decode("ascii").strip())
+        value = json.loads(data)
+        label = value.get("label", value.get("cls")) if isinstance(value, dict) else None
+        if isinstance(label, bool) or not isinstance(label, int):
+            raise ValueError("no integer 'label' or 'cls' field")
+        return label
+    except (ValueError, UnicodeDecodeError) as err:
+        raise DatasetFormatError(f"{where}: unreadable label ({err}); expected <key>.cls holding a decimal "
+                                 "integer or <key>.json with an integer 'label'") from None
+
+
+def index_shard(path: str | os.PathLike, on_error: str = "raise") -> ShardIndex:
+    """Scans one tar's headers (not its image data) into a `ShardIndex`; reads the small label members.
+
+    A truncated tar raises `DatasetFormatError` naming the file and the last complete member ('raise'), or keeps the
+    complete samples before the cut with a warning ('skip'). A sample without an image or a label is an error
+    ('raise') or left out with a warning ('skip')."""
+    path = str(path)
+    size = os.path.getsize(path)
+    images: dict[str, tuple[int, int]] = {}
+    labels: dict[str, int] = {}
+    order: list[str] = []
+    last, problems = "(none)", []
+    try:
+        with tarfile.open(path, mode="r:") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                if member.offset_data + member.size > size:
+                    raise tarfile.ReadError(f"member {member.name} extends past the end of the file")
+                key, ext = base_plus_ext(member.name)
+                if key is None:
+                    continue
+                ext = ext.lower()
+                if key not in images and key not in labels:
+                    order.append(key)
+                if ext in SHARD_IMAGE_EXTENSIONS:
+                    images[key] = (member.offset_data, member.size)
+                elif ext in ("cls", "json") and key not in labels:
+                    labels[key] = _label(ext, tar.extractfile(member).read(), f"{path}: {member.name}")
+                last = member.name
+            with open(path, "rb") as handle:  # a complete tar ends with two zero blocks after its last member
+                handle.seek(tar.offset)
+                if handle.read(1024) != bytes(1024):
+                    raise tarfile.ReadError("no end-of-archive blocks: the file was cut short")
+    except (tarfile.TarError, EOFError) as err:
+        message = f"{path}: truncated or corrupt tar after member {last} ({err})"
+        if on_error == "raise":
+            raise DatasetFormatError(message + "; set data_errors=skip to train on its complete samples") from None
+        problems.append(message)
+        order = order[:-1]  # the sample being read when the tar ended may be incomplete
+    keep = []
+    for key in order:
+        missing = [what for what, table in (("an image (.jpg|.png|.webp)", images), ("a label (.cls|.json)", labels))
+                   if key not in table]
+        if missing:
+            message = f"{path}: sample {key!r} has no {' and no '.join(missing)}"
+            if on_error == "raise":
+                raise DatasetFormatError(message)
+            problems.append(message)
+            continue
+        keep.append(key)
+    for message in problems:
+        warnings.warn(f"skipped: {message}", stacklevel=2)
+    return ShardIndex(path, np.array([images[k][0] for k in keep], dtype=np.int64),
+                      np.array([images[k][1] for k in keep], dtype=np.int64),
+                      np.array([labels[k] for k in keep], dtype=np.int64), keep)
+
+
+def expand_shard_urls(pattern: str, base: str | os.PathLike | None = None) -> list[str]:
+    """Brace expansion (`shards-{000000..000999}.tar`, also `{a,b}` and several patterns joined by `::`), relative
+    to `base` when not absolute. Remote URLs are refused: exact resume needs seekable local files."""
+    urls = []
+    for part in pattern.split("::"):
+        for url in braceexpand(part):
+            if "://" in url or url.startswith("pipe:"):
+                raise ValueError(f"shard {url!r}: only local paths are supported (exact resume reads samples by "
+                                 "offset); copy or mount the shards locally")
+            url = os.path.expanduser(url)
+            urls.append(url if base is None or os.path.isabs(url) else os.path.join(base, url))
+    return urls
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the training order
+
+def buffered_order(shard_sizes: list[int], buffer: int, rng: np.random.Generator) -> np.ndarray:
+    """One epoch's order of the samples of sharded data, as a streaming reader with a shuffle buffer makes it:
+    the shards in a random order, read one after another; each sample enters a buffer of `buffer` samples and,
+    once it is full, a uniformly drawn buffer slot is emitted and takes the incoming sample's place; at the end the
+    rest of the buffer comes out shuffled. `buffer` ≤ 1: shard order only. Returns (N,) int64 global indices
+    (shard s holds indices offset[s] … offset[s] + size[s] − 1). A pure function of the counts and `rng`."""
+    starts = np.concatenate([[0], np.cumsum(shard_sizes)[:-1]]).astype(np.int64)
+    stream = np.concatenate([np.arange(starts[s], starts[s] + shard_sizes[s], dtype=np.int64)
+                             for s in rng.permutation(len(shard_sizes))] or [np.zeros(0, np.int64)])
+    if buffer <= 1 or len(stream) <= 1:
+        return stream
+    buffer = min(buffer, len(stream))
+    slots = stream[:buffer].copy()
+    picks = rng.integers(0, buffer, size=len(stream) - buffer)  # one draw per emitted sample while streaming
+    out = np.empty_like(stream)
+    for i, (incoming, k) in enumerate(zip(stream[buffer:].tolist(), picks.tolist())):
+        out[i] = slots[k]
+        slots[k] = incoming
+    out[len(stream) - buffer:] = rng.permutation(slots)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the dataset
+
+def _read_index_file(folder: Path) -> tuple[list[str], dict]:
+    path = folder / INDEX_FILE
+    try:
+        index = json.loads(path.read_text())
+        urls = [str(folder / entry["url"]) for entry in index["shardlist"]]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise DatasetFormatError(f"{path}: not a shard index ({type(err).__name__}: {err}); expected JSON with a "
+                                 "'shardlist' of {{'url', 'nsamples'}} entries") from None
+    return urls, index
+
+
+def _offsets_from_file(folder: Path, index: dict, urls: list[str]) -> list[ShardIndex] | None:
+    """The shard indexes stored by `write_shards`, when every shard still has the size recorded; else None."""
+    path = folder / OFFSETS_FILE
+    if not path.is_file():
+        return None
+    entries = index["shardlist"]
+    if any(not os.path.isfile(u) or os.path.getsize(u) != e.get("filesize") for u, e in zip(urls, entries)):
+        return None  # a shard changed since it was written: index it again
+    with np.load(path, allow_pickle=False) as table:
+        shard, offsets, sizes, labels, keys = (table[k] for k in ("shard", "offset", "size", "label", "key"))
+    out = []
+    for s, url in enumerate(urls):
+        rows = shard == s
+        out.append(ShardIndex(url, offsets[rows], sizes[rows], labels[rows], [str(k) for k in keys[rows]]))
+    return out
+
+
+class ShardDataset(EncodedImageDataset):
+    """The samples of a set of WebDataset shards, addressable by a global index (shard by shard, in the given
+    shard order). `shard_sizes` tells the loader how to stream them (:func:`buffered_order`).
+
+    Args:
+        urls: the shard files (see :func:`expand_shard_urls`).
+        classes: class names (from `index.json`); None: `class_0 … class_{K-1}` with K = the largest label + 1.
+        crop, on_error, mean, std: see `EncodedImageDataset`.
+        indexes: precomputed `ShardIndex`es (else each shard is indexed now).
+    """
+
+    def __init__(self, urls: list[str], crop: DecodeCrop, classes: list[str] | None = None, name: str = "shards",
+                 on_error: str = "raise", mean: tuple[float, ...] = IMAGENET_MEAN,
+                 std: tuple[float, ...] = IMAGENET_STD, indexes: list[ShardIndex] | None = None):
+        missing = [u for u in urls if not os.path.isfile(u)]
+        if missing and on_error == "raise":
+            raise MissingFileError(f"{len(missing)} of {len(urls)} shards are missing: {', '.join(missing[:5])}"
+                                   f"{' ...' if len(missing) > 5 else ''} (set data_errors=skip to train without them)")
+        if missing:
+            warnings.warn(f"skipped {len(missing)} missing shard(s): {', '.join(missing[:5])}", stacklevel=2)
+        if indexes is None:
+            indexes = [index_shard(u, on_error) for u in urls if u not in missing]
+        indexes = [ix for ix in indexes if ix.path not in missing]
+        self.shards = [ix for ix in indexes if len(ix)]
+        if not self.shards:
+            raise DatasetFormatError(f"no samples in the shards {urls[:3]}{' ...' if len(urls) > 3 else ''}")
+        labels = np.concatenate([ix.labels for ix in self.shards])  # (N,)
+        if labels.min() < 0 or (classes is not None and labels.max() >= len(classes)):
+            bad = int(labels.min() if labels.min() < 0 else labels.max())
+            raise DatasetFormatError(f"{name}: label {bad} outside 0 … {len(classes or []) - 1} "
+                                     f"({len(classes or [])} classes in the index)")
+        if classes is None:
+            classes = [f"class_{i}" for i in range(int(labels.max()) + 1)]
+        super().__init__(classes, name, crop, on_error, mean, std)
+        self._labels = labels
+        self.shard_sizes = [len(ix) for ix in self.shards]
+        self._starts = np.cumsum([0] + self.shard_sizes)  # (S + 1,)
+        self._files: dict[str, int] = {}  # path → open file descriptor, per process
+
+    @classmethod
+    def from_spec(cls, spec: str, base: str | os.PathLike | None, crop: DecodeCrop, on_error: str = "raise",
+                  name: str = "shards") -> "ShardDataset":
+        """`spec`: a folder (or a split name under `base`) holding `index.json`, or a brace pattern of tar files."""
+        folder = Path(base or ".") / spec if not os.path.isabs(spec) else Path(spec)
+        if (folder / INDEX_FILE).is_file():
+            urls, index = _read_index_file(folder)
+            meta = index.get("vitlab", {})
+            mean, std = tuple(meta.get("mean", IMAGENET_MEAN)), tuple(meta.get("std", IMAGENET_STD))
+            indexes = _offsets_from_file(folder, index, urls) if not any(not os.path.isfile(u) for u in urls) \
+                else None
+            return cls(urls, crop, meta.get("classes"), name, on_error, mean, std, indexes)
+        if folder.is_dir():
+            urls = sorted(str(p) for p in folder.glob("*.tar"))
+            if not urls:
+                raise MissingFileError(f"{folder}: no {INDEX_FILE} and no .tar shards")
+        elif ".tar" in spec:
+            urls = expand_shard_urls(spec, base)
+        else:
+            raise MissingFileError(f"shards {spec!r}: not a folder under {base} with {INDEX_FILE} or .tar files, "
+                                   "nor a brace pattern of .tar files (e.g. 'train-{000000..000099}.tar')")
+        return cls(urls, crop, None, name, on_error)
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def __repr__(self) -> str:
+        return (f"ShardDataset({self.name}: {len(self)} images in {len(self.shards)} shards, {self.num_classes} "
+                f"classes, {self.crop})")
+
+    @property
+    def targets(self) -> list[int]:
+        return self._labels.tolist()
+
+    def _locate(self, index: int) -> tuple[ShardIndex, int]:
+        if not 0 <= index < len(self):
+            raise IndexError(f"sample {index} outside 0 … {len(self) - 1}")
+        shard = int(np.searchsorted(self._starts, index, side="right")) - 1
+        return self.shards[shard], index - int(self._starts[shard])
+
+    def source(self, index: int) -> tuple[bytes, int, str]:
+        shard, row = self._locate(index)
+        fd = self._files.get(shard.path)
+        if fd is None:
+            if len(self._files) >= 64:  # keep few descriptors open per worker
+                for old in self._files.values():
+                    os.close(old)
+                self._files.clear()
+            fd = self._files[shard.path] = os.open(shard.path, os.O_RDONLY)
+        data = os.pread(fd, int(shard.sizes[row]), int(shard.offsets[row]))
+        return data, int(shard.labels[row]), f"{shard.path}: sample {shard.keys[row]!r}"
+
+    def subset(self, n: int) -> "ShardDataset":
+        """The first `n` samples in shard order (the shards `write_shards` makes are in a random order)."""
+        if not n or n >= len(self):
+            return self
+        kept, left = [], n
+        for ix in self.shards:
+            take = min(left, len(ix))
+            kept.append(ShardIndex(ix.path, ix.offsets[:take], ix.sizes[:take], ix.labels[:take], ix.keys[:take]))
+            left -= take
+            if not left:
+                break
+        return ShardDataset([ix.path for ix in kept], self.crop, self.classes, self.name, self.on_error, self.mean,
+                            self.std, kept)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_files": {}}  # descriptors are per process
+
+    def __del__(self) -> None:
+        for fd in getattr(self, "_files", {}).values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# writing
+
+def _encoded_sample(dataset, index: int) -> tuple[bytes, str, int]:
+    """(image bytes, extension, label): an ImageFolder's file as it is when it is JPEG / PNG / WebP (no re-encoding),
+    anything else (in-memory uint8 tensors, other formats) encoded losslessly as PNG."""
+    from PIL import Image
+
+    if isinstance(dataset, EncodedImageDataset):
+        data, label, name = dataset.source(index)
+        if isinstance(data, str):
+            ext = os.path.splitext(data)[1].lower().lstrip(".")
+            if ext in SHARD_IMAGE_EXTENSIONS:
+                return Path(data).read_bytes(), "jpg" if ext == "jpeg" else ext, label
+            with Image.open(data) as img:
+                image = img.convert("RGB")
+        else:
+            return bytes(data), _sniff_extension(data), label  # shard members keep their bytes (re-sharding)
+    else:
+        tensor, label = dataset[index]  # (C, H, W) uint8
+        array = tensor.numpy()
+        image = Image.fromarray(array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue(), "png", int(label)
+
+
+def write_shards(dataset, out_dir: str | os.PathLike, prefix: str = "shard", shard_size: int = 10000,
+                 max_bytes: int = 0, seed: int | None = 0, progress: bool | None = None,
+                 overwrite: bool = False, description: str = "") -> Path:
+    """Writes `dataset` (any vitlab image dataset) as WebDataset shards `<out_dir>/<prefix>-000000.tar ...` with
+    `index.json` and `index.npz`; returns `out_dir`. Each sample is `<key>.<jpg|png|webp>`, `<key>.cls` and
+    `<key>.json` (`{"label", "class", "source"}`); keys are the dataset indices, zero-padded. `seed`: the order of
+    the samples (None: the dataset's order). A shard closes at `shard_size` samples or `max_bytes` (0: no limit)."""
+    from tqdm import tqdm
+    from webdataset import TarWriter
+
+    out_dir = Path(out_dir)
+    if (out_dir / INDEX_FILE).exists() and not overwrite:
+        raise FileExistsError(f"{out_dir / INDEX_FILE} exists: shards were already written there (overwrite=True / "
+                              "--overwrite replaces them)")
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    order = np.arange(len(dataset)) if seed is None else np.random.default_rng(seed).permutation(len(dataset))
+    digits = max(9, len(str(len(dataset))))
+    shards: list[dict] = []
+    rows: dict[str, list] = {"shard": [], "offset": [], "size": [], "label": [], "key": []}
+    writer, tmp, count, written = None, None, 0, 0
+
+    def close() -> None:
+        nonlocal writer
+        writer.close()
+        final = tmp.with_suffix("")  # drop ".tmp"
+        os.replace(tmp, final)
+        index = index_shard(final)  # read the headers back: the offsets readers will use
+        rows["shard"] += [len(shards)] * len(index)
+        rows["offset"] += index.offsets.tolist()
+        rows["size"] += index.sizes.tolist()
+        rows["label"] += index.labels.tolist()
+        rows["key"] += index.keys
+        shards.append({"url": final.name, "nsamples": len(index), "filesize": final.stat().st_size})
+        writer = None
+
+    bar = tqdm(order.tolist(), desc=f"shards → {out_dir}", unit="img", disable=not progress if progress is not None
+               else None)
+    for i in bar:
+        if writer is None:
+            tmp = out_dir / f"{prefix}-{len(shards):06d}.tar.tmp"
+            writer, count, written = TarWriter(str(tmp), encoder=False), 0, 0
+        data, ext, label = _encoded_sample(dataset, i)
+        key = f"{i:0{digits}d}"
+        name = dataset.classes[label] if 0 <= label < len(dataset.classes) else str(label)
+        meta = {"label": label, "class": name}
+        if isinstance(dataset, EncodedImageDataset):
+            meta["source"] = dataset.source(i)[2]
+        writer.write({"__key__": key, ext: data, "cls": str(label).encode(), "json": json.dumps(meta).encode()})
+        count, written = count + 1, written + len(data)
+        if count >= shard_size or (max_bytes and written >= max_bytes):
+            close()
+    if writer is not None:
+        close()
+    np.savez(out_dir / (OFFSETS_FILE + ".tmp.npz"), shard=np.array(rows["shard"], np.int64),
+             offset=np.array(rows["offset"], np.int64), size=np.array(rows["size"], np.int64),
+             label=np.array(rows["label"], np.int64), key=np.array(rows["key"], dtype=str))
+    os.replace(out_dir / (OFFSETS_FILE + ".tmp.npz"), out_dir / OFFSETS_FILE)
+    index = {"__kind__": _INDEX_KIND, "wids_version": 1, "name": description or prefix, "shardlist": shards,
+             "vitlab": {"classes": list(dataset.classes), "num_samples": len(order), "mean": _rgb(dataset.mean),
+                        "std": _rgb(dataset.std), "seed": seed, "source": description}}
+    tmp_index = out_dir / (INDEX_FILE + ".tmp")
+    tmp_index.write_text(json.dumps(index, indent=1))
+    os.replace(tmp_index, out_dir / INDEX_FILE)
+    return out_dir
+
+
+def _sniff_extension(data: bytes) -> str:
+    """The extension of encoded image bytes from their signature (JPEG, PNG, WebP)."""
+    if data[:4] == b"\x89PNG":
+        return "png"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    return "jpg"
+
+
+def _rgb(values: Iterable[float]) -> list[float]:
+    """Shards decode to RGB: a one-channel dataset's statistic is repeated over the three channels."""
+    values = [float(v) for v in values]
+    return values * 3 if len(values) == 1 else values
