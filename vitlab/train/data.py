@@ -149,6 +149,10 @@ def build_data(config: TrainConfig, info: DistInfo):
 
     if is_text_dataset(config.dataset):
         return build_lm_data(config, info)
+    if config.data_errors not in ("raise", "skip"):
+        raise ValueError(f"data_errors must be 'raise' or 'skip', got {config.data_errors!r}")
+    if config.shuffle_buffer < 0:
+        raise ValueError(f"shuffle_buffer must be >= 0, got {config.shuffle_buffer}")
     plan = config_plan(config)
     common = dict(data_dir=config.data_dir, download=config.download and info.is_main, image_size=config.image_size,
                   on_error=config.data_errors)
