@@ -26,6 +26,7 @@ import io
 import json
 import os
 import tarfile
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -372,6 +373,7 @@ def write_shards(dataset, out_dir: str | os.PathLike, prefix: str = "shard", sha
     shards: list[dict] = []
     rows: dict[str, list] = {"shard": [], "offset": [], "size": [], "label": [], "key": []}
     writer, tmp, count, written = None, None, 0, 0
+    started = int(time.time())
 
     def close() -> None:
         nonlocal writer
@@ -392,7 +394,8 @@ def write_shards(dataset, out_dir: str | os.PathLike, prefix: str = "shard", sha
     for i in bar:
         if writer is None:
             tmp = out_dir / f"{prefix}-{len(shards):06d}.tar.tmp"
-            writer, count, written = TarWriter(str(tmp), encoder=False), 0, 0
+            # a whole-second mtime: a float one costs every member an extra 1 KiB PAX header
+            writer, count, written = TarWriter(str(tmp), encoder=False, mtime=started), 0, 0
         data, ext, label = _encoded_sample(dataset, i)
         key = f"{i:0{digits}d}"
         name = dataset.classes[label] if 0 <= label < len(dataset.classes) else str(label)
