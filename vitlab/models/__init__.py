@@ -1,6 +1,7 @@
 """Model zoo: ViT, CRATE and CRATE-α on one image skeleton; GPT-2 and causal CRATE / CRATE-α language models on
 one language-model skeleton; all registered with timm semantics."""
 from ._base import ImageTransformer
+from ._contract import TransformerBlocks, get_blocks
 from ._lm_base import CausalLM
 from ._registry import create_model, get_pretrained_cfg, is_model, list_models, register_model, resolve_model_name
 from .crate import CRATE, CrateBlock
@@ -9,6 +10,6 @@ from .crate_lm import CRATEAlphaLM, CRATELM
 from .gpt import GPT
 from .vit import VisionTransformer
 
-__all__ = ["ImageTransformer", "VisionTransformer", "CRATE", "CRATEAlpha", "CrateBlock", "CausalLM", "GPT",
+__all__ = ["TransformerBlocks", "get_blocks", "ImageTransformer", "VisionTransformer", "CRATE", "CRATEAlpha", "CrateBlock", "CausalLM", "GPT",
            "CRATELM", "CRATEAlphaLM", "create_model",
            "list_models", "register_model", "is_model", "resolve_model_name", "get_pretrained_cfg"]

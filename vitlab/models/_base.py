@@ -2,7 +2,8 @@
 final norm → pooling → head. The families differ only in the block they stack and in their initialisation.
 
 The timm model contract: `forward_features`, `forward_head(x, pre_logits=False)`, `reset_classifier`,
-`no_weight_decay`, `num_features`, `pretrained_cfg`; plus `forward_attention` for attention maps.
+`no_weight_decay`, `num_features`, `pretrained_cfg`, `set_grad_checkpointing`; plus `forward_attention` for attention
+maps and `get_blocks` (the `TransformerBlocks` contract of `_contract.py`).
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ._contract import run_blocks
 from ._layers import CratePatchEmbed, PatchEmbed, sincos_2d_position_embedding
 
 __all__ = ["ImageTransformer"]
@@ -55,6 +57,7 @@ class ImageTransformer(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
         self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens, embed_dim), requires_grad=pos_embed == "learn")
         self.blocks = nn.Sequential(*[block_fn(i) for i in range(depth)])
+        self.grad_checkpointing = False
         use_fc_norm = global_pool == "avg"
         self.norm = nn.Identity() if use_fc_norm else nn.LayerNorm(embed_dim, eps=norm_eps)
         self.fc_norm = nn.LayerNorm(embed_dim, eps=norm_eps) if use_fc_norm else nn.Identity()
@@ -73,6 +76,15 @@ class ImageTransformer(nn.Module):
     def no_weight_decay(self) -> set[str]:
         """Full names of every parameter the family's official recipe does not decay (not only timm's shortlist)."""
         return {name for name, p in self.named_parameters() if p.ndim <= 1} | {"pos_embed", "cls_token"}
+
+    def get_blocks(self) -> nn.Sequential:
+        """The repeated blocks, in forward order (the `TransformerBlocks` contract; state-dict prefix `blocks.`)."""
+        return self.blocks
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """timm's switch: when on, the training forward recomputes each block in backward instead of storing its
+        activations (less memory, about one more forward of compute; identical results)."""
+        self.grad_checkpointing = enable
 
     def get_classifier(self) -> nn.Module:
         return self.head
@@ -100,7 +112,7 @@ class ImageTransformer(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) images → (B, N, d) tokens after the final norm (token pooling) or before it (avg)."""
-        x = self.blocks(self._embed(x))  # (B, N, d)
+        x = run_blocks(self.blocks, self._embed(x), self.grad_checkpointing)  # (B, N, d)
         return self.norm(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:

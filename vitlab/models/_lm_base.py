@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._contract import run_blocks
+
 __all__ = ["CausalLM"]
 
 
@@ -43,6 +45,7 @@ class CausalLM(nn.Module):
         ))
         self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
         self.transformer.wte.weight = self.lm_head.weight  # weight tying (nanoGPT, GPT-2): one Parameter
+        self.grad_checkpointing = False
 
     # --------------------------------------------------------------------------------------------------------
     def num_params(self, non_embedding: bool = True) -> int:
@@ -71,6 +74,16 @@ class CausalLM(nn.Module):
     def get_output_embeddings(self) -> nn.Module:
         return self.lm_head
 
+    def get_blocks(self) -> nn.ModuleList:
+        """The repeated blocks, in forward order (the `TransformerBlocks` contract; state-dict prefix
+        `transformer.h.`)."""
+        return self.transformer.h
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """timm's switch: when on, the training forward recomputes each block in backward instead of storing its
+        activations (less memory, about one more forward of compute; identical results)."""
+        self.grad_checkpointing = enable
+
     # --------------------------------------------------------------------------------------------------------
     def _embed(self, idx: torch.Tensor) -> torch.Tensor:
         if idx.dim() != 2:
@@ -86,9 +99,7 @@ class CausalLM(nn.Module):
 
     def forward_features(self, idx: torch.Tensor) -> torch.Tensor:
         """(B, T) token indices → (B, T, d) hidden states after ln_f."""
-        x = self._embed(idx)  # (B, T, d)
-        for block in self.transformer.h:
-            x = block(x)  # (B, T, d)
+        x = run_blocks(self.transformer.h, self._embed(idx), self.grad_checkpointing)  # (B, T, d)
         return self.transformer.ln_f(x)  # (B, T, d)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
