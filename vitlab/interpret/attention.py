@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..models import get_blocks
+
 __all__ = ["grid_shape", "record_attention", "cls_attention", "attention_rollout", "patch_features", "pca_rgb"]
 
 
@@ -85,7 +87,8 @@ def patch_features(model: nn.Module, images: torch.Tensor, layer: int = -1, kind
     if kind not in ("tokens", "keys"):
         raise ValueError(f"kind must be 'tokens' or 'keys', got {kind!r}")
     grid_shape(model)
-    depth = len(model.blocks)
+    blocks = get_blocks(model, "patch_features")
+    depth = len(blocks)
     index = layer + depth if layer < 0 else layer
     if not 0 <= index < depth:
         raise ValueError(f"layer {layer} out of range for a model with {depth} blocks")
@@ -93,13 +96,13 @@ def patch_features(model: nn.Module, images: torch.Tensor, layer: int = -1, kind
     model.eval()
     try:
         x = model._embed(images)  # (B, N, d)
-        for block in model.blocks[:index]:
-            x = block(x)
+        for block in blocks[:index]:
+            x = block(x)  # (B, N, d)
         if kind == "keys":
-            _, k, _ = model.blocks[index].attn._qkv(model.blocks[index].norm1(x))  # (B, H, N, dh)
+            _, k, _ = blocks[index].attn._qkv(blocks[index].norm1(x))  # (B, H, N, dh)
             x = k.transpose(1, 2).flatten(2)  # (B, N, H·dh)
         else:
-            x = model.blocks[index](x)  # (B, N, d)
+            x = blocks[index](x)  # (B, N, d)
     finally:
         model.train(was_training)
     return x[:, model.num_prefix_tokens:].float()  # (B, h·w, D)

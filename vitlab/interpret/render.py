@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..models import get_blocks
 from .attention import attention_rollout, cls_attention, grid_shape, patch_features, pca_rgb, record_attention
 from .segment import _as_dicts, attention_scores, mass_threshold, maskcut, score_batch, upsample_mask
 from .weights import _save
@@ -161,6 +162,7 @@ def plot_attention(model: nn.Module, inputs: Inputs, out_dir: str | os.PathLike,
     maps = cls_attention(attn, grid, prefix)  # (B, L, H, h, w)
     rollout = attention_rollout(attn, grid, prefix)  # (B, h, w)
     pca = pca_rgb(patch_features(model, inputs.images, layer=pca_layer), grid)  # (B, h, w, 3)
+    pca_block = pca_layer % len(get_blocks(model, "plot_attention"))
     rows, cols = _select(maps.shape[1], layers, "layer"), _select(maps.shape[2], heads, "head")
     size = inputs.display.shape[1]
     paths = []
@@ -181,7 +183,7 @@ def plot_attention(model: nn.Module, inputs: Inputs, out_dir: str | os.PathLike,
         last = axes[len(rows)]
         _show(last[0], inputs.display[b], "input")
         _show(last[1], inputs.display[b], "attention rollout", heat=_smooth(rollout[b], size))
-        _show(last[2], inputs.display[b], f"PCA of block {pca_layer % len(model.blocks)} tokens",
+        _show(last[2], inputs.display[b], f"PCA of block {pca_block} tokens",
               rgb=_blocky(pca[b], size))
         for c in range(3, ncols):
             last[c].axis("off")

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..models import get_blocks
+
 __all__ = ["mass_threshold", "upsample_mask", "maskcut", "fashion_mnist_foreground", "SegmentationScores",
            "segmentation_scores", "METHODS", "attention_scores", "unsupervised_masks", "score_batch",
            "evaluate_segmentation", "evaluate_fashion_mnist"]
@@ -216,7 +218,7 @@ def score_batch(model: torch.nn.Module, images: torch.Tensor, targets: torch.Ten
     from .attention import grid_shape, patch_features, record_attention
 
     grid, prefix = grid_shape(model), model.num_prefix_tokens
-    num_heads = model.blocks[-1].attn.num_heads
+    num_heads = get_blocks(model, "score_batch")[-1].attn.num_heads
     if scores is None:
         scores = {**{m: SegmentationScores() for m in METHODS},
                   "attention_head": [SegmentationScores() for _ in range(num_heads)]}

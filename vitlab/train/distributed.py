@@ -8,6 +8,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..models import get_blocks
+
 __all__ = ["DistInfo", "setup_distributed", "teardown_distributed", "wrap_model", "all_reduce_sum"]
 
 
@@ -48,7 +50,8 @@ def teardown_distributed() -> None:
 
 
 def wrap_model(model: nn.Module, info: DistInfo, strategy: str) -> nn.Module:
-    """DDP (gradients all-reduced, averaged) or FSDP2 (parameters sharded per block and at the root)."""
+    """DDP (gradients all-reduced, averaged) or FSDP2 (parameters sharded per block of `model.get_blocks()`, the
+    `vitlab.models.TransformerBlocks` contract, and at the root; a model without it is refused by name)."""
     if not info.enabled:
         return model
     if strategy == "ddp":
@@ -56,7 +59,7 @@ def wrap_model(model: nn.Module, info: DistInfo, strategy: str) -> nn.Module:
     if strategy == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
-        for block in model.blocks:
+        for block in get_blocks(model, "distributed='fsdp' (one fully_shard unit per block)"):
             fully_shard(block)
         fully_shard(model)
         return model
