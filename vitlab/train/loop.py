@@ -41,7 +41,7 @@ __all__ = ["train", "evaluate", "build_model", "TrainingDiverged", "peak_flops"]
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 # Settings a resumed run may change: they do not alter the results.
 _FREE_ON_RESUME = {"max_steps", "progress", "tensorboard", "log_every", "num_workers", "device", "data_dir",
-                   "download", "out_dir", "compile"}
+                   "download", "out_dir", "compile", "grad_checkpointing"}
 
 
 class TrainingDiverged(RuntimeError):
@@ -80,7 +80,8 @@ def peak_flops(device: torch.device) -> float | None:
 
 
 def build_model(config: TrainConfig, data: TrainData | None = None) -> nn.Module:
-    """The configured model for the dataset's classes, channels and image size; init, then starting weights."""
+    """The configured model for the dataset's classes, channels and image size; init, then starting weights, then
+    gradient checkpointing when `grad_checkpointing` is set."""
     kwargs = dict(config.model_kwargs)
     if data is not None:
         _check_family(config, data)
@@ -94,6 +95,8 @@ def build_model(config: TrainConfig, data: TrainData | None = None) -> nn.Module
         raise ValueError(f"init must be None, 'mimetic' or 'norm_matched', got {config.init!r}")
     if config.checkpoint:
         load_checkpoint(model, config.checkpoint, skip_head="auto", adapt=config.checkpoint_adapt)
+    if config.grad_checkpointing:
+        model.set_grad_checkpointing()
     return model
 
 
