@@ -235,7 +235,8 @@ def _resize(region: np.ndarray, out_height: int, out_width: int) -> np.ndarray:
     """(h, w, 3) uint8 → (out_height, out_width, 3) uint8, bilinear with antialiasing when shrinking: torch's uint8
     kernel of Pillow's filter, written straight into a channels-last (height, width, 3) buffer (``F.interpolate`` would
     return (3, H, W) and need a transposing copy)."""
-    x = torch.from_numpy(region).permute(2, 0, 1)[None]  # (1, 3, h, w), channels-last strides
+    # a contiguous copy of a crop view first: numpy's row copy is faster than the kernel's strided read (measured)
+    x = torch.from_numpy(np.ascontiguousarray(region)).permute(2, 0, 1)[None]  # (1, 3, h, w), channels last
     out = torch.empty(1, out_height, out_width, 3, dtype=torch.uint8)  # (1, H, W, 3)
     torch.ops.aten._upsample_bilinear2d_aa.out(x, [out_height, out_width], False, None, None,
                                                out=out.permute(0, 3, 1, 2))  # writes (1, 3, H, W) into out
