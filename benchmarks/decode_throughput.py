@@ -13,8 +13,8 @@ baseline 4:2:0 JPEG at quality 75, 85, 90 or 95, in an ImageFolder tree (10 clas
 WebDataset shards (`key.jpg` + `key.cls`, written with webdataset.TarWriter). The 1024-px files are upscaled from
 photographs of 300-1411 px, so they are smoother (fewer JPEG coefficients, faster to decode) than native ones.
 
-The pipelines (each in its own process: one core, torch.set_num_threads(1), no DataLoader workers), all ending with
-a normalised float32 (64, 3, 224, 224) batch:
+The pipelines (each in its own process: one core, torch.set_num_threads(1), no DataLoader workers), ending with a
+normalised float32 (64, 3, 224, 224) batch unless said otherwise:
 - timm train: `Image.open(path).convert("RGB")` (timm's ImageDataset) → timm.data.create_transform(224,
   is_training=True, color_jitter=None): RandomResizedCropAndInterpolation(scale (0.08, 1), bilinear), flip 0.5,
   ToTensor, Normalize → torch.stack (the DataLoader's collate).
@@ -22,9 +22,14 @@ a normalised float32 (64, 3, 224, 224) batch:
   (3, 224, 224) uint8 as vitlab's EncodedImageDataset returns it → torch.stack → DeviceAugment(hflip) on the CPU
   (uint8 → float, flip, normalise, soft targets): the cost the GPU takes over in training is counted here.
 - vitlab train shards: the same, the member bytes read from the tar by offset (tarfile's offset_data).
+- "normalise on GPU" pair, both ending with a uint8 batch: timm with use_prefetcher=True (its train.py default:
+  crop, flip, ToNumpy, timm's fast_collate; its PrefetchLoader normalises on the GPU) against vitlab files without
+  DeviceAugment (flip and normalisation on the GPU). The CPU cost of feeding a GPU.
 - timm / vitlab eval: Resize(256) + CenterCrop(224) (crop_pct 0.875), ToTensor + Normalize or
   DeviceAugment.eval_transform.
-Repeats are interleaved (timm, vitlab, vitlab shards, timm eval, ... then again); the median is reported. Peak RSS is
+Repeats are interleaved (every pipeline once, then again); the median is reported, and "vs timm" is the median over
+repeats of the ratio within a repeat (robust to load that drifts during the run). `--cores N` runs N processes of
+the timm and vitlab-files train pipelines together and reports their total. Peak RSS is
 each pipeline process's ru_maxrss (imports included: timm's processes also import torchvision and timm). All
 processes run with MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ = 1 GiB (unless set): glibc would otherwise hand
 every 38 MB batch back to the kernel and page-fault it in again (see benchmarks/augment_throughput.py); it applies
@@ -316,6 +321,10 @@ def ablation(files, repeats: int) -> dict[str, float | str]:
         "all: decode_image, Pillow decoder (no simplejpeg)": decode_image_with_pillow,
         "all: decode_image (vitlab)": lambda i: decode_image(blobs[i], DecodeCrop(224, train=True), random.Random(i)),
     }
+    for m in range(1, 9):  # libjpeg-turbo's M/8 scales: only 1/8, 2/8, 4/8 (and 8/8) run its fast IDCTs
+        stages[f"decode: simplejpeg, whole image at {m}/8"] = (
+            lambda i, m=m: simplejpeg.decode_jpeg(blobs[i], min_height=-(-sizes[i][1] * m // 8),
+                                                  min_width=-(-sizes[i][0] * m // 8)))
     large = [i for i, k in enumerate(ks) if k > 1]  # the crops that DCT scaling applies to
     for name in ("decode: simplejpeg, full size", "decode: simplejpeg, 1/k (vitlab)"):
         stages[f"{name}, only crops with k > 1"] = (stages[name], large)

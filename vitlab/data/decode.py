@@ -13,21 +13,22 @@ or resize-and-centre-crop, bilinear antialiased resize) and leaves the flip and 
    inverse DCT per 8 x 8 block. The largest reduction k is used for which the crop region still has at least
    ``size + 1`` decoded pixels on its shorter side (eval: the short side at least ``floor(size / crop_pct) + 1``),
    so a scaled decode never upsamples what a full decode would have downsampled. The other M/8 factors libjpeg-turbo
-   offers (3/8, 5/8, 6/8, 7/8) are not used: they run the scalar reduced IDCT and were measured slower than a full
-   decode (500 x 375 q90 image: full 0.71 ms, 7/8 1.70 ms, 6/8 1.35 ms, 1/2 0.67 ms, 1/4 0.42 ms).
+   offers (3/8, 5/8, 6/8, 7/8) are not used: they run a scalar IDCT and decode slower than the full size (measured:
+   7/8 takes 2x the time of 8/8, 1/2 0.9x, 1/8 0.6x). On ImageNet-sized files (500 x 375) a 224 crop never allows
+   a reduction; on 1024 x 768 files the crops that do are decoded ~22 % faster.
 4. **Decoder.** simplejpeg (libjpeg-turbo bundled in its wheel, decoding straight into a numpy array) for baseline
-   and progressive YCbCr / grayscale JPEGs: 0.71 ms for a 500 x 375 image where ``Image.open(...).convert("RGB")``
-   takes 1.07-1.30 ms, with bit-identical pixels (both run libjpeg-turbo's default islow IDCT and fancy
-   upsampling). Pillow (``Image.draft`` for the same 1/k scale) decodes everything else: PNG, WebP, GIF, BMP, TIFF,
-   CMYK / YCCK JPEGs, JPEGs simplejpeg refuses (it treats libjpeg's "corrupt data" warnings as errors, Pillow
-   does not), and every JPEG when simplejpeg is not installed; the result does not depend on which decoder ran.
+   and progressive YCbCr / grayscale JPEGs: ~1.4-1.7x faster than ``Image.open(...).convert("RGB")`` with
+   bit-identical pixels (both run libjpeg-turbo's default islow IDCT and fancy upsampling). Pillow (``Image.draft``
+   for the same 1/k scale) decodes everything else: PNG, WebP, GIF, BMP, TIFF, CMYK / YCCK JPEGs, JPEGs simplejpeg
+   refuses (it treats libjpeg's "corrupt data" warnings as errors, Pillow does not), and every JPEG when simplejpeg
+   is not installed; the result does not depend on which decoder ran.
 5. **Crop, then resize.** Train: the crop is a numpy view of the decoded pixels (after a scaled decode the box is
    snapped to the decoded pixel grid: each edge moves by less than half a decoded pixel, under half an output
    pixel), then one resize of that region only. Eval: resize so the short side is ``floor(size / crop_pct)`` (long
    side truncated as torchvision's ``Resize`` does), then the centre crop with torchvision's ``CenterCrop`` rounding.
    The resize is torch's uint8 antialiased bilinear kernel (``F.interpolate(..., antialias=True)``: Pillow's
-   triangle filter, AVX2 on x86, results within ±1 of ``Image.resize(..., BILINEAR)``), measured 3-5x faster than
-   Pillow's resize for a 500 x 375 → 224 x 224 crop.
+   triangle filter, AVX2 on x86, results within ±1 of ``Image.resize(..., BILINEAR)``), 3.5-4x faster than
+   torchvision's Pillow crop + resize of the same box.
 6. **No floats per image.** The result is uint8 (size, size, 3); conversion to float, flip and normalisation run
    once per batch on the device.
 
