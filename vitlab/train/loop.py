@@ -194,6 +194,7 @@ class _Run:
         if not saved_file.is_file():
             return
         saved, current = json.loads(saved_file.read_text())["config"], config_to_dict(self.config)
+        saved = {**config_to_dict(TrainConfig()), **saved}  # keys added since the run began: their defaults
         changed = [f"{k}: {saved.get(k)!r} → {current[k]!r}" for k in current
                    if k not in _FREE_ON_RESUME and json.dumps(saved.get(k), default=str) != json.dumps(current[k], default=str)]
         if changed:
