@@ -11,7 +11,7 @@ are in the baseline). CUDA: torch.cuda.max_memory_allocated − memory_allocated
 allocation over 64 KiB on its own and return it when freed (MALLOC_MMAP_THRESHOLD_), so the resident set follows the
 live tensors; both modes pay the page faults this costs. Time per step: the mean over the `--steps` passes.
 
-    python benchmarks/grad_checkpointing.py                       # CPU defaults, about 2 minutes on 2 cores
+    python benchmarks/grad_checkpointing.py                       # CPU defaults: a few minutes on 2 cores
     python benchmarks/grad_checkpointing.py --device cuda --models vit_base_patch16_224:64 gpt2:16:1024
     python benchmarks/grad_checkpointing.py --json results.json
 
