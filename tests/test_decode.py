@@ -235,7 +235,8 @@ def test_every_mode_and_format_becomes_rgb_uint8(photos):
     sources = {
         "jpeg": encode(rgb, quality=90), "progressive jpeg": encode(rgb, quality=90, progressive=True),
         "gray jpeg": encode(rgb.convert("L")), "cmyk jpeg": encode(rgb.convert("CMYK")),
-        "png": encode(rgb, "PNG"), "gray png": encode(rgb.convert("L"), "PNG"), "1-bit png": encode(rgb.convert("1"), "PNG"),
+        "png": encode(rgb, "PNG"), "gray png": encode(rgb.convert("L"), "PNG"),
+        "1-bit png": encode(rgb.convert("1"), "PNG"),
         "palette png": encode(rgb.convert("P"), "PNG"), "rgba png": encode(Image.fromarray(rgba), "PNG"),
         "la png": encode(rgb.convert("LA"), "PNG"), "webp": encode(rgb, "WEBP", lossless=True),
         "gif": encode(rgb, "GIF"), "bmp": encode(rgb, "BMP"), "tiff": encode(rgb, "TIFF"),
@@ -371,3 +372,16 @@ def test_pillow_fallback_gives_the_same_pixels(photos, monkeypatch, decoder_call
     for a, b in zip(fast, slow):
         assert a.shape == b.shape == (224, 224, 3)
         assert np.abs(a.astype(int) - b).max() <= 1
+
+
+def test_pillow_decodes_at_full_size_when_draft_declines(photos, monkeypatch, recorded_plans):
+    from PIL import JpegImagePlugin
+
+    data = encode(photos["retina"], quality=90)
+    crop = DecodeCrop(224, train=True)
+    scaled = decode_image(data, crop, random.Random(2))
+    monkeypatch.setattr(decode, "simplejpeg", None)
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", lambda self, mode, size: None)
+    full = decode_image(data, crop, random.Random(2))
+    assert recorded_plans[0].reduction > 1 and recorded_plans[1] == recorded_plans[0]._replace(reduction=1)
+    assert psnr(full, scaled) > 35

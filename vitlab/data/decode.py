@@ -15,7 +15,7 @@ or resize-and-centre-crop, bilinear antialiased resize) and leaves the flip and 
    so a scaled decode never upsamples what a full decode would have downsampled. The other M/8 factors libjpeg-turbo
    offers (3/8, 5/8, 6/8, 7/8) are not used: they run a scalar IDCT and decode slower than the full size (measured:
    7/8 takes 2x the time of 8/8, 1/2 0.9x, 1/8 0.6x). On ImageNet-sized files (500 x 375) a 224 crop never allows
-   a reduction; on 1024 x 768 files the crops that do are decoded ~22 % faster.
+   a reduction; on 1024 x 768 files the crops that do are decoded about 20 % faster.
 4. **Decoder.** simplejpeg (libjpeg-turbo bundled in its wheel, decoding straight into a numpy array) for baseline
    and progressive YCbCr / grayscale JPEGs: ~1.4-1.7x faster than ``Image.open(...).convert("RGB")`` with
    bit-identical pixels (both run libjpeg-turbo's default islow IDCT and fancy upsampling). Pillow (``Image.draft``
@@ -217,12 +217,15 @@ def _decode_pillow(buf, crop: DecodeCrop, rng: random.Random | None, plan: _Plan
         with Image.open(io.BytesIO(buf)) as img:
             if plan is None or (plan.width, plan.height) != img.size:
                 plan = _plan(*img.size, crop, rng, jpeg=img.format == "JPEG")
-            if plan.reduction > 1:
-                k = plan.reduction
+            k = plan.reduction
+            if k > 1:
                 img.draft("RGB", (plan.width // k, plan.height // k))
-                if img.size != (-(-plan.width // k), -(-plan.height // k)):  # draft chose another scale
-                    raise ImageDecodeError(f"JPEG draft gave {img.size} for 1/{k} of {plan.width} x {plan.height}")
-            pixels = _to_rgb_array(img)
+            if img.size == (-(-plan.width // k), -(-plan.height // k)):
+                pixels = _to_rgb_array(img)
+            else:  # draft declined or chose another scale: decode at full size instead
+                plan = plan._replace(reduction=1)
+                with Image.open(io.BytesIO(buf)) as full:
+                    pixels = _to_rgb_array(full)
     except ImageDecodeError:
         raise
     except UnidentifiedImageError:  # its message names the BytesIO object, which tells the caller nothing
@@ -234,8 +237,8 @@ def _decode_pillow(buf, crop: DecodeCrop, rng: random.Random | None, plan: _Plan
 
 def _resize(region: np.ndarray, out_height: int, out_width: int) -> np.ndarray:
     """(h, w, 3) uint8 → (out_height, out_width, 3) uint8, bilinear with antialiasing when shrinking: torch's uint8
-    kernel of Pillow's filter, written straight into a channels-last (height, width, 3) buffer (``F.interpolate`` would
-    return (3, H, W) and need a transposing copy)."""
+    kernel of Pillow's filter, written straight into a channels-last (height, width, 3) buffer (``F.interpolate``
+    would return (3, H, W) and need a transposing copy)."""
     # a contiguous copy of a crop view first: numpy's row copy is faster than the kernel's strided read (measured)
     x = torch.from_numpy(np.ascontiguousarray(region)).permute(2, 0, 1)[None]  # (1, 3, h, w), channels last
     out = torch.empty(1, out_height, out_width, 3, dtype=torch.uint8)  # (1, H, W, 3)
@@ -263,8 +266,9 @@ def _crop_resize(pixels: np.ndarray, plan: _Plan, crop: DecodeCrop) -> np.ndarra
 
 def decode_image(data: bytes | bytearray | memoryview | str | os.PathLike, crop: DecodeCrop,
                  rng: random.Random | None = None) -> np.ndarray:
-    """(size, size, 3) uint8 RGB, C-contiguous. `data`: encoded bytes (JPEG, PNG, WebP, GIF, BMP, TIFF ...) or a path.
-    `rng` supplies every random draw of the train crop (required when crop.train); equal rng states → identical output.
+    """(size, size, 3) uint8 RGB, C-contiguous. `data`: encoded bytes (JPEG, PNG, WebP, GIF, BMP, TIFF ...) or a
+    path. `rng` supplies every random draw of the train crop (required when crop.train); equal rng states → identical
+    output.
 
     Raises ImageDecodeError for empty, truncated or undecodable data, zero-size images and images over
     ``PIL.Image.MAX_IMAGE_PIXELS``; FileNotFoundError / OSError when a path cannot be read."""
