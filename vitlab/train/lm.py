@@ -3,8 +3,9 @@ validation loss and perplexity. `LMData` has the interface `TrainData` has for i
 example_input, unit, samples_per_batch, primary), so `vitlab train` runs both with one loop.
 
 Training windows are nanoGPT's `get_batch`: `batch` random offsets into the training tokens, x = tokens[o : o+T],
-y = tokens[o+1 : o+T+1]. The offsets of batch n of epoch e on rank r come from a generator seeded with
-(seed, e, n, r), so a resumed run draws exactly the batches the uninterrupted run would have. An "epoch" is
+y = tokens[o+1 : o+T+1]. The offsets of the global batch n of epoch e (batch_size · world_size windows) come from a
+generator seeded with (seed, e, n) and rank r takes the r-th slice of them, so a resumed run draws exactly the batches
+the uninterrupted run would have, and a run on R processes trains on the same global batches as on one. An "epoch" is
 tokens / (global batch · T) batches. Evaluation reads the whole split (or its first `eval_subset` windows) in
 non-overlapping windows of T tokens: every token after the first is predicted exactly once, so the loss is the
 split's mean next-token cross-entropy in nats, and perplexity = exp(loss).
@@ -52,7 +53,8 @@ def _windows(tokens: np.ndarray, tensor: torch.Tensor | None, starts: np.ndarray
 
 
 class TokenWindows:
-    """Random training windows, resumable (`state_dict` / `load_state_dict`), one stream per rank."""
+    """Random training windows, resumable (`state_dict` / `load_state_dict`); rank r of R takes slice r of each
+    global batch."""
 
     def __init__(self, tokens: np.ndarray, batch_size: int, block_size: int, device: torch.device, seed: int,
                  rank: int = 0, world_size: int = 1):
@@ -76,8 +78,9 @@ class TokenWindows:
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
 
     def batch(self, epoch: int, position: int) -> tuple[torch.Tensor, torch.Tensor]:
-        rng = np.random.default_rng([self.seed, epoch, position, self.rank])
-        starts = rng.integers(0, len(self.tokens) - self.block_size - 1, size=self.batch_size)  # (B,)
+        rng = np.random.default_rng([self.seed, epoch, position])
+        every = rng.integers(0, len(self.tokens) - self.block_size - 1, size=self.batch_size * self.world_size)
+        starts = every[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]  # (B,) this rank's slice
         return _windows(self.tokens, self.tensor, starts, self.block_size, self.device)
 
     def __iter__(self):
