@@ -1,9 +1,10 @@
 """Datasets: readers for CIFAR-10/100, SVHN, MNIST / Fashion-MNIST (idx), Tiny ImageNet and ImageFolder trees
-(ImageNet, ImageNet-21K, Flowers-102, Oxford-IIIT Pets, any folder of class folders), WebDataset shards; checksum-verified, atomic,
-resumable downloads of the official files. See docs/data.md."""
+(ImageNet, ImageNet-21K, Flowers-102, Oxford-IIIT Pets, any folder of class folders) and WebDataset shards;
+checksum-verified, atomic, resumable downloads of the official files. See docs/data.md."""
 from ._archive import UnsafeArchiveError, extract_archive
 from ._cifar import UnsafePickleError
-from ._locate import DatasetFormatError, DatasetNotFoundError, MissingFileError, ensure_downloaded, search_places
+from ._locate import (DatasetFormatError, DatasetNotFoundError, MissingFileError, dataset_info, ensure_downloaded,
+                      search_places)
 from ._sources import DATASETS, Checksum, DatasetInfo, RemoteFile
 from .datasets import ImageFolderDataset, TensorImageDataset, find_data_root, load_dataset
 from .decode import DecodeCrop, ImageDecodeError, decode_image
@@ -12,6 +13,6 @@ from .shards import ShardDataset, expand_shard_urls, write_shards
 
 __all__ = ["load_dataset", "TensorImageDataset", "ImageFolderDataset", "ShardDataset", "EncodedImageDataset",
            "DecodeCrop", "DecodeFailure", "ImageDecodeError", "decode_image", "write_shards", "expand_shard_urls",
-           "DATASETS", "find_data_root",
+           "DATASETS", "dataset_info", "find_data_root",
            "ensure_downloaded", "search_places", "DatasetInfo", "RemoteFile", "Checksum", "DatasetNotFoundError",
            "MissingFileError", "DatasetFormatError", "UnsafePickleError", "UnsafeArchiveError", "extract_archive"]

@@ -77,8 +77,8 @@ def _looks_like(folder: Path, info: DatasetInfo) -> bool:
 
 def find_data_root(name: str, data_dir: str | os.PathLike | None = None) -> Path:
     """The folder holding dataset `name`'s files (e.g. `.../cifar-10-batches-py`); see the module docstring for
-    the search order. For 'imagefolder' and 'shards' it is `data_dir` itself. Raises `DatasetNotFoundError` listing every place
-    looked in and how to get the files."""
+    the search order. For 'imagefolder' and 'shards' it is `data_dir` itself. Raises `DatasetNotFoundError` listing
+    every place looked in and how to get the files."""
     info = dataset_info(name)
     if name in ("imagefolder", "shards"):
         if data_dir is None or not Path(data_dir).is_dir():

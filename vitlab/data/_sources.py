@@ -205,7 +205,7 @@ DATASETS: dict[str, DatasetInfo] = {info.name: info for info in [
                    "or <root>/<class>/*.jpg|png directly."),
     DatasetInfo(
         "shards", (), (), None, None, markers=(), required={}, in_memory=False,
-        how_to_get="'shards' reads WebDataset tar shards: data_dir= a folder, the split a sub-folder holding index.json "
-                   "(as `vitlab shards` writes) or .tar files, or a brace pattern such as "
+        how_to_get="'shards' reads WebDataset tar shards: data_dir= a folder, the split a sub-folder holding "
+                   "index.json (as `vitlab shards` writes) or .tar files, or a brace pattern such as "
                    "'train-{000000..000146}.tar' (relative to data_dir)."),
 ]}

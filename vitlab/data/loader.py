@@ -2,8 +2,9 @@
 for encoded ones (ImageFolder, shards) decoded by DataLoader workers. Both yield uint8 (B, C, H, W) batches on the
 device and resume exactly.
 
-DeviceLoader: the whole uint8 dataset is moved to ``device`` once; every epoch a seeded permutation is drawn and batches are sliced
-from it with one gather each. No DataLoader workers, no per-image Python, no host→device copy per batch.
+DeviceLoader: the whole uint8 dataset is moved to ``device`` once; every epoch a seeded permutation is drawn and
+batches are sliced from it with one gather each. No DataLoader workers, no per-image Python, no host→device copy per
+batch.
 Augmentation is separate (:class:`vitlab.data.augment.DeviceAugment`), applied to the uint8 batches this yields.
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 from torch import Tensor
 
 from ._locate import DatasetFormatError
+from .encoded import DecodedOrFailure, DecodeFailure
 
 __all__ = ["DeviceLoader", "EncodedLoader", "epoch_seed", "sample_seed"]
 
@@ -149,8 +151,6 @@ def sample_seed(seed: int, epoch: int, position: int) -> int:
 
 def _collate(items: list) -> tuple[Tensor, Tensor, list]:
     """Stacks the decoded samples of one batch; `DecodeFailure`s are passed on by message, not stacked."""
-    from .encoded import DecodeFailure
-
     failures = [item.message for item in items if isinstance(item, DecodeFailure)]
     good = [item for item in items if not isinstance(item, DecodeFailure)]
     if not good:
@@ -225,11 +225,10 @@ class EncodedLoader:
         return out
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        from .encoded import DecodedOrFailure
-
         batches = self.batches(self.epoch)[self.position:]
-        loader = torch.utils.data.DataLoader(DecodedOrFailure(self.dataset), batch_sampler=batches, num_workers=self.num_workers,
-                                             collate_fn=_collate, pin_memory=self.device.type == "cuda")
+        loader = torch.utils.data.DataLoader(DecodedOrFailure(self.dataset), batch_sampler=batches,
+                                             num_workers=self.num_workers, collate_fn=_collate,
+                                             pin_memory=self.device.type == "cuda")
         for images, labels, failures in loader:
             self.position += 1
             if failures:

@@ -42,7 +42,7 @@ def _preprocess(image, cfg: dict) -> np.ndarray:
     transform) with the cfg's interpolation, in the model's channels (L for 1, RGB for 3)."""
     from PIL import Image
 
-    from ..data._imagefolder import center_crop_box
+    from ..data.decode import center_crop_box
 
     channels, size = cfg["input_size"][0], cfg["input_size"][-1]
     if channels not in (1, 3):

@@ -18,8 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import DecodeCrop, EncodedImageDataset, TensorImageDataset, load_dataset
-from ..data._locate import dataset_info
+from ..data import DecodeCrop, EncodedImageDataset, TensorImageDataset, dataset_info, load_dataset
 from ..data.augment import AugmentConfig, DeviceAugment
 from ..data.loader import DeviceLoader, EncodedLoader
 from .config import TrainConfig
