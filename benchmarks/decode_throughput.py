@@ -18,10 +18,11 @@ normalised float32 (64, 3, 224, 224) batch unless said otherwise:
 - timm train: `Image.open(path).convert("RGB")` (timm's ImageDataset) → timm.data.create_transform(224,
   is_training=True, color_jitter=None): RandomResizedCropAndInterpolation(scale (0.08, 1), bilinear), flip 0.5,
   ToTensor, Normalize → torch.stack (the DataLoader's collate).
-- vitlab train files: read bytes → decode_image(DecodeCrop(224, train=True)) with a random.Random per sample →
-  (3, 224, 224) uint8 as vitlab's EncodedImageDataset returns it → torch.stack → DeviceAugment(hflip) on the CPU
+- vitlab train files: `ImageFolderDataset[(index, seed)]`, what an EncodedLoader worker calls: read the file →
+  decode_image(DecodeCrop(224, train=True)) with a random.Random per sample → (3, 224, 224) uint8 → torch.stack
+  → DeviceAugment(hflip) on the CPU
   (uint8 → float, flip, normalise, soft targets): the cost the GPU takes over in training is counted here.
-- vitlab train shards: the same, the member bytes read from the tar by offset (tarfile's offset_data).
+- vitlab train shards: the same through `ShardDataset` (the member bytes read from the tar by offset).
 - "normalise on GPU" pair, both ending with a uint8 batch: timm with use_prefetcher=True (its train.py default:
   crop, flip, ToNumpy, timm's fast_collate; its PrefetchLoader normalises on the GPU) against vitlab files without
   DeviceAugment (flip and normalisation on the GPU). The CPU cost of feeding a GPU.
@@ -48,7 +49,6 @@ import resource
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -117,22 +117,9 @@ def build_dataset(workdir: Path, count: int, seed: int = 0) -> dict:
         writer.write({"__key__": key, "jpg": data, "cls": label})
     writer.close()
     mix = {f"{w}x{h}": sum(1 for i in range(count) if SIZES[i % len(SIZES)] == (w, h)) for w, h in set(SIZES)}
-    return {"files": files, "shards": shard_index(shard_paths),
+    return {"files": files, "shards": shard_paths,
             "description": {"images": count, "sizes": mix, "qualities": list(QUALITIES),
                             "mean_kib": round(total / count / 1024, 1), "photographs": [n for n, _ in sources]}}
-
-
-def shard_index(shard_paths: list[str]) -> list[tuple[str, int, int, int]]:
-    """(tar path, byte offset, size, label) of every image member, in key order."""
-    index = []
-    for tar_path in shard_paths:
-        with tarfile.open(tar_path) as tar:
-            members = {m.name: m for m in tar.getmembers()}
-            for name, member in members.items():
-                if name.endswith(".jpg"):
-                    label = int(tar.extractfile(members[name[:-4] + ".cls"]).read())
-                    index.append((tar_path, member.offset_data, member.size, label))
-    return index
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -166,35 +153,28 @@ def timm_pipeline(name: str, files, batch: int):
 
 
 def vitlab_pipeline(name: str, files, shards, batch: int):
+    """vitlab's product path: what an `EncodedLoader` worker does for each sample, `dataset[(index, seed)]` of an
+    `ImageFolderDataset` (reads the file) or a `ShardDataset` (reads the member by offset), then the batch."""
     import torch
 
+    from vitlab.data import DecodeCrop, ImageFolderDataset, ShardDataset
     from vitlab.data.augment import AugmentConfig, DeviceAugment
-    from vitlab.data.decode import DecodeCrop, decode_image
 
     train = name in TRAIN
     crop = DecodeCrop(224, train=train)
+    dataset = (ShardDataset(shards, crop) if shards is not None  # indexes the tars here, before any timing
+               else ImageFolderDataset(files, [f"class{k}" for k in range(NUM_CLASSES)], crop=crop))
     augment = DeviceAugment(AugmentConfig(hflip=True), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), NUM_CLASSES)
     on_cpu = name != VITLAB_UINT8  # else flip + normalise are left to the GPU
     generator = torch.Generator().manual_seed(0)
-    handles: dict[str, object] = {}
 
-    def read(item):
-        if shards is None:
-            return item[0], item[1]  # decode_image reads the file
-        tar_path, offset, size, label = item
-        handle = handles.get(tar_path) or handles.setdefault(tar_path, open(tar_path, "rb"))
-        handle.seek(offset)
-        return handle.read(size), label
-
-    def run(items=shards if shards is not None else files):
+    def run(indices=range(len(dataset))):
         images, labels = [], []
-        for i, item in enumerate(items):
-            source, label = read(item)
-            rng = random.Random(i) if train else None  # vitlab's EncodedImageDataset: one seeded rng per sample
-            array = decode_image(source, crop, rng)  # (224, 224, 3) uint8
-            images.append(torch.from_numpy(array).permute(2, 0, 1).contiguous())  # (3, 224, 224)
+        for n, i in enumerate(indices):
+            image, label = dataset[(i, i)]  # uint8 (3, 224, 224): decode → crop → resize, one seeded rng per sample
+            images.append(image)
             labels.append(label)
-            if len(images) == batch or i == len(items) - 1:
+            if len(images) == batch or n == len(indices) - 1:
                 x, y = torch.stack(images), torch.tensor(labels)  # (B, 3, 224, 224) uint8
                 if on_cpu:
                     augment(x, y, generator) if train else augment.eval_transform(x)  # float (B, 3, 224, 224)
@@ -214,7 +194,7 @@ def worker(name: str, files, shards, batch: int, conn) -> None:
     run = (timm_pipeline(name, files, batch) if name.startswith("timm")
            else vitlab_pipeline(name, files, shards if name.endswith("shards") else None, batch))
     setup_rss = peak_rss_mib()
-    run(files[:batch] if name.startswith("timm") or not name.endswith("shards") else shards[:batch])  # warm-up
+    run(files[:batch] if name.startswith("timm") else range(batch))  # warm-up
     conn.send(setup_rss)
     while conn.recv() == "run":
         start = time.perf_counter()
