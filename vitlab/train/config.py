@@ -38,6 +38,7 @@ class TrainConfig:
     train_subset: int = 0  # N training images (0: all): the first N; ImageFolder: N drawn with a fixed seed
     eval_subset: int = 0  # images, or for text the first N windows of block_size tokens (0: the whole split)
     num_workers: int = 4  # DataLoader workers for encoded datasets: ImageFolder, shards (in-memory ones need none)
+    crop_pct: float = 0.875  # encoded datasets: eval decode resizes the short side to image_size / crop_pct, crops
     shuffle_buffer: int = 10000  # shards: the shuffle buffer of the streamed order (shard order + buffer); 0: none
     data_errors: str = "raise"  # encoded datasets: 'raise' (stop, naming the file) or 'skip' (counted, logged)
     augment: AugmentConfig = field(default_factory=AugmentConfig)

@@ -26,9 +26,6 @@ from .distributed import DistInfo, all_reduce_sum
 
 __all__ = ["TrainData", "build_data", "AugmentationPlan", "plan_augmentation", "soft_cross_entropy"]
 
-EVAL_CROP_PCT = 0.875  # resize to size / 0.875 (256 for 224), centre crop: timm's and the official CRATE-α eval
-
-
 @dataclass(frozen=True)
 class AugmentationPlan:
     """Where each stage of the image pipeline runs. `train_decode` / `eval_decode`: the decode stage of encoded
@@ -54,23 +51,27 @@ class AugmentationPlan:
         return [stage for stage in self.stages() if stage[0] in ("random_resized_crop", "random_crop_padding")]
 
 
-def plan_augmentation(augment: AugmentConfig, encoded: bool, image_size: int | None) -> AugmentationPlan:
+def plan_augmentation(augment: AugmentConfig, encoded: bool, image_size: int | None,
+                      crop_pct: float = 0.875) -> AugmentationPlan:
     """The owners of the stages for `augment` on encoded (decoded in workers) or in-memory data.
 
-    Encoded data: the decoder does the random-resized crop (`rrc_scale`, `rrc_ratio`) when asked, else a resize +
-    centre crop, to `image_size` (default 224); the device does everything else, without a crop of its own."""
+    Encoded data: the decoder does the random-resized crop (`rrc_scale`, `rrc_ratio`) when asked, else a resize of
+    the short side to image_size / crop_pct + centre crop (0.875: 256 → 224, timm's and the official CRATE-α eval;
+    1.0: the whole short side), to `image_size` (default 224); the device does everything else, without a crop of
+    its own."""
     if not encoded:
         return AugmentationPlan(None, None, augment)
     size = image_size or 224
     train = DecodeCrop(size=size, train=augment.random_resized_crop, scale=tuple(augment.rrc_scale),
-                       ratio=tuple(augment.rrc_ratio), crop_pct=EVAL_CROP_PCT)
-    return AugmentationPlan(train, DecodeCrop(size=size, train=False, crop_pct=EVAL_CROP_PCT),
+                       ratio=tuple(augment.rrc_ratio), crop_pct=crop_pct)
+    return AugmentationPlan(train, DecodeCrop(size=size, train=False, crop_pct=crop_pct),
                             dataclasses.replace(augment, random_resized_crop=False))
 
 
 def config_plan(config: TrainConfig) -> AugmentationPlan:
     """`plan_augmentation` for a config, without loading any data (what `build_data` will do)."""
-    return plan_augmentation(config.augment, not dataset_info(config.dataset).in_memory, config.image_size)
+    return plan_augmentation(config.augment, not dataset_info(config.dataset).in_memory, config.image_size,
+                             config.crop_pct)
 
 
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
