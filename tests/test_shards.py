@@ -66,12 +66,14 @@ def test_no_preset_crops_twice_and_encoded_data_is_cropped_by_the_decoder():
         if config.dataset in ("tinyshakespeare", "wikitext2", "wikitext103", "openwebtext") or \
                 config.dataset.startswith("textfile:"):
             continue
-        plan = config_plan(config)
-        assert len(plan.random_crops()) <= 1, (name, plan.stages())
-        if plan.train_decode is not None:  # ImageNet, Flowers, Pets ...: the decoder owns the crop
-            assert not plan.device.random_resized_crop, name
-            assert plan.train_decode.train == config.augment.random_resized_crop
-            assert plan.train_decode.scale == tuple(config.augment.rrc_scale)
+        for dataset in (config.dataset, "shards"):  # as written, and pointed at shards (dataset=shards)
+            config.dataset = dataset
+            plan = config_plan(config)
+            assert len(plan.random_crops()) <= 1, (name, dataset, plan.stages())
+            if plan.train_decode is not None:  # ImageNet, Flowers, Pets, shards ...: the decoder owns the crop
+                assert not plan.device.random_resized_crop, name
+                assert plan.train_decode.train == config.augment.random_resized_crop
+                assert plan.train_decode.scale == tuple(config.augment.rrc_scale)
     folder = plan_augmentation(get_preset("crate_alpha_in21k_pretrain").augment, encoded=True, image_size=224)
     assert folder.random_crops() == [("random_resized_crop", "decoder")]
     assert folder.train_decode.scale == (0.08, 1.0)  # the official inception crop, area_min 8%
