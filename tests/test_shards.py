@@ -254,7 +254,7 @@ def test_bad_shards_raise_naming_the_file_or_are_counted_and_skipped(tmp_path):
         assert len(ShardDataset([str(a), str(tmp_path / "gone.tar")], crop, on_error="skip")) == 6
     corrupt = ShardDataset([str(tmp_path / "corrupt.tar")], crop)
     loader = EncodedLoader(corrupt, 3, False, False, "cpu", num_workers=1)
-    with pytest.raises(DatasetFormatError, match=r"corrupt\.tar: sample 'bad': cannot decode image") as err:
+    with pytest.raises(DatasetFormatError, match=r"corrupt\.tar: sample 'bad': unreadable image") as err:
         list(loader)
     assert "Traceback" not in str(err.value)  # the worker's traceback is not pasted into the message
     skipping = EncodedLoader(ShardDataset([str(tmp_path / "corrupt.tar")], crop, on_error="skip"), 3, False, False,
@@ -331,3 +331,24 @@ def test_shard_training_killed_mid_epoch_resumes_to_the_same_metrics(folder, tmp
         expected = by_step(records(tmp_path / "whole"), key)
         assert by_step(records(tmp_path / "killed"), key) == expected, key
     assert len(by_step(records(tmp_path / "whole"), "eval_loss")) == 5  # steps 4, 8, 12, 16, 18
+
+
+def test_check_data_names_every_unreadable_image_before_training(folder, tmp_path):
+    """`vitlab check-data`: a bad training file and a truncated validation JPEG are both named (the validation one
+    would otherwise surface only at the first evaluation); a clean tree passes."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def check(data_dir) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "vitlab", "check-data", "imagefolder", "--data-dir", str(data_dir),
+                               "--workers", "2"], capture_output=True, text=True, env=env, timeout=120)
+
+    clean = check(folder)
+    assert clean.returncode == 0 and "train: 24 images, 0 unreadable" in clean.stdout and "val: 9 images" in clean.stdout
+    (folder / "train" / "c1" / "3.jpg").write_bytes(b"not an image")
+    jpeg = (folder / "val" / "c2" / "0.jpg").read_bytes()
+    (folder / "val" / "c2" / "0.jpg").write_bytes(jpeg[: len(jpeg) // 3])
+    bad = check(folder)
+    assert bad.returncode == 1, bad.stderr
+    assert "train: 24 images, 1 unreadable" in bad.stdout and "c1/3.jpg: unreadable image" in bad.stdout
+    assert "val: 9 images, 1 unreadable" in bad.stdout and "c2/0.jpg: unreadable image" in bad.stdout
+    assert "data_errors=skip" in bad.stderr and "Traceback" not in bad.stderr

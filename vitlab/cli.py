@@ -173,6 +173,27 @@ def _shards(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_data(args: argparse.Namespace) -> int:
+    from .data import EncodedImageDataset, check_images, load_dataset
+
+    bad = 0
+    for split in args.split.split(","):
+        dataset = load_dataset(args.dataset, split, data_dir=args.data_dir, image_size=args.image_size,
+                               train_transform=False)
+        if not isinstance(dataset, EncodedImageDataset):
+            print(f"{args.dataset} {split}: {len(dataset)} images, read and checked in memory when loaded")
+            continue
+        failures = check_images(dataset, num_workers=args.workers)
+        bad += len(failures)
+        print(f"{args.dataset} {split}: {len(dataset)} images, {len(failures)} unreadable")
+        for message in failures:
+            print(f"  {message}")
+    if bad:
+        print(f"{bad} unreadable image(s): remove or replace them, or train with data_errors=skip (counted and "
+              "logged)", file=sys.stderr)
+    return 1 if bad else 0
+
+
 def _compare(args: argparse.Namespace) -> int:
     from .compare import STUDIES, compare
 
@@ -232,6 +253,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-shuffle", action="store_true", help="keep the dataset's order")
     p.add_argument("--overwrite", action="store_true", help="replace shards already written in OUT/<split>")
     p.set_defaults(func=_shards)
+    p = sub.add_parser("check-data", help="decode every image of an ImageFolder / shard dataset as training would and "
+                                          "list the unreadable ones: vitlab check-data imagenet --split train,val")
+    p.add_argument("dataset", help="a dataset name (imagenet, imagefolder with --data-dir, shards, flowers102, ...)")
+    p.add_argument("--split", default="train,val", help="comma-separated splits (default: train,val)")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="decoding processes")
+    p.set_defaults(func=_check_data)
     p = sub.add_parser("presets", help="list the training presets")
     p.set_defaults(func=_presets)
     p = sub.add_parser("profile", help="parameters, FLOPs and measured throughput of a model")

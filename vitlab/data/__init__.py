@@ -8,11 +8,12 @@ from ._locate import (DatasetFormatError, DatasetNotFoundError, MissingFileError
 from ._sources import DATASETS, Checksum, DatasetInfo, RemoteFile
 from .datasets import ImageFolderDataset, TensorImageDataset, find_data_root, load_dataset
 from .decode import DecodeCrop, ImageDecodeError, decode_image
-from .encoded import DecodeFailure, EncodedImageDataset
+from .encoded import DecodeFailure, EncodedImageDataset, check_images
 from .shards import ShardDataset, expand_shard_urls, write_shards
 
 __all__ = ["load_dataset", "TensorImageDataset", "ImageFolderDataset", "ShardDataset", "EncodedImageDataset",
-           "DecodeCrop", "DecodeFailure", "ImageDecodeError", "decode_image", "write_shards", "expand_shard_urls",
+           "DecodeCrop", "DecodeFailure", "check_images", "ImageDecodeError", "decode_image", "write_shards",
+           "expand_shard_urls",
            "DATASETS", "dataset_info", "find_data_root",
            "ensure_downloaded", "search_places", "DatasetInfo", "RemoteFile", "Checksum", "DatasetNotFoundError",
            "MissingFileError", "DatasetFormatError", "UnsafePickleError", "UnsafeArchiveError", "extract_archive"]

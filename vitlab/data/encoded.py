@@ -22,7 +22,7 @@ import torch
 from ._locate import DatasetFormatError
 from .decode import DecodeCrop, ImageDecodeError, decode_image
 
-__all__ = ["EncodedImageDataset", "DecodeFailure", "DecodedOrFailure", "ON_ERROR"]
+__all__ = ["EncodedImageDataset", "DecodeFailure", "DecodedOrFailure", "ON_ERROR", "check_images"]
 
 ON_ERROR = ("raise", "skip")
 
@@ -106,5 +106,29 @@ class EncodedImageDataset(torch.utils.data.Dataset):
         try:
             array = decode_image(data, self.crop, rng)  # (S, S, 3) uint8
         except (ImageDecodeError, OSError) as err:  # OSError: a file that vanished or cannot be read
-            raise DatasetFormatError(f"{name}: cannot decode image ({err})") from None
+            raise DatasetFormatError(f"{name}: unreadable image: {err}") from None
         return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).contiguous(), label  # (3, S, S)
+
+
+def _failure_messages(items: list) -> list[str]:
+    return [item.message for item in items if isinstance(item, DecodeFailure)]
+
+
+def check_images(dataset: EncodedImageDataset, num_workers: int = 0, batch_size: int = 64,
+                 progress: bool | None = None) -> list[str]:
+    """Decodes every sample of `dataset` as training would (its own decode stage) and returns the messages of the
+    unreadable ones, each naming the file or shard member: a checked scan to run before a long job
+    (`vitlab check-data`). Uses `num_workers` DataLoader workers; `progress`: a tqdm bar (None: on a terminal)."""
+    from tqdm import tqdm
+
+    indices = list(range(len(dataset)))
+    batches = [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
+    loader = torch.utils.data.DataLoader(DecodedOrFailure(dataset), batch_sampler=batches, num_workers=num_workers,
+                                         collate_fn=_failure_messages)
+    failures: list[str] = []
+    with tqdm(total=len(dataset), unit="img", desc=f"checking {dataset.name}",
+              disable=not progress if progress is not None else None) as bar:
+        for batch, messages in zip(batches, loader):
+            failures += messages
+            bar.update(len(batch))
+    return failures
