@@ -352,3 +352,13 @@ def test_check_data_names_every_unreadable_image_before_training(folder, tmp_pat
     assert "train: 24 images, 1 unreadable" in bad.stdout and "c1/3.jpg: unreadable image" in bad.stdout
     assert "val: 9 images, 1 unreadable" in bad.stdout and "c2/0.jpg: unreadable image" in bad.stdout
     assert "data_errors=skip" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_decompression_bomb_is_named_and_refused_in_the_main_process(folder, monkeypatch):
+    from PIL import Image as PILImage
+
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 1000)  # the 50 x 40 fixture images are now "bombs"
+    dataset = load_dataset("imagefolder", "train", data_dir=folder, decode_crop=DecodeCrop(16, train=True))
+    with pytest.raises(DatasetFormatError, match=r"c\d/\d\.jpg: unreadable image: .*2000 pixels") as err:
+        list(EncodedLoader(dataset, 4, True, True, "cpu", num_workers=0))
+    assert "Traceback" not in str(err.value)
