@@ -71,7 +71,8 @@ def test_pretrained_downloads_and_converts_the_official_file(server, tmp_path, m
     assert (tmp_path / "cache" / "weights" / "crate_alpha_B16.pth").is_file()
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(model(x), official_crate_alpha_forward(sd, x, heads=3, depth=2), rtol=1e-5, atol=1e-5)
-    vitlab.create_model("crate_alpha_b16", **kwargs)  # second time from the cache
+    with pytest.warns(UserWarning, match="no sha256 is registered"):
+        vitlab.create_model("crate_alpha_b16", **kwargs)  # second time from the cache
     assert len(handler.requests) == 1
     # a different class count keeps a fresh head and loads the rest
     fresh_head = vitlab.create_model("crate_alpha_b16", **{**kwargs, "num_classes": 4})
@@ -81,3 +82,59 @@ def test_pretrained_downloads_and_converts_the_official_file(server, tmp_path, m
 def test_pretrained_without_published_weights_says_so():
     with pytest.raises(ValueError, match="no pretrained weights are published for crate_tiny_patch16_224"):
         vitlab.create_model("crate_tiny_patch16_224", pretrained=True, depth=1)
+
+
+def _serve_weights(server, tmp_path, monkeypatch):
+    from test_convert import CRATE_KW, official_crate_alpha_state_dict
+
+    base, handler = server
+    path = tmp_path / "src.pth"
+    torch.save(official_crate_alpha_state_dict(), path)
+    payload = path.read_bytes()
+    handler.files["/torch/w.pth"] = payload
+    monkeypatch.setenv("VITLAB_CACHE", str(tmp_path / "cache"))
+    return f"{base}/torch/w.pth", payload, CRATE_KW, tmp_path / "cache" / "weights"
+
+
+def test_pretrained_with_a_registered_sha256_is_verified(server, tmp_path, monkeypatch):
+    url, payload, kw, cache = _serve_weights(server, tmp_path, monkeypatch)
+    good = hashlib.sha256(payload).hexdigest()
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a verified file loads without the 'unverified' warning
+        vitlab.create_model("crate_alpha_b16", pretrained=True, pretrained_cfg_overlay={"url": url, "sha256": good},
+                            **kw)
+    assert (cache / "w.pth").is_file()
+    # the cached file corrupted afterwards: caught on the next load, removed, the error names URL and digests
+    (cache / "w.pth").write_bytes(payload[:-10] + b"0123456789")
+    actual = hashlib.sha256((cache / "w.pth").read_bytes()).hexdigest()
+    with pytest.raises(ChecksumError, match=f"from {url}.*sha256 {actual} does not match the expected {good}"):
+        vitlab.create_model("crate_alpha_b16", pretrained=True, pretrained_cfg_overlay={"url": url, "sha256": good},
+                            **kw)
+    assert not (cache / "w.pth").exists()
+
+
+def test_pretrained_with_a_wrong_sha256_fails_and_leaves_nothing(server, tmp_path, monkeypatch):
+    url, payload, kw, cache = _serve_weights(server, tmp_path, monkeypatch)
+    wrong = hashlib.sha256(b"not these weights").hexdigest()
+    actual = hashlib.sha256(payload).hexdigest()
+    with pytest.raises(ChecksumError, match=f"downloaded {url} .*sha256 {actual} does not match the expected {wrong}"):
+        vitlab.create_model("crate_alpha_b16", pretrained=True, pretrained_cfg_overlay={"url": url, "sha256": wrong},
+                            **kw)
+    assert not cache.exists() or list(cache.iterdir()) == []
+
+
+def test_unregistered_weights_warn_record_their_digest_and_catch_a_corrupted_cache(server, tmp_path, monkeypatch):
+    url, payload, kw, cache = _serve_weights(server, tmp_path, monkeypatch)
+    with pytest.warns(UserWarning, match=f"{url}: no sha256 is registered .* unverified"):
+        vitlab.create_model("crate_alpha_b16", pretrained=True, pretrained_cfg_overlay={"url": url}, **kw)
+    recorded = (cache / "w.pth.sha256").read_text().split()[0]
+    assert recorded == hashlib.sha256(payload).hexdigest()
+    with pytest.warns(UserWarning, match="recorded in"):
+        vitlab.create_model("crate_alpha_b16", pretrained=True, pretrained_cfg_overlay={"url": url}, **kw)
+    (cache / "w.pth").write_bytes(b"\0" * 100 + payload[100:])
+    with pytest.raises(ChecksumError, match=f"cached .*w.pth \\(from {url}\\) has sha256 .* but {recorded} was recorded"):
+        vitlab.create_model("crate_alpha_b16", pretrained=True, pretrained_cfg_overlay={"url": url}, **kw)
+    assert not (cache / "w.pth").exists() and not (cache / "w.pth.sha256").exists()
+    with pytest.warns(UserWarning):  # a clean re-download on the next load
+        vitlab.create_model("crate_alpha_b16", pretrained=True, pretrained_cfg_overlay={"url": url}, **kw)

@@ -9,7 +9,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-__all__ = ["download", "md5sum", "file_digests", "cache_dir", "ChecksumError"]
+__all__ = ["download", "md5sum", "file_digests", "cache_dir", "ChecksumError", "sha256sum"]
 
 _CHUNK = 1 << 20
 
@@ -39,6 +39,10 @@ def md5sum(path: str | os.PathLike) -> str:
     return file_digests(path, ("md5",))["md5"]
 
 
+def sha256sum(path: str | os.PathLike) -> str:
+    return file_digests(path, ("sha256",))["sha256"]
+
+
 def _expected(sha256: str | None, md5: str | None) -> dict[str, str]:
     return {name: value.lower() for name, value in (("sha256", sha256), ("md5", md5)) if value is not None}
 
@@ -54,20 +58,18 @@ def _mismatch(path: Path, expected: dict[str, str]) -> str | None:
     return None
 
 
-def _verify(path: Path, expected: dict[str, str]) -> None:
-    if (problem := _mismatch(path, expected)) is not None:
-        raise ChecksumError(f"{path}: {problem}")
-
-
 def download(url: str, dest: str | os.PathLike, sha256: str | None = None, timeout: float = 60.0,
              progress: bool | None = None, md5: str | None = None) -> Path:
     """Fetches `url` to `dest` unless `dest` already exists (and matches `sha256` / `md5`). An interrupted download
-    resumes from `dest.part`; a corrupt result is deleted and raises `ChecksumError` naming the file and the expected
-    hash."""
+    resumes from `dest.part`; a corrupt result (fresh or already present) is deleted and raises `ChecksumError`
+    naming the URL, the file, the actual and the expected hash."""
     dest = Path(dest)
     expected = _expected(sha256, md5)
     if dest.is_file():
-        _verify(dest, expected)
+        if (problem := _mismatch(dest, expected)) is not None:
+            dest.unlink()
+            raise ChecksumError(f"{dest} (from {url}) is present, but its {problem}; the corrupt file was removed, "
+                                "try again")
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
