@@ -1,4 +1,5 @@
-"""Learning curves of a study: one panel per table row, one line per column (mean over seeds, band = min–max)."""
+"""Learning curves of a study: one panel per table row, one line per column (mean over seeds, band = min–max).
+Each curve is a list of (x, value) pairs, x the step or epoch its record names; seeds are averaged at equal x."""
 from __future__ import annotations
 
 import textwrap
@@ -8,6 +9,14 @@ from typing import Any
 import numpy as np
 
 __all__ = ["plot_curves"]
+
+
+def _align(curves: list[list[tuple[float, float]]]) -> tuple[np.ndarray, np.ndarray]:
+    """(x, values (seeds, points)) at the x values (step or epoch, as recorded) every curve has; a curve's repeated x
+    (records of a resumed run's older log) keeps its last value. Points are matched by x, never by position."""
+    by_x = [dict(curve) for curve in curves]  # later records win
+    xs = sorted(set.intersection(*(set(c) for c in by_x)))
+    return np.array(xs, dtype=float), np.array([[c[x] for x in xs] for c in by_x], dtype=float).reshape(len(by_x), -1)
 
 
 def plot_curves(records: list[dict[str, Any]], path: str | Path, title: str, ylabel: str = "test top-1 (%)",
@@ -25,9 +34,9 @@ def plot_curves(records: list[dict[str, Any]], path: str | Path, title: str, yla
             curves = [r["curve"] for r in records if r["row"] == row and r["col"] == col and r["curve"]]
             if not curves:
                 continue
-            length = min(len(c) for c in curves)
-            epochs = np.array([p[0] for p in curves[0][:length]])
-            values = np.array([[p[1] for p in c[:length]] for c in curves])  # (seeds, evals)
+            epochs, values = _align(curves)  # (evals,), (seeds, evals)
+            if not len(epochs):
+                continue
             (line,) = ax.plot(epochs, values.mean(0), marker="o", markersize=3, label=col)
             ax.fill_between(epochs, values.min(0), values.max(0), color=line.get_color(), alpha=0.15)
         ax.set_title(row)

@@ -1,19 +1,46 @@
 """Run logging: stdout and `metrics.jsonl` always, TensorBoard when asked for and installed, a progress bar on a
-terminal. Only rank 0 writes."""
+terminal. Only rank 0 writes. A run that starts (or resumes) at step S first cuts `metrics.jsonl` back to the records
+of steps <= S, so the steps it trains again are not logged twice."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RunLogger"]
+__all__ = ["RunLogger", "truncate_metrics"]
+
+
+def truncate_metrics(path: Path, step: int) -> int:
+    """Atomically drops the records of `path` with a step after `step` (and a torn last line); returns how many
+    were dropped. Those steps are trained again by the resumed run and logged anew."""
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            dropped += 1
+            continue
+        if isinstance(record, dict) and record.get("step", 0) > step:
+            dropped += 1
+        else:
+            kept.append(line + "\n")
+    if dropped:
+        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+        tmp.write_text("".join(kept))
+        os.replace(tmp, path)
+    return dropped
 
 
 class RunLogger:
     def __init__(self, out_dir: Path, enabled: bool, total_steps: int, start_step: int, tensorboard: bool,
                  progress: bool | None):
         self.enabled = enabled
+        if enabled:
+            truncate_metrics(out_dir / "metrics.jsonl", start_step)
         self.metrics = open(out_dir / "metrics.jsonl", "a") if enabled else None
         self.writer = None
         if enabled and tensorboard:

@@ -3,8 +3,12 @@
 Per optimiser step: `grad_accum_steps` micro-batches, each augmented on the device (soft targets), forward under
 autocast (bf16 on CUDA), soft-target cross-entropy, backward (DDP syncs on the last micro-batch only); then gradient
 clipping, the optimiser step and the schedule step. Every `eval_every` epochs: evaluation (top-1, top-5, loss) and
-an atomic checkpoint (`last/`, and `best/` by top-1). A run started again with the same out_dir resumes from
+an atomic checkpoint (`best/` on a new best, then `last/`). A run started again with the same out_dir resumes from
 `last/` and reproduces the uninterrupted run exactly on CPU.
+
+Failures (docs/training.md, "Checkpoints and failures"): rank 0 holds a lock on out_dir for the whole run; `best/` is
+written before `last/`, so `last/` never records a best that `best/` does not hold; nothing non-finite (training
+loss, evaluation metrics, weights) is ever checkpointed; an evaluation that raises first checkpoints the training.
 """
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import platform
 import subprocess
 import sys
@@ -29,14 +34,15 @@ from .._profile import count_flops
 from ..convert import load_checkpoint
 from ..init import mimetic_init_, norm_matched_init_
 from ..models import create_model
-from .checkpoint import find_checkpoint, load_training_state, save_checkpoint
+from .checkpoint import (RunDirBusy, RunDirLock, find_checkpoint, load_training_state, remove_stale_temporaries,
+                         save_checkpoint)
 from .config import TrainConfig, config_to_dict
 from .data import TrainData, build_data
 from .distributed import DistInfo, all_reduce_sum, setup_distributed, teardown_distributed, wrap_model
 from .logger import RunLogger
 from .optim import build_optimizer, build_scheduler
 
-__all__ = ["train", "evaluate", "build_model", "TrainingDiverged", "peak_flops"]
+__all__ = ["train", "evaluate", "build_model", "TrainingDiverged", "EvaluationFailed", "peak_flops"]
 
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 # Settings a resumed run may change: they do not alter the results.
@@ -45,7 +51,11 @@ _FREE_ON_RESUME = {"max_steps", "progress", "tensorboard", "log_every", "num_wor
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+    """The loss, an evaluation metric or the weights became NaN or infinite; the last good checkpoint is kept."""
+
+
+class EvaluationFailed(RuntimeError):
+    """An evaluation raised; the training state of that step was checkpointed in `last/` first."""
 
 
 @dataclass
@@ -54,6 +64,7 @@ class RunState:
     epoch: int = 0
     best_top1: float = -1.0
     best_loss: float = math.inf  # language models: best/ keeps the lowest evaluation loss
+    pending_eval: bool = False  # checkpointed because this step's evaluation failed: a resume evaluates it first
 
 
 def _tied_names(model: nn.Module) -> dict[str, str]:
@@ -145,6 +156,36 @@ class _Run:
     def __init__(self, config: TrainConfig, preset: str | None, info: DistInfo, argv: list[str] | None):
         self.config, self.info = config, info
         self.out_dir = Path(config.out_dir.format(preset=preset or "run"))
+        self.lock = self._lock()
+        try:
+            self._build(preset, argv)
+        except BaseException:
+            self._unlock()
+            raise
+
+    def _lock(self) -> RunDirLock | None:
+        """Rank 0 locks out_dir (only rank 0 writes); every rank raises if the directory is another run's."""
+        lock, busy = None, None
+        if self.info.is_main:
+            try:
+                lock = RunDirLock(self.out_dir)
+            except RunDirBusy as err:
+                busy = err
+        if self.info.enabled:
+            flag = all_reduce_sum(torch.tensor(float(busy is not None), device=self.info.device), self.info)
+            if flag.item() and busy is None:
+                busy = RunDirBusy(f"{self.out_dir} is in use by another run (rank 0 says which)")
+        if busy is not None:
+            raise busy
+        return lock
+
+    def _unlock(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+
+    def _build(self, preset: str | None, argv: list[str] | None) -> None:
+        """Data, model, optimiser, schedule; the state of `last/` when resuming; the provenance record."""
+        config, info = self.config, self.info
         torch.manual_seed(config.seed)  # identical initial weights on every rank
         self.data = build_data(config, info)
         self.model = build_model(config, self.data).to(info.device)
@@ -166,18 +207,22 @@ class _Run:
         self.resumed = self._resume()
         if info.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            (self.out_dir / "config.json").write_text(json.dumps(_provenance(config, preset, argv), indent=1))
+            record = self.out_dir / f"config.json.tmp-{os.getpid()}"  # atomic: never a truncated config.json
+            record.write_text(json.dumps(_provenance(config, preset, argv), indent=1))
+            os.replace(record, self.out_dir / "config.json")
             self.data.save_assets(self.out_dir)
         if config.compile:
             self.wrapped.compile()
 
     # -- checkpoints ----------------------------------------------------------------------------------------------
     def _resume(self) -> bool:
+        if self.info.is_main and self.out_dir.is_dir():
+            remove_stale_temporaries(self.out_dir)  # under the lock: left by a writer that died
         directory = find_checkpoint(self.out_dir / "last")
         if directory is None:
             return False
-        self._check_same_run()
         weights, state = load_training_state(directory)
+        self._check_same_run(state)
         weights.update({alias: weights[name] for alias, name in self.tied.items() if name in weights})
         set_state_dict(self.model, self.optimizer, model_state_dict=weights, optim_state_dict=state["optimizer"],
                        options=StateDictOptions(full_state_dict=True))
@@ -188,12 +233,28 @@ class _Run:
         self.state = RunState(**state["run"])
         return True
 
-    def _check_same_run(self) -> None:
-        """A run resumes only under the config it was started with (up to settings that do not change results)."""
+    def _saved_config(self, state: dict[str, Any]) -> dict[str, Any] | None:
+        """The config the run began with: the copy in `last/state.pt`, else (older checkpoints) `config.json`."""
         saved_file = self.out_dir / "config.json"
-        if not saved_file.is_file():
+        in_state = json.loads(state["config"]) if "config" in state else None
+        try:
+            from_file = json.loads(saved_file.read_text())["config"] if saved_file.is_file() else None
+        except (ValueError, KeyError, TypeError) as err:  # truncated or not ours
+            if in_state is None:
+                raise ValueError(f"{saved_file} is unreadable ({type(err).__name__}: {err}) and the checkpoint holds "
+                                 "no copy of the config; restore the file, or start a new run with out_dir=...") from None
+            if self.info.is_main:
+                print(f"{saved_file} is unreadable ({type(err).__name__}: {err}); checking the config against the "
+                      "copy in last/state.pt instead (config.json is rewritten)")
+            from_file = None
+        return in_state if in_state is not None else from_file
+
+    def _check_same_run(self, state: dict[str, Any]) -> None:
+        """A run resumes only under the config it was started with (up to settings that do not change results)."""
+        saved = self._saved_config(state)
+        if saved is None:
             return
-        saved, current = json.loads(saved_file.read_text())["config"], config_to_dict(self.config)
+        current = config_to_dict(self.config)
         saved = {**config_to_dict(TrainConfig()), **saved}  # keys added since the run began: their defaults
         changed = [f"{k}: {saved.get(k)!r} → {current[k]!r}" for k in current
                    if k not in _FREE_ON_RESUME and json.dumps(saved.get(k), default=str) != json.dumps(current[k], default=str)]
@@ -201,8 +262,27 @@ class _Run:
             raise ValueError(f"{self.out_dir} holds a run started with another config ({'; '.join(changed)}); resume "
                              "it unchanged, or start a new run with out_dir=...")
 
+    def _last_good(self) -> str:
+        """Where the last good checkpoint is, or that there is none: a message names only what exists."""
+        found = find_checkpoint(self.out_dir / "last")
+        if found is None:
+            return "no checkpoint had been written yet"
+        step = json.loads((found / "meta.json").read_text()).get("step", "?") if (found / "meta.json").is_file() else "?"
+        return f"the last good checkpoint (step {step}) is in {found}"
+
+    def _check_weights_finite(self) -> None:
+        """One fused check over every parameter (local shards under FSDP, agreed across ranks) before a save."""
+        params = [p.to_local() if hasattr(p, "to_local") else p for p in self.model.parameters()]
+        bad = torch.stack([~torch.isfinite(p.detach()).all() for p in params]).sum().float()
+        if all_reduce_sum(bad, self.info).item() > 0:
+            raise TrainingDiverged(f"the weights became NaN/inf by step {self.state.step} (lr "
+                                   f"{self.scheduler.get_last_lr()[0]:.3g}); nothing was saved and "
+                                   f"{self._last_good()}. Lower lr, add warmup or set grad_clip.")
+
     def _save(self, metrics: dict[str, float], is_best: bool) -> None:
-        """`last/` (weights + everything to resume) and, on a new best primary metric, `best/` (weights)."""
+        """On a new best primary metric `best/` (weights) first, then `last/` (weights + everything to resume): a
+        crash between the two leaves `last/` recording the previous best, and the resumed run redoes this step."""
+        self._check_weights_finite()
         weights, optim = get_state_dict(self.model, self.optimizer, options=_FULL)  # collective under FSDP
         weights = {k: v for k, v in weights.items() if k not in self.tied}  # safetensors stores a tensor once
         rngs = [self.augment_rng.get_state()]
@@ -213,12 +293,13 @@ class _Run:
             return
         run = dataclasses.asdict(self.state)
         state = {"optimizer": optim, "scheduler": self.scheduler.state_dict(), "loader": self.data.train.state_dict(),
-                 "augment_rng": rngs, "torch_rng": torch.get_rng_state(), "run": run}
+                 "augment_rng": rngs, "torch_rng": torch.get_rng_state(), "run": run,
+                 "config": json.dumps(config_to_dict(self.config), default=str)}  # checked on resume
         metadata = {"architecture": self.model.pretrained_cfg.get("architecture", self.config.model),
                     "step": self.state.step, **metrics}
-        save_checkpoint(self.out_dir / "last", weights, state, metadata)
         if is_best:
             save_checkpoint(self.out_dir / "best", weights, {"run": run}, metadata)
+        save_checkpoint(self.out_dir / "last", weights, state, metadata)
 
     # -- steps ----------------------------------------------------------------------------------------------------
     def _optimizer_step(self, micro_batches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
@@ -270,6 +351,8 @@ class _Run:
         self.model.train()
         batches = self._batches()
         try:
+            if self.state.pending_eval:  # the evaluation that failed before the resume
+                metrics = self._evaluate_and_save(logger)
             while self.state.step < stop:
                 loss = self._optimizer_step(next(batches))
                 nonfinite |= ~torch.isfinite(loss)
@@ -283,8 +366,7 @@ class _Run:
                     if bool(nonfinite):
                         raise TrainingDiverged(f"the training loss became NaN/inf within steps "
                                                f"{step - window_steps + 1}..{step} (lr {self.scheduler.get_last_lr()[0]:.3g}); "
-                                               f"the last good checkpoint is in {self.out_dir / 'last'}. Lower lr, "
-                                               f"add warmup or set grad_clip.")
+                                               f"{self._last_good()}. Lower lr, add warmup or set grad_clip.")
                     metrics = self._log(logger, window_loss, window_steps, window_start, flops, peak)
                     window_loss.zero_()
                     window_steps, window_start = 0, time.perf_counter()
@@ -295,6 +377,7 @@ class _Run:
                 metrics = evaluate(self.wrapped, self.data, self.info, self.autocast)
         finally:
             logger.close()
+            self._unlock()
         best = {"best_top1": self.state.best_top1} if self.data.unit == "images" else {"best_eval_loss":
                                                                                        self.state.best_loss}
         return {**metrics, "step": self.state.step, **best, "out_dir": str(self.out_dir)}
@@ -314,10 +397,28 @@ class _Run:
         logger.log(record)
         return record
 
+    def _evaluate_or_checkpoint(self) -> dict[str, float]:
+        """The evaluation; if it raises (e.g. an unreadable validation image), `last/` is saved first (no new best),
+        so no training is lost, and the error says how to resume."""
+        try:
+            return evaluate(self.wrapped, self.data, self.info, self.autocast)
+        except Exception as err:
+            step = self.state.step
+            self.state.pending_eval = True
+            self._save({}, is_best=False)
+            raise EvaluationFailed(f"evaluation at step {step} failed ({type(err).__name__}: {err}). The training was "
+                                   f"checkpointed at step {step} in {self.out_dir / 'last'}: fix the cause and run the "
+                                   f"same command again to resume there (step {step} is evaluated first).") from err
+
     def _evaluate_and_save(self, logger) -> dict[str, float]:
-        result = evaluate(self.wrapped, self.data, self.info, self.autocast)
+        result = self._evaluate_or_checkpoint()
         logger.log({"step": self.state.step, "epoch": round(self.state.step / self.steps_per_epoch, 3),
                     "elapsed_s": round(time.perf_counter() - self.started, 3), **result})
+        nonfinite = [k for k, v in result.items() if isinstance(v, float) and not math.isfinite(v)]
+        if nonfinite:
+            raise TrainingDiverged(f"the evaluation at step {self.state.step} gave non-finite {', '.join(nonfinite)}; "
+                                   f"nothing was saved and {self._last_good()}. Lower lr, add warmup or set grad_clip.")
+        self.state.pending_eval = False
         if self.data.primary == ("top1", "max"):
             is_best = result["top1"] > self.state.best_top1
             self.state.best_top1 = max(self.state.best_top1, result["top1"])
@@ -330,6 +431,7 @@ class _Run:
 
 def train(config: TrainConfig, preset: str | None = None, argv: list[str] | None = None) -> dict[str, Any]:
     """Trains (or resumes) the configured run; returns the last evaluation, best top-1, step and out_dir."""
+    config.validate()
     info = setup_distributed(config.device)
     try:
         return _Run(config, preset, info, argv).run()
