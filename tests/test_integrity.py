@@ -80,3 +80,59 @@ def test_extraction_into_a_symlinked_destination_itself_is_allowed(tmp_path):
     archive.write_bytes(_tar({"sub/file": b"ok"}))
     extract_archive(archive, tmp_path / "link")  # the destination is the caller's choice; only what is under it counts
     assert (real / "sub" / "file").read_bytes() == b"ok"
+
+
+# ---------------------------------------------------------------- point 5: corrupt token caches
+def _prepared(isolated) -> PreparedText:
+    path = isolated / "t.txt"
+    path.write_text(TEXT, encoding="utf-8")
+    return prepare_text(f"textfile:{path}")
+
+
+def test_shard_digest_is_recorded_and_a_same_size_corruption_is_rebuilt(isolated, monkeypatch):
+    prepared = _prepared(isolated)
+    shard = prepared.path("train")
+    good = shard.read_bytes()
+    meta = json.loads((prepared.root / "meta.json").read_text())
+    assert meta["shard_sha256"]["train"] == __import__("hashlib").sha256(good).hexdigest()
+    ids = np.frombuffer(good, dtype="<u2").copy()
+    ids[:20] = ids[:20][::-1]  # same size, ids inside the vocabulary, wrong order: garbage a size check cannot see
+    shard.write_bytes(ids.tobytes())
+    monkeypatch.setattr(prepare_module, "_SHARDS_VERIFIED", {})  # a new process
+    with pytest.raises(prepare_module.CorruptShardError, match=f"{shard}: sha256 .* differs"):
+        PreparedText.load(prepared.root)  # no source at hand: a clear error naming the file
+    rebuilt = prepare_text(f"textfile:{isolated / 't.txt'}")  # the source is there: rebuilt from it
+    assert shard.read_bytes() == good and rebuilt.tokens("train").tobytes() == good
+
+
+def test_ids_outside_the_vocabulary_name_the_file_the_id_and_the_size(isolated, monkeypatch):
+    prepared = _prepared(isolated)
+    shard = prepared.path("val")
+    ids = np.frombuffer(shard.read_bytes(), dtype="<u2").copy()
+    ids[7] = 60000
+    shard.write_bytes(ids.tobytes())
+    meta = json.loads((prepared.root / "meta.json").read_text())  # a digest that matches: only the range can tell
+    meta["shard_sha256"]["val"] = __import__("hashlib").sha256(ids.tobytes()).hexdigest()
+    (prepared.root / "meta.json").write_text(json.dumps(meta))
+    monkeypatch.setattr(prepare_module, "_SHARDS_VERIFIED", {})
+    with pytest.raises(prepare_module.CorruptShardError,
+                       match=f"{shard}: token id 60000 .*token 7.* vocabulary of size {prepared.vocab_size}"):
+        PreparedText.load(prepared.root)
+
+
+def test_verification_is_paid_once_per_file_change(isolated, monkeypatch):
+    prepared = _prepared(isolated)
+    scans = []
+    real_scan = prepare_module._scan
+    monkeypatch.setattr(prepare_module, "_scan", lambda path, dtype: scans.append(path.name) or real_scan(path, dtype))
+    PreparedText.load(prepared.root)
+    assert scans == []  # verified while written
+    monkeypatch.setattr(prepare_module, "_SHARDS_VERIFIED", {})  # a new process: the sidecar remembers
+    PreparedText.load(prepared.root)
+    assert scans == []
+    os.utime(prepared.path("train"), ns=(1, 1))  # changed (same bytes): checked once again, then remembered
+    PreparedText.load(prepared.root)
+    PreparedText.load(prepared.root)
+    monkeypatch.setattr(prepare_module, "_SHARDS_VERIFIED", {})
+    PreparedText.load(prepared.root)
+    assert scans == ["train.bin"]
