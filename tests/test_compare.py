@@ -8,10 +8,13 @@ from PIL import Image
 
 import vitlab.compare.runner as runner
 from vitlab.compare import Cell, Study, compare, confidence_interval, plot_curves, run_study, summarise
+from vitlab.compare.runner import Note, code_version, render_notes, study_figures
 from vitlab.compare.studies import STUDIES, get_study
 from vitlab.train import get_preset
 
 FASHION = Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion-mnist"
+needs_fashion = pytest.mark.skipif(not (FASHION / "train-images-idx3-ubyte.gz").is_file(),
+                                   reason="../shared/data/fashion-mnist is absent")
 
 
 def test_confidence_interval_by_hand():
@@ -28,7 +31,7 @@ def test_summary_table_and_paired_differences():
     text = summarise(study, records)
     assert "| small | 51.00 ± 1.00 [" in text
     assert "| b − a | **+10.10 [" in text  # differences 10.0, 10.1, 10.2: the interval excludes zero
-    assert "- `b` vs `a`: better at small." in text
+    assert "- `b` − `a` at small: +10.10 [" in text and "the interval excludes zero: `b` is better." in text
     assert "6 runs" in text
 
 
@@ -44,7 +47,7 @@ def test_studies_are_well_formed():
         get_study("nope")
 
 
-@pytest.mark.skipif(not (FASHION / "train-images-idx3-ubyte.gz").is_file(), reason="Fashion-MNIST absent")
+@needs_fashion
 def test_grid_runs_resumes_and_writes_the_page(tmp_path, monkeypatch):
     base = dataclasses.replace(get_preset("fashion_mnist_vit"), data_dir=str(FASHION), train_subset=256,
                                eval_subset=256, batch_size=64, epochs=2, eval_every=1,
@@ -73,7 +76,7 @@ def test_grid_runs_resumes_and_writes_the_page(tmp_path, monkeypatch):
     assert result["step"] == 8 and 0 <= result["top1"] <= 100
 
 
-@pytest.mark.skipif(not (FASHION / "train-images-idx3-ubyte.gz").is_file(), reason="Fashion-MNIST absent")
+@needs_fashion
 def test_segmentation_report_scores_trained_and_untrained_models_and_caches(tmp_path, monkeypatch):
     import vitlab.compare.segmentation as segmentation
     from vitlab.interpret import evaluate_fashion_mnist, load_model
@@ -105,3 +108,101 @@ def test_segmentation_report_scores_trained_and_untrained_models_and_caches(tmp_
     # scores are cached: a second report evaluates nothing
     monkeypatch.setattr(segmentation, "_scores", lambda *a, **k: pytest.fail("re-scored a cached run"))
     assert compare(["seg"], root=str(tmp_path / "runs"), figures=str(tmp_path / "figures")) == page
+
+
+def _fake_train(calls):
+    """Stands in for `train`: one metrics line and a result depending on the seed and lr."""
+    def fake(config, preset=None):
+        calls.append(config.seed)
+        out = Path(config.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "top1": 50.0}) + "\n")
+        return {"top1": 50.0 + config.seed + config.lr, "eval_loss": 1.0, "train_loss": 0.5}
+    return fake
+
+
+def test_cached_results_are_reused_only_for_the_same_config_and_code(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(runner, "train", _fake_train(calls))
+    base = get_preset("fashion_mnist_vit")
+    study = Study("s", "t", [Cell("r", "a", base)], seeds=[0, 1])
+    first = run_study(study, tmp_path, log=lambda _: None)
+    result = json.loads((tmp_path / "s" / "r__a" / "seed0" / "result.json").read_text())
+    assert calls == [0, 1] and set(result["provenance"]) == {"config_hash", "code"}
+    assert set(result["provenance"]["code"]) == {"vitlab", "git_commit", "source_hash"}
+    assert [r["stale"] for r in first] == [None, None]
+    run_study(study, tmp_path, log=lambda _: None)
+    assert calls == [0, 1]  # same config, same code: reused
+    # another config under the same cell: recomputed, whatever reuse_stale says
+    changed = Study("s", "t", [Cell("r", "a", dataclasses.replace(base, lr=base.lr * 2))], seeds=[0, 1])
+    run_study(changed, tmp_path, log=lambda _: None, reuse_stale=True)
+    assert calls == [0, 1, 0, 1]
+    # other code: recomputed by default; reused and marked with its commit under reuse_stale
+    other = {**code_version(), "source_hash": "0" * 64, "git_commit": "feedfacecafe"}
+    monkeypatch.setattr(runner, "code_version", lambda: other)
+    stale = run_study(changed, tmp_path, log=lambda _: None, reuse_stale=True)
+    assert calls == [0, 1, 0, 1] and all(r["stale"] == "produced by different code" for r in stale)
+    page = summarise(changed, stale)
+    assert "**Stale:** 2 of 2 runs" in page and "produced at " + (code_version.__wrapped__()["git_commit"]
+                                                                  or "unknown")[:7] in page
+    run_study(changed, tmp_path, log=lambda _: None)
+    assert calls == [0, 1, 0, 1, 0, 1]
+    # an old cache without provenance counts as stale
+    done = tmp_path / "s" / "r__a" / "seed0" / "result.json"
+    old = json.loads(done.read_text())
+    del old["provenance"]
+    done.write_text(json.dumps(old))
+    assert run_study(changed, tmp_path, log=lambda _: None, reuse_stale=True)[0]["stale"].startswith("produced before")
+    run_study(changed, tmp_path, log=lambda _: None)
+    assert calls == [0, 1, 0, 1, 0, 1, 0]
+
+
+def test_code_version_hashes_the_package_source(monkeypatch, tmp_path):
+    code = code_version.__wrapped__()
+    assert len(code["source_hash"]) == 64 and code["vitlab"]
+    assert code_version.__wrapped__() == code  # deterministic
+
+
+def _records(values: dict[str, list[float]], commit="abc1234def"):
+    return [{"row": "r", "col": col, "seed": s, "top1": v, "train_loss": 0.5, "seconds": 1.0, "commit": commit}
+            for col, vs in values.items() for s, v in enumerate(vs)]
+
+
+def test_verdicts_and_orderings_are_computed_from_the_numbers():
+    cells = [Cell("r", c, get_preset("fashion_mnist_vit")) for c in ("a", "b", "c")]
+    study = Study("s", "t", cells, seeds=[0, 1, 2], comparisons=[("b", "a"), ("c", "a")],
+                  orderings=[("b", "c", "a")])
+    clear = summarise(study, _records({"a": [50, 51, 52], "b": [60, 61, 62.5], "c": [55, 50, 58]}))
+    assert "- `b` − `a` at r: +10.17 [+9.45, +10.88]: the interval excludes zero: `b` is better." in clear
+    assert "- `c` − `a` at r: +3.33 [" in clear and "the interval includes zero: no clear difference." in clear
+    assert "- Ordering `b` > `c` > `a`" in clear and ": holds (61.17, 54.33, 51.00;" in clear
+    flipped = summarise(study, _records({"a": [50, 51, 52], "b": [40, 41, 42], "c": [55, 50, 58]}))
+    assert "`a` is better." in flipped and ": does not hold (41.00, 54.33, 51.00;" in flipped
+
+
+def test_notes_carry_their_figures_and_warn_when_the_numbers_change():
+    cells = [Cell("r", c, get_preset("fashion_mnist_vit")) for c in ("a", "b")]
+    note = Note("b beats a.", "0123456789abcdef", {"b − a @ r": "+10.17 [+9.45, +10.88]", "b @ r": "61.17"})
+    study = Study("s", "t", cells, seeds=[0, 1, 2], comparisons=[("b", "a")], notes=["A definition.", note])
+    same = render_notes(study, study_figures(study, _records({"a": [50, 51, 52], "b": [60, 61, 62.5]})))
+    assert same[0] == "Note: A definition." and "Warning" not in same[1] and "written against 0123456" in same[1]
+    changed = render_notes(study, study_figures(study, _records({"a": [50, 51, 52], "b": [40, 41, 42]})))
+    assert changed[1].startswith("> **Warning:** the note below was written against 0123456 with b − a @ r: "
+                                 "+10.17 [+9.45, +10.88]; b @ r: 61.17; the numbers have changed (now b − a @ r: -10.00")
+    assert "b beats a." in changed[1]
+
+
+def test_every_table_says_which_commits_produced_it():
+    cells = [Cell("r", c, get_preset("fashion_mnist_vit")) for c in ("a", "b")]
+    study = Study("s", "t", cells, seeds=[0, 1])
+    one = summarise(study, _records({"a": [1, 2], "b": [3, 4]}))
+    assert one.startswith("Produced at commit abc1234.")
+    mixed = _records({"a": [1, 2]}) + _records({"b": [3, 4]}, commit="9876543210")
+    assert summarise(study, mixed).startswith("Produced at commits abc1234 (2 runs), 9876543 (2 runs).")
+
+
+def test_every_interpretive_note_of_the_studies_is_stamped():
+    for name in STUDIES:
+        for note in get_study(name).notes:
+            if isinstance(note, Note):
+                assert len(note.commit) == 40 and note.figures

@@ -2,21 +2,32 @@
 (mean ± std and a 95% confidence interval per cell; paired differences between chosen columns) and learning-curve
 PNGs. Resumable at two levels: a finished run leaves `result.json` and is skipped, and an interrupted run resumes
 from its own `last/` checkpoint (exactly, on CPU).
+
+A result is reused only when it was produced by the same resolved config and the same code: every `result.json`
+carries `provenance` = {config_hash, code: {vitlab, git_commit, source_hash}} (`source_hash` covers the package's
+source files, so an uncommitted change counts). A different config hash always retrains; different code (or no
+provenance: an old cache) retrains unless `reuse_stale=True`, which reuses the result and marks it stale on the page
+with the commit it was produced at. Verdicts are computed from the numbers; hand-written interpretations are `Note`s
+stamped with the commit and figures they were written against, and printed under a warning when the figures changed.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import json
 import math
 import statistics
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..train import TrainConfig, train
+from ..train import TrainConfig, config_to_dict, train
 
-__all__ = ["Cell", "Study", "run_study", "summarise", "confidence_interval"]
+__all__ = ["Cell", "Study", "Note", "run_study", "summarise", "confidence_interval", "config_hash", "code_version",
+           "study_figures", "render_notes"]
 
 
 @dataclass
@@ -37,10 +48,25 @@ class Study:
     seeds: list[int]
     comparisons: list[tuple[str, str]] = field(default_factory=list)
     budget: str = ""
-    notes: list[str] = field(default_factory=list)
+    notes: list["str | Note"] = field(default_factory=list)
+    """Plain strings are definitions (true whatever the numbers); interpretations are `Note`s."""
+    orderings: list[tuple[str, ...]] = field(default_factory=list)
+    """Column orders whose holding is checked per row, best first (e.g. ("GPT", "CRATE-α", "CRATE"))."""
     metric: str = "top1"  # the result compared: 'top1' (%, higher is better) or 'eval_loss' (lower is better)
     report: Callable[["Study", list[dict[str, Any]], Path, Path], str] | None = None
     """Optional further section after training: report(study, records, runs root, figures folder) → Markdown."""
+    figures: Callable[["Study", list[dict[str, Any]], Path], dict[str, str]] | None = None
+    """Optional further figures a `Note` may cite (e.g. the report's): figures(study, records, runs root)."""
+
+
+@dataclass
+class Note:
+    """A hand-written interpretation, stamped with the commit whose results it was written against and the figures
+    (as the page prints them, keyed as `study_figures` keys them) it assumed. When the computed figures differ, the
+    page prints it under a warning."""
+    text: str
+    commit: str
+    figures: dict[str, str]
 
 
 def confidence_interval(values: list[float], level: float = 0.95) -> tuple[float, float]:
@@ -59,30 +85,103 @@ def _run_dir(root: Path, cell: Cell, seed: int) -> Path:
     return root / f"{cell.row}__{cell.col}".replace(" ", "_").replace("/", "-") / f"seed{seed}"
 
 
-def run_study(study: Study, root: str | Path, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Trains every (cell, seed) not finished yet under `root/<study>/`; returns one record per run."""
+def config_hash(config: TrainConfig) -> str:
+    """sha256 of the resolved config (sorted JSON), without `out_dir`: where a run lives does not change it."""
+    resolved = {k: v for k, v in config_to_dict(config).items() if k != "out_dir"}
+    return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> dict[str, str | None]:
+    """{vitlab: version, git_commit: HEAD or None, source_hash: sha256 over the package's .py files (relative path
+    and bytes), which also catches uncommitted changes}. Results are stale when `vitlab` or `source_hash` differ;
+    the commit is recorded to say where a result came from."""
+    from .. import __version__
+
+    package = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                                cwd=package).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"vitlab": __version__, "git_commit": commit, "source_hash": digest.hexdigest()}
+
+
+def _produced_at(run_dir: Path, result: dict[str, Any]) -> str | None:
+    """The commit a result was produced at: its provenance, else (old caches) the run's own config.json."""
+    if result.get("provenance"):
+        return result["provenance"]["code"].get("git_commit")
+    saved = run_dir / "config.json"
+    return json.loads(saved.read_text()).get("git_commit") if saved.is_file() else None
+
+
+def _reuse(done: Path, wanted_config: str, reuse_stale: bool) -> tuple[bool, str | None]:
+    """(reuse it?, why it is stale or None)."""
+    if not done.is_file():
+        return False, None
+    provenance = json.loads(done.read_text()).get("provenance")
+    if provenance is not None and provenance.get("config_hash") != wanted_config:
+        return False, None  # another config: always retrained
+    code = code_version()
+    if provenance is None:
+        stale = "produced before results recorded their config and code"
+    elif (provenance["code"].get("vitlab"), provenance["code"].get("source_hash")) != (code["vitlab"],
+                                                                                       code["source_hash"]):
+        stale = "produced by different code"
+    else:
+        return True, None
+    return reuse_stale, stale
+
+
+def run_study(study: Study, root: str | Path, log: Callable[[str], None] = print,
+              reuse_stale: bool = False) -> list[dict[str, Any]]:
+    """Trains every (cell, seed) without a current result under `root/<study>/`; returns one record per run.
+    `reuse_stale`: keep results of other code (or without provenance) instead of retraining; they are marked."""
     root = Path(root) / study.name
     records = []
     total = len(study.cells) * len(study.seeds)
     for i, (seed, cell) in enumerate((s, c) for s in study.seeds for c in study.cells):
         run_dir = _run_dir(root, cell, seed)
         done = run_dir / "result.json"
-        if not done.is_file():
-            config = dataclasses.replace(cell.config, seed=seed, out_dir=str(run_dir), progress=False,
-                                         log_every=10**9)
+        config = dataclasses.replace(cell.config, seed=seed, out_dir=str(run_dir), progress=False, log_every=10**9)
+        wanted = config_hash(config)
+        reuse, stale = _reuse(done, wanted, reuse_stale)
+        if not reuse:
+            if done.is_file():
+                log(f"{done}: {stale or 'produced by another config'}; retraining")
+                done.unlink()
+                _clear_checkpoints(run_dir)
             log(f"[{i + 1}/{total}] {study.name}: {cell.row} / {cell.col}, seed {seed}")
             start = time.perf_counter()
             result = train(config, preset=f"{study.name}:{cell.row}/{cell.col}")
             result["seconds"] = time.perf_counter() - start
+            result["provenance"] = {"config_hash": wanted, "code": code_version()}
             done.write_text(json.dumps(result))
+            stale = None
         result = json.loads(done.read_text())
         curve = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         records.append({"row": cell.row, "col": cell.col, "seed": seed, "run_dir": str(run_dir),
                         "top1": result.get("top1", math.nan), "eval_loss": result["eval_loss"],
                         "train_loss": result.get("train_loss", float("nan")),
-                        "seconds": result.get("seconds", float("nan")),
+                        "seconds": result.get("seconds", float("nan")), "stale": stale,
+                        "commit": _produced_at(run_dir, result),
                         "curve": [(r["epoch"], r[study.metric]) for r in curve if study.metric in r]})
     return records
+
+
+def _clear_checkpoints(run_dir: Path) -> None:
+    """A result being retrained must not resume from the old run's checkpoints or append to its metrics."""
+    import shutil
+
+    for name in ("last", "best", "metrics.jsonl", "config.json"):
+        target = run_dir / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.is_file():
+            target.unlink()
 
 
 _METRIC_NAMES = {"top1": "Test top-1 (%)", "eval_loss": "Validation loss (nats per token; lower is better)"}
@@ -100,22 +199,116 @@ def _cell_text(values: list[float], digits: int = 2) -> str:
             f"[{low:.{digits}f}, {high:.{digits}f}]")
 
 
-def _verdicts(study: Study, rows: list[str], value: dict) -> list[str]:
-    """One plain sentence per comparison: in which rows its 95% interval lies above zero, below zero, or spans it."""
+def _diffs(study: Study, value: dict, row: str, col: str, against: str) -> list[float]:
+    return [value[row, col, s] - value[row, against, s] for s in study.seeds
+            if (row, col, s) in value and (row, against, s) in value]
+
+
+def _diff_text(diffs: list[float], digits: int) -> str:
+    low, high = confidence_interval(diffs)
+    return f"{statistics.fmean(diffs):+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
+
+
+def _verdicts(study: Study, rows: list[str], value: dict, digits: int) -> list[str]:
+    """One sentence per comparison and row, computed from its paired 95% interval: the numbers, whether the interval
+    excludes zero, and which side is better."""
     out = []
     for col, against in study.comparisons:
-        groups: dict[str, list[str]] = {"better": [], "worse": [], "no clear difference": []}
         for row in rows:
-            diffs = [value[row, col, s] - value[row, against, s] for s in study.seeds
-                     if (row, col, s) in value and (row, against, s) in value]
+            diffs = _diffs(study, value, row, col, against)
             if len(diffs) < 2:
+                out.append(f"- `{col}` − `{against}` at {row}: not enough seeds yet.")
                 continue
             low, high = confidence_interval(diffs)
-            above, below = ("better", "worse") if _higher_is_better(study) else ("worse", "better")
-            groups[above if low > 0 else below if high < 0 else "no clear difference"].append(row)
-        said = "; ".join(f"{verdict} at {', '.join(where)}" for verdict, where in groups.items() if where)
-        out.append(f"- `{col}` vs `{against}`: {said or 'not enough seeds yet'}.")
+            if low <= 0 <= high:
+                said = "the interval includes zero: no clear difference"
+            else:
+                better = col if (low > 0) == _higher_is_better(study) else against
+                said = f"the interval excludes zero: `{better}` is better"
+            out.append(f"- `{col}` − `{against}` at {row}: {_diff_text(diffs, digits)}: {said}.")
+    for order in study.orderings:
+        for row in rows:
+            means = {c: statistics.fmean(v) for c in order
+                     if (v := [value[row, c, s] for s in study.seeds if (row, c, s) in value])}
+            if len(means) < len(order):
+                continue
+            sign = 1 if _higher_is_better(study) else -1
+            holds = all(sign * (means[a] - means[b]) > 0 for a, b in zip(order, order[1:]))
+            relation = " > " if _higher_is_better(study) else " < "
+            clear = [f"`{a}` vs `{b}` {'clear' if _excludes_zero(_diffs(study, value, row, a, b)) else 'within noise'}"
+                     for a, b in zip(order, order[1:])]
+            out.append(f"- Ordering {relation.join(f'`{c}`' for c in order)} ({_METRIC_NAMES[study.metric].lower()}, "
+                       f"means) at {row}: {'holds' if holds else 'does not hold'} "
+                       f"({', '.join(f'{means[c]:.{digits}f}' for c in order)}; {', '.join(clear)}).")
     return out
+
+
+def _excludes_zero(diffs: list[float]) -> bool:
+    if len(diffs) < 2:
+        return False
+    low, high = confidence_interval(diffs)
+    return low > 0 or high < 0
+
+
+def study_figures(study: Study, records: list[dict[str, Any]]) -> dict[str, str]:
+    """Every figure of the study's tables as the page prints it, keyed `"<col> @ <row>"` (mean over seeds) and
+    `"<col> − <against> @ <row>"` (paired difference, mean [95% CI]), `"train loss: <col> @ <row>"`; what a
+    `Note` cites."""
+    value = {(r["row"], r["col"], r["seed"]): r[study.metric] for r in records}
+    digits = 2 if study.metric == "top1" else 3
+    out = {}
+    for cell in study.cells:
+        values = [value[cell.row, cell.col, s] for s in study.seeds if (cell.row, cell.col, s) in value]
+        if values:
+            out[f"{cell.col} @ {cell.row}"] = f"{statistics.fmean(values):.{digits}f}"
+        losses = [r.get("train_loss", math.nan) for r in records if (r["row"], r["col"]) == (cell.row, cell.col)]
+        if losses:
+            out[f"train loss: {cell.col} @ {cell.row}"] = f"{statistics.fmean(losses):.3f}"
+    for col, against in study.comparisons:
+        for row in dict.fromkeys(c.row for c in study.cells):
+            if len(diffs := _diffs(study, value, row, col, against)) >= 2:
+                out[f"{col} − {against} @ {row}"] = _diff_text(diffs, digits)
+    return out
+
+
+def render_notes(study: Study, figures: dict[str, str]) -> list[str]:
+    """The notes as Markdown paragraphs; a `Note` whose cited figures differ from `figures` (or are missing) comes
+    under a warning naming the commit and figures it was written against and the figures now."""
+    out = []
+    for note in study.notes:
+        if isinstance(note, str):
+            out.append(f"Note: {note}")
+            continue
+        now = {key: figures.get(key, "missing") for key in note.figures}
+        if now == note.figures:
+            cited = "; ".join(f"{k}: {v}" for k, v in note.figures.items())
+            out.append(f"Note (written against {note.commit[:7]}, whose figures it cites and which still hold: "
+                       f"{cited}): {note.text}")
+        else:
+            then = "; ".join(f"{k}: {v}" for k, v in note.figures.items())
+            changed = "; ".join(f"{k}: {v}" for k, v in now.items() if v != note.figures[k])
+            out.append(f"> **Warning:** the note below was written against {note.commit[:7]} with {then}; the numbers "
+                       f"have changed (now {changed}). Read it against the computed verdicts above.\n\n"
+                       f"Note (outdated): {note.text}")
+    return out
+
+
+def provenance_line(records: list[dict[str, Any]]) -> str:
+    """Which commit(s) produced the table's runs, and how many of them are stale (reused from other code)."""
+    commits: dict[str, int] = {}
+    for r in records:
+        key = (r.get("commit") or "unknown")[:7]
+        commits[key] = commits.get(key, 0) + 1
+    produced = ", ".join(f"{c} ({n} runs)" if len(commits) > 1 else c for c, n in commits.items())
+    line = f"Produced at commit{'s' if len(commits) > 1 else ''} {produced}."
+    stale = [r for r in records if r.get("stale")]
+    if stale:
+        reasons = sorted({r["stale"] for r in stale})
+        at = sorted({(r.get("commit") or "unknown")[:7] for r in stale})
+        line = (f"> **Stale:** {len(stale)} of {len(records)} runs were reused with `reuse_stale` although "
+                f"{' / '.join(reasons)} (produced at {', '.join(at)}); the current code may give other numbers.\n\n"
+                + line)
+    return line
 
 
 def summarise(study: Study, records: list[dict[str, Any]]) -> str:
@@ -124,7 +317,8 @@ def summarise(study: Study, records: list[dict[str, Any]]) -> str:
     cols = list(dict.fromkeys(c.col for c in study.cells))
     value = {(r["row"], r["col"], r["seed"]): r[study.metric] for r in records}
     digits = 2 if study.metric == "top1" else 3
-    lines = [f"{_METRIC_NAMES[study.metric]}, mean ± std [95% CI] over seeds {study.seeds}:", "",
+    lines = [provenance_line(records), "",
+             f"{_METRIC_NAMES[study.metric]}, mean ± std [95% CI] over seeds {study.seeds}:", "",
              "| | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
     for row in rows:
         cells = [_cell_text([value[row, col, s] for s in study.seeds if (row, col, s) in value], digits)
@@ -137,16 +331,15 @@ def summarise(study: Study, records: list[dict[str, Any]]) -> str:
         for col, against in study.comparisons:
             cells = []
             for row in rows:
-                diffs = [value[row, col, s] - value[row, against, s] for s in study.seeds
-                         if (row, col, s) in value and (row, against, s) in value]
+                diffs = _diffs(study, value, row, col, against)
                 if len(diffs) < 2:
                     cells.append("–")
                     continue
-                low, high = confidence_interval(diffs)
-                text = f"{statistics.fmean(diffs):+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
-                cells.append(f"**{text}**" if low > 0 or high < 0 else text)
+                text = _diff_text(diffs, digits)
+                cells.append(f"**{text}**" if _excludes_zero(diffs) else text)
             lines.append(f"| {col} − {against} | " + " | ".join(cells) + " |")
-        lines += ["", *_verdicts(study, rows, value)]
+    if study.comparisons or study.orderings:
+        lines += ["", "Verdicts, computed from these numbers:", "", *_verdicts(study, rows, value, digits)]
     train = {(r["row"], r["col"]): [] for r in records}
     for r in records:
         train[r["row"], r["col"]].append(r.get("train_loss", math.nan))

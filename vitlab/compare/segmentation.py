@@ -13,7 +13,7 @@ import torch
 
 from .runner import Study, confidence_interval
 
-__all__ = ["segmentation_report", "run_scores"]
+__all__ = ["segmentation_report", "segmentation_figures", "run_scores"]
 
 _SELECT_IMAGES = 2000  # training images the best head is chosen on (never the test split)
 _TEST_IMAGES = 0  # test images scored (0: the whole split; tests use fewer)
@@ -122,6 +122,34 @@ def segmentation_report(study: Study, records: list[dict[str, Any]], root: Path,
               "per model the class-token attention (heads averaged), its 60%-mass mask and MaskCut's mask:", "",
               f"![examples](figures/{figure.name})"]
     return "\n".join(lines)
+
+
+def segmentation_figures(study: Study, records: list[dict[str, Any]], root: Path) -> dict[str, str]:
+    """The report's figures as it prints them, for `Note`s to cite: `"mIoU <method>: <col>"` (mean, trained or
+    `"<col> untrained"`) and `"mIoU <method>: <col> − <against>"` (paired, mean [95% CI]). Read from the score
+    caches the report writes; {} before the report has run."""
+    cols = list(dict.fromkeys(c.col for c in study.cells))
+    scores: dict[tuple[str, int], dict] = {}
+    for r in records:
+        scores[r["col"], r["seed"]] = Path(r["run_dir"]) / "segmentation.json"
+    for col in cols:
+        for seed in study.seeds:
+            scores[f"{col} untrained", seed] = root / study.name / "untrained" / f"{col}_seed{seed}.json"
+    if not all(path.is_file() for path in scores.values()):
+        return {}
+    scores = {key: json.loads(path.read_text()) for key, path in scores.items()}
+    out = {}
+    names = [*cols, *[f"{c} untrained" for c in cols]]
+    pairs = [*study.comparisons, *[(c, f"{c} untrained") for c in cols]]
+    for method in _METHOD_NAMES:
+        for name in names:
+            mean = statistics.fmean(100 * scores[name, s][method]["miou"] for s in study.seeds)
+            out[f"mIoU {method}: {name}"] = f"{mean:.1f}"
+        for col, against in pairs:
+            diffs = [100 * (scores[col, s][method]["miou"] - scores[against, s][method]["miou"]) for s in study.seeds]
+            low, high = confidence_interval(diffs)
+            out[f"mIoU {method}: {col} − {against}"] = f"{statistics.fmean(diffs):+.1f} [{low:+.1f}, {high:+.1f}]"
+    return out
 
 
 @torch.no_grad()

@@ -1,5 +1,8 @@
 """The studies, as code (issue 4): each is a function returning a `Study`; `vitlab compare NAME` runs one.
 
+Notes that interpret the numbers are `Note`s: they carry the commit whose results they were written against and
+the figures they assumed (copied from the page of that commit), so the page flags them when the numbers change.
+
 All train on the real Fashion-MNIST (../shared/data, or Debian's dataset-fashion-mnist, or download=true) with the
 CPU-sized recipe of the `fashion_mnist_*` presets, at patch 4 (a 7 × 7 grid: 49 patches, so position structure has
 room to matter), width 96, depth 4, 3 heads, AdamW lr 2e-3, cosine, flips only.
@@ -10,7 +13,7 @@ import dataclasses
 from typing import Callable
 
 from ..train import TrainConfig, get_preset
-from .runner import Cell, Study
+from .runner import Cell, Note, Study
 
 __all__ = ["STUDIES", "get_study"]
 
@@ -54,12 +57,26 @@ def mimetic_fashion() -> Study:
                               ("norm-matched", "default"), ("mimetic", "norm-matched")],
                  budget="15 configurations × 3 seeds; each run sees 20 k-30 k training images; about 40 min on 2 "
                         "CPU cores",
-                 notes=["Reading the decomposition: the gain of mimetic over default init comes with the VO half "
+                 notes=[Note("Reading the decomposition: the gain of mimetic over default init comes with the VO half "
                         "and is matched by the norm-matched baseline (the same per-matrix norms, no structure), while "
                         "QK-only is no better than default. At this scale (49 patches, 4 layers, minutes of training) "
                         "the measured benefit is that of a larger attention-weight scale than timm's std-0.02 init, "
                         "not of the identity structure the paper motivates; the paper's regime (256 patches, 12 "
-                        "layers, 100 epochs) is where the QK structure's locality bias is claimed to matter."])
+                        "layers, 100 epochs) is where the QK structure's locality bias is claimed to matter.",
+                             _MIMETIC_WRITTEN_AT, _MIMETIC_FIGURES)])
+
+
+_MIMETIC_WRITTEN_AT = "b3c4c3ed801c9dd93912cec599952a9ff11d729e"
+_MIMETIC_FIGURES = {  # as docs/results.md printed them at b3c4c3e
+    "mimetic − default @ 1k images, 20 epochs": "+11.10 [+1.04, +21.16]",
+    "VO only − default @ 1k images, 20 epochs": "+9.51 [+5.26, +13.75]",
+    "VO only − default @ 60k images, 0.5 epoch": "+5.39 [+1.73, +9.05]",
+    "norm-matched − default @ 1k images, 20 epochs": "+12.75 [+8.46, +17.04]",
+    "norm-matched − default @ 60k images, 0.5 epoch": "+7.40 [+0.88, +13.91]",
+    "QK only − default @ 1k images, 20 epochs": "-2.70 [-8.23, +2.84]",
+    "QK only − default @ 60k images, 0.5 epoch": "-4.12 [-22.31, +14.06]",
+    "mimetic − norm-matched @ 1k images, 20 epochs": "-1.65 [-13.46, +10.17]",
+    "mimetic − norm-matched @ 60k images, 0.5 epoch": "-1.96 [-4.10, +0.19]"}
 
 
 _LADDER = {"CRATE": dict(overcomplete_ratio=1, decoupled_dictionary=False, residual_sparse_coding=False),
@@ -82,16 +99,27 @@ def crate_alpha_ladder() -> Study:
                  comparisons=[("+overcomplete", "CRATE"), ("+decoupled", "+overcomplete"),
                               ("+residual (CRATE-α)", "+decoupled"), ("+residual (CRATE-α)", "CRATE"),
                               ("CRATE-α + mimetic", "+residual (CRATE-α)"), ("ViT", "+residual (CRATE-α)")],
+                 orderings=[("+residual (CRATE-α)", "+decoupled", "+overcomplete", "CRATE")],  # the paper's ladder
                  budget="6 configurations × 3 seeds; each run sees 40 k training images; about 20 min on 2 CPU cores",
                  notes=["The CRATE rung is CRATE-α's skeleton (conv stem, learned positions, LayerNorm eps 1e-6, "
                         "bias-free attention output) with CRATE's complete one-step ISTA and no residual, as in the "
                         "paper's ablation; the official CRATE model differs also in its stem.",
-                        "Reading the ladder at this budget: the paper's gains (B/32 on ImageNet-1K, 91 epochs: 68.5 → "
+                        Note("Reading the ladder at this budget: the paper's gains (B/32 on ImageNet-1K, 91 epochs: 68.5 → "
                         "73.8 → 75.8 → 76.5) come from capacity used by long training. Here every model still improves "
                         "at its last epoch (see the curves), and where the overcomplete rungs score lower, their "
                         "final *training* loss is higher too: they are under-trained by 4 epochs on 10 k images, not "
                         "overfitting. Longer schedules (`vitlab train fashion_mnist_crate_alpha epochs=...`) are the "
-                        "next check; a GPU is needed for the paper's scale."])
+                        "next check; a GPU is needed for the paper's scale.", _LADDER_WRITTEN_AT, _LADDER_FIGURES)])
+
+
+_LADDER_WRITTEN_AT = "b3c4c3ed801c9dd93912cec599952a9ff11d729e"
+_LADDER_FIGURES = {  # as docs/results.md printed them at b3c4c3e
+    "CRATE @ 10k images, 4 epochs": "71.99", "+overcomplete @ 10k images, 4 epochs": "70.05",
+    "+decoupled @ 10k images, 4 epochs": "70.46", "+residual (CRATE-α) @ 10k images, 4 epochs": "70.05",
+    "+overcomplete − CRATE @ 10k images, 4 epochs": "-1.94 [-4.18, +0.31]",
+    "train loss: CRATE @ 10k images, 4 epochs": "0.740", "train loss: +overcomplete @ 10k images, 4 epochs": "0.806",
+    "train loss: +decoupled @ 10k images, 4 epochs": "0.775",
+    "train loss: +residual (CRATE-α) @ 10k images, 4 epochs": "0.780"}
 
 
 _SEGMENTATION_MODELS = {"ViT": "vit_tiny_patch4_32", "CRATE": "crate_tiny_patch4_32",
@@ -102,7 +130,7 @@ _SEGMENTATION_MODELS = {"ViT": "vit_tiny_patch4_32", "CRATE": "crate_tiny_patch4
 def emergent_segmentation() -> Study:
     """ViT vs CRATE vs CRATE-α trained on labels only (same budget: 60 k images × 1 epoch), then scored on
     unsupervised foreground masks (class-token attention, rollout, MaskCut) against Fashion-MNIST's silhouettes."""
-    from .segmentation import segmentation_report
+    from .segmentation import segmentation_figures, segmentation_report
 
     row = "60k images, 1 epoch"
     cells = [Cell(row, name, _fashion(model, 0, 1)) for name, model in _SEGMENTATION_MODELS.items()]
@@ -117,15 +145,27 @@ def emergent_segmentation() -> Study:
                         "are still close to linear functions of the pixels, MaskCut already separates garment from "
                         "background; this is why the untrained MaskCut scores are high and why beating them, and the "
                         "mean-silhouette reference, is the bar for 'emergent' segmentation here.",
-                        "Reading the tables at this budget (49 patches, 4 layers, one epoch on 28 × 28 grayscale): "
+                        Note("Reading the tables at this budget (49 patches, 4 layers, one epoch on 28 × 28 grayscale): "
                         "where an interval excludes zero, CRATE's attention maps segment better than the ViT's, and "
                         "CRATE's rollout is the one map that training clearly improves; but no trained model's map "
                         "beats the label-free mean-silhouette mask by a clear margin, and the trained CRATE-α's class "
                         "token attends mostly to the black background (see the examples), so its 60%-mass masks cover "
                         "background. The papers' claim is for ImageNet-21K-trained CRATE-α (L/8) on COCO, which this "
                         "page cannot test; `vitlab segment` runs on the official weights for users who have them "
-                        "(docs/interpret.md)."],
-                 report=segmentation_report)
+                        "(docs/interpret.md).", _SEGMENTATION_WRITTEN_AT, _SEGMENTATION_FIGURES)],
+                 report=segmentation_report, figures=segmentation_figures)
+
+
+_SEGMENTATION_WRITTEN_AT = "71a20233842531f97435cc56643ba441fff51a4d"
+_SEGMENTATION_FIGURES = {  # as docs/results.md printed them at 71a2023 (keys: segmentation_figures)
+    "mIoU attention: CRATE − ViT": "+7.0 [+1.3, +12.7]", "mIoU best_head: CRATE − ViT": "+6.3 [+3.3, +9.3]",
+    "mIoU rollout: CRATE − ViT": "+24.0 [+3.2, +44.8]",
+    "mIoU rollout: CRATE − CRATE untrained": "+26.6 [+23.7, +29.4]",
+    "mIoU attention: CRATE − CRATE untrained": "+4.6 [-3.7, +13.0]",
+    "mIoU maskcut: CRATE − CRATE untrained": "+2.4 [-0.5, +5.2]",
+    "mIoU attention: ViT": "29.8", "mIoU attention: CRATE": "36.8", "mIoU attention: CRATE-α": "28.7",
+    "mIoU rollout: CRATE": "47.3", "mIoU maskcut: ViT": "36.7", "mIoU maskcut: CRATE": "41.2",
+    "mIoU maskcut: CRATE-α": "61.8"}
 
 
 _LM_CELLS = {"GPT": "shakespeare_char_gpt", "GPT + mimetic": "shakespeare_char_gpt_mimetic",
@@ -144,14 +184,24 @@ def lm_shakespeare() -> Study:
                  metric="eval_loss",
                  comparisons=[("GPT + mimetic", "GPT"), ("GPT + mimetic VO (small β)", "GPT"), ("CRATE", "GPT"),
                               ("CRATE-α", "GPT"), ("CRATE-α", "CRATE")],
+                 orderings=[("GPT", "CRATE-α", "CRATE")],  # the CRATE-α paper's OpenWebText order, lowest loss first
                  budget="5 models × 3 seeds × 2000 steps of 12 × 64 characters; about 30 min on 2 CPU cores",
                  notes=["Validation loss is the mean next-character cross-entropy (nats) over the whole validation "
                         "split (the last 10% of the text, 111 k characters) in non-overlapping windows of 64; "
                         "nanoGPT's README reports about 1.88 for this GPT configuration (estimated on 20 random "
                         "batches). Parameter counts and how the equal-size CRATE models are derived: "
                         "docs/language.md.",
-                        "Reading the table: the ordering matches the CRATE-α paper's OpenWebText losses (GPT below "
+                        Note("Reading the table: the ordering matches the CRATE-α paper's OpenWebText losses (GPT below "
                         "CRATE-α below CRATE), here at equal parameters rather than the paper's sizes, and CRATE-α's "
                         "gain over CRATE comes with 5 layers against CRATE's 16. Neither mimetic variant differs from the "
                         "default GPT beyond its interval at this size and budget (the full recipe's mean is a little "
-                        "lower, the VO-only small-β one's a little higher)."])
+                        "lower, the VO-only small-β one's a little higher).", _LM_WRITTEN_AT, _LM_FIGURES)])
+
+
+_LM_WRITTEN_AT = "e8444c0deb995517ad2eaec615c8f3e004cc0eaf"
+_LM_FIGURES = {  # as docs/results.md printed them at e8444c0
+    "GPT @ tiny-shakespeare chars, 2000 steps": "1.899", "CRATE-α @ tiny-shakespeare chars, 2000 steps": "2.083",
+    "CRATE @ tiny-shakespeare chars, 2000 steps": "2.155",
+    "CRATE-α − CRATE @ tiny-shakespeare chars, 2000 steps": "-0.072 [-0.091, -0.053]",
+    "GPT + mimetic − GPT @ tiny-shakespeare chars, 2000 steps": "-0.017 [-0.042, +0.009]",
+    "GPT + mimetic VO (small β) − GPT @ tiny-shakespeare chars, 2000 steps": "+0.037 [-0.011, +0.084]"}
