@@ -136,3 +136,53 @@ def test_verification_is_paid_once_per_file_change(isolated, monkeypatch):
     monkeypatch.setattr(prepare_module, "_SHARDS_VERIFIED", {})
     PreparedText.load(prepared.root)
     assert scans == ["train.bin"]
+
+
+# ---------------------------------------------------------------- point 9: explicit data_dir, known digests, files used
+def test_explicit_data_dir_without_the_dataset_is_an_error_naming_where_it_is(isolated, monkeypatch):
+    for where in ("env", "cwd/data"):
+        folder = isolated / where / "cifar-10-batches-py"
+        folder.mkdir(parents=True)
+        (folder / "batches.meta").write_bytes(b"")
+    monkeypatch.setenv("VITLAB_DATA", str(isolated / "env"))
+    (isolated / "empty").mkdir()
+    with pytest.raises(DatasetNotFoundError, match=f"(?s)not in data_dir {isolated / 'empty'}.*cifar-10-batches-py.*"
+                                                   f"{isolated / 'env' / 'cifar-10-batches-py'}.*Pass data_dir="):
+        find_data_root("cifar10", isolated / "empty")
+    assert find_data_root("cifar10") == isolated / "env" / "cifar-10-batches-py"  # no data_dir: searched
+    text = isolated / "env" / "tinyshakespeare"
+    text.mkdir()
+    (text / "input.txt").write_text(TEXT, encoding="utf-8")
+    with pytest.raises(DatasetNotFoundError, match=f"(?s)tinyshakespeare: not in data_dir .*{text}"):
+        prepare_text("tinyshakespeare", data_dir=isolated / "empty")
+
+
+def test_known_digest_of_a_text_source_is_checked_on_every_load(isolated):
+    assert TEXT_DATASETS["tinyshakespeare"].checksums["input.txt"] == TEXT_DATASETS["tinyshakespeare"].sha256
+    assert TEXT_DATASETS["wikitext2"].checksums["valid.txt"].startswith("f0737ed3")
+    folder = isolated / "d" / "tinyshakespeare"
+    folder.mkdir(parents=True)
+    (folder / "input.txt").write_text(TEXT, encoding="utf-8")  # e.g. a truncated copy
+    with pytest.raises(ChecksumError, match=f"{folder / 'input.txt'}: .*sha256 .*expected sha256 "
+                                            f"{TEXT_DATASETS['tinyshakespeare'].sha256}"):
+        prepare_text("tinyshakespeare", data_dir=isolated / "d")
+
+
+@needs_shakespeare
+def test_files_used_are_returned_and_logged(isolated, caplog):
+    with caplog.at_level(logging.INFO, logger="vitlab.data"):
+        prepared = prepare_text("tinyshakespeare", data_dir=SHARED)
+    expected = (str(SHAKESPEARE.resolve()), f"sha256 {TEXT_DATASETS['tinyshakespeare'].sha256}")
+    assert prepared.files == [expected]
+    assert f"using {expected[0]} ({expected[1]})" in caplog.text
+
+
+@pytest.mark.skipif(not (SHARED / "fashion-mnist").is_dir(), reason="../shared/data/fashion-mnist missing")
+def test_image_dataset_lists_the_verified_files(isolated, caplog):
+    from vitlab.data import load_dataset
+
+    with caplog.at_level(logging.INFO, logger="vitlab.data"):
+        test = load_dataset("fashion_mnist", "test", data_dir=SHARED / "fashion-mnist")
+    images = str((SHARED / "fashion-mnist" / "t10k-images-idx3-ubyte.gz").resolve())
+    digest = "sha256 cc1d090a38ace84dfa1aa66e3ada7c336ef481a96936906477e6dd344da56eaa"  # SOURCES.md
+    assert (images, digest) in test.files and len(test.files) == 2 and f"using {images} ({digest})" in caplog.text

@@ -3,7 +3,12 @@
 Search order for a dataset's folder (`DatasetInfo.folders`, e.g. `cifar-10-batches-py`):
 `data_dir` (the folder itself may also be the dataset's folder), `$VITLAB_DATA`, `./data`, `../shared/data` (both
 relative to the current directory and to the repository root), `/usr/share/datasets` (Debian's
-`dataset-fashion-mnist` installs `/usr/share/datasets/fashion-mnist/`)."""
+`dataset-fashion-mnist` installs `/usr/share/datasets/fashion-mnist/`). An explicit `data_dir` is never silently
+replaced: when it lacks the dataset, `DataDirMismatchError` says what was expected there and where the dataset was
+found instead (pass that), or `DatasetNotFoundError` lists every place when it is nowhere.
+
+Files with a registered checksum are verified on every load (hashed once per process for a given path, size and
+mtime); `dataset_files` gives (path, verified digest) of the files a split used, for the run log."""
 from __future__ import annotations
 
 import os
@@ -14,15 +19,30 @@ from ._archive import extract_archive
 from ._sources import DATASETS, Checksum, DatasetInfo
 
 __all__ = ["DatasetNotFoundError", "MissingFileError", "DatasetFormatError", "find_data_root", "locate_file",
-           "verify_file", "ensure_downloaded", "dataset_info", "resolve_split", "search_places", "download_dir"]
+           "verify_file", "ensure_downloaded", "dataset_info", "resolve_split", "search_places", "download_dir",
+           "DataDirMismatchError", "not_in_data_dir", "dataset_files"]
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 _SYSTEM_DATA = Path("/usr/share/datasets")  # Debian's dataset-* packages
 _VERIFIED: set[tuple[str, int, int]] = set()  # (path, size, mtime_ns) of files whose checksum matched
+_DIGESTS: dict[tuple[str, int, int], str] = {}  # the same key -> "md5 <hex>" / "sha256 <hex>" that matched
 
 
 class DatasetNotFoundError(FileNotFoundError):
     """No folder holding the dataset was found; the message lists every place looked in and how to get it."""
+
+
+class DataDirMismatchError(DatasetNotFoundError):
+    """An explicit data_dir lacks the dataset, which was found elsewhere: the message names both (pass the other)."""
+
+
+def not_in_data_dir(name: str, data_dir, wanted: str, found: list[Path]) -> DataDirMismatchError:
+    """The error for an explicit `data_dir` without dataset `name` that was found at `found`."""
+    where = "\n".join(f"  {path}" for path in found)
+    return DataDirMismatchError(f"{name}: not in data_dir {data_dir}: expected {wanted} there (or data_dir to be "
+                                f"that folder itself). The dataset was found at:\n{where}\nPass data_dir={found[0]} "
+                                "to use it (an explicit data_dir is never replaced by another place silently), or "
+                                "leave data_dir unset to search every place.")
 
 
 class MissingFileError(FileNotFoundError):
@@ -85,14 +105,20 @@ def find_data_root(name: str, data_dir: str | os.PathLike | None = None) -> Path
             raise DatasetNotFoundError(f"{name}: data_dir {data_dir!r} is not a folder. {info.how_to_get}")
         return Path(data_dir)
     places = search_places(data_dir)
+    found = []
     for folder, why in places:
         if folder is None:
             continue
-        for name_ in info.folders:
-            if _looks_like(folder / name_, info):
-                return folder / name_
-        if why == "data_dir" and _looks_like(folder, info):
-            return folder
+        match = next((folder / f for f in info.folders if _looks_like(folder / f, info)), None)
+        if match is None and why == "data_dir" and _looks_like(folder, info):
+            match = folder
+        if match is not None and (not data_dir or why == "data_dir"):
+            return match
+        if match is not None:
+            found.append(match)
+    if found:  # an explicit data_dir without the dataset: never fall back silently
+        wanted = f"a folder named {' or '.join(repr(f) for f in info.folders)} holding {' or '.join(info.markers[:2])}"
+        raise not_in_data_dir(info.name, data_dir, wanted, found)
     raise DatasetNotFoundError(_not_found_message(info, places, data_dir))
 
 
@@ -119,20 +145,23 @@ def download_dir(data_dir: str | os.PathLike | None = None) -> Path:
     return Path.cwd() / "data"
 
 
-def verify_file(path: Path, checksum: Checksum | None) -> None:
+def verify_file(path: Path, checksum: Checksum | None) -> str | None:
     """Raises `ChecksumError` naming `path`, its digest and the expected one(s) unless one accepted digest matches.
-    A file verified once (same size and modification time) is not hashed again in this process."""
+    A file verified once (same size and modification time) is not hashed again in this process. Returns the digest
+    that matched ("md5 <hex>" or "sha256 <hex>"), None where no checksum is registered."""
     if checksum is None or not (checksum.md5 or checksum.sha256):
-        return
+        return None
     stat = path.stat()
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    if key in _VERIFIED:
-        return
+    if key in _VERIFIED and key in _DIGESTS:
+        return _DIGESTS[key]
     algorithms = tuple(name for name, values in (("md5", checksum.md5), ("sha256", checksum.sha256)) if values)
     actual = file_digests(path, algorithms)
-    if actual.get("md5") in checksum.md5 or actual.get("sha256") in checksum.sha256:
-        _VERIFIED.add(key)
-        return
+    for name, accepted in (("sha256", checksum.sha256), ("md5", checksum.md5)):
+        if actual.get(name) in accepted:
+            _VERIFIED.add(key)
+            _DIGESTS[key] = f"{name} {actual[name]}"
+            return _DIGESTS[key]
     got = ", ".join(f"{name} {value}" for name, value in actual.items())
     raise ChecksumError(f"{path}: corrupt or not the official file: {got}; expected {checksum.describe()}. "
                         "Delete it and fetch it again (download=True).")
@@ -155,6 +184,21 @@ def locate_file(root: Path, relative: str, info: DatasetInfo) -> Path:
         message += f"; expected {expected.describe()}"
     hint = "download=True fetches it" if info.remote is not None else info.how_to_get
     raise MissingFileError(f"{message}. {hint}")
+
+
+def dataset_files(root: Path, info: DatasetInfo, split: str) -> list[tuple[str, str]]:
+    """(path, digest) of the files split `split` reads from `root`: the verified registered checksum ("md5 <hex>" /
+    "sha256 <hex>", cached, so free after loading), or "no registered checksum" (e.g. an ImageFolder tree: the
+    folder is listed, its images are not hashed)."""
+    files = []
+    for rel in info.required.get(split, ()) or ("",):
+        for candidate in [rel] + ([rel.removesuffix(".gz")] if rel.endswith(".gz") else []):
+            path = root / candidate
+            if path.exists():
+                digest = verify_file(path, info.checksums.get(candidate)) if path.is_file() else None
+                files.append((str(path.resolve()), digest or "no registered checksum"))
+                break
+    return files
 
 
 def _complete(root: Path, info: DatasetInfo, split: str) -> bool:

@@ -7,9 +7,10 @@ device. Large ones (ImageNet, ImageNet-21K, Flowers-102, Pets, any ImageFolder t
 once, on access, in DataLoader workers."""
 from __future__ import annotations
 
+import logging
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from ._cifar import read_cifar
 from ._idx import read_idx_dataset
 from ._imagefolder import ImageFolderDataset, scan_image_folder
-from ._locate import dataset_info, ensure_downloaded, find_data_root, resolve_split
+from ._locate import dataset_files, dataset_info, ensure_downloaded, find_data_root, resolve_split
 from ._oxford import flowers102_samples, pets_samples
 from ._sources import DATASETS, IMAGENET_MEAN, IMAGENET_STD, DatasetInfo
 from ._svhn import read_svhn
@@ -32,17 +33,21 @@ from .shards import ShardDataset
 __all__ = ["TensorImageDataset", "ImageFolderDataset", "ShardDataset", "EncodedImageDataset", "load_dataset",
            "DATASETS", "find_data_root"]
 
+_log = logging.getLogger("vitlab.data")
+
 
 @dataclass
 class TensorImageDataset:
     """A small dataset held in memory. `images`: uint8 (N, C, H, W), C = 1 for MNIST-style data, 3 otherwise;
-    `labels`: int64 (N,); `mean` / `std`: per-channel, in [0, 1] units, to normalise with on the device."""
+    `labels`: int64 (N,); `mean` / `std`: per-channel, in [0, 1] units, to normalise with on the device;
+    `files`: (path, verified digest) of the files read (see `load_dataset`)."""
     images: torch.Tensor
     labels: torch.Tensor
     classes: list[str]
     name: str
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    files: list[tuple[str, str]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -54,7 +59,8 @@ class TensorImageDataset:
         """The first `n` images (0 or n >= len: all). The in-memory datasets are stored in a mixed class order."""
         if not n or n >= len(self):
             return self
-        return TensorImageDataset(self.images[:n], self.labels[:n], self.classes, self.name, self.mean, self.std)
+        return TensorImageDataset(self.images[:n], self.labels[:n], self.classes, self.name, self.mean, self.std,
+                                  self.files)
 
     def __repr__(self) -> str:
         n, c, h, w = self.images.shape
@@ -145,11 +151,26 @@ def load_dataset(name: str, split: str = "train", data_dir: str | None = None, d
     on_error: encoded datasets only — 'raise' or 'skip' (counted and logged) for unreadable images and shards.
     Split names: 'test' is accepted for a dataset whose evaluation split is 'val' (and 'val' for one whose split is
     'test'); 'train' for Pets means 'trainval'. For 'shards' the split is a sub-folder of data_dir (with index.json
-    or .tar files) or a brace pattern of .tar files."""
+    or .tar files) or a brace pattern of .tar files.
+    The returned dataset's `files` lists (path, digest) of the files read — the registered checksum each was verified
+    against, or "no registered checksum" — and each is logged at INFO on the "vitlab.data" logger."""
     info = dataset_info(name)
     if name != "shards":
         split = resolve_split(info, split)
     root = ensure_downloaded(name, split, data_dir) if download and name != "shards" else find_data_root(name, data_dir)
+    dataset = _load(root, info, name, split, image_size, train_transform, min_scale, crop_pct, decode_crop, on_error)
+    files = dataset_files(root, info, split) if name != "shards" else [(str(root.resolve()), "no registered checksum")]
+    try:
+        dataset.files = files
+    except AttributeError:  # pragma: no cover  (a dataset class with __slots__)
+        pass
+    for path, digest in files:
+        _log.info("%s %s: using %s (%s)", name, split, path, digest)
+    return dataset
+
+
+def _load(root: Path, info: DatasetInfo, name: str, split: str, image_size, train_transform, min_scale, crop_pct,
+          decode_crop, on_error) -> TensorImageDataset | EncodedImageDataset:
     if info.in_memory:
         return _tensor_dataset(root, info, split, image_size)
     if decode_crop is None:

@@ -20,7 +20,8 @@ class TextDatasetInfo:
     of preference) or 'documents' (a folder of .txt documents and/or tar archives of them; val = a deterministic
     `val_fraction` of the documents, drawn with `seed` as nanoGPT's openwebtext prepare.py; each document is followed
     by the end-of-text token). `folders`: names of the dataset's folder under a data root (the first is where a
-    download goes). `url` / `sha256`: the official download, where there is one."""
+    download goes). `url` / `sha256`: the official download, where there is one. `checksums`: {file name: sha256} of
+    files whose content is known (../shared/data/SOURCES.md), checked on every load."""
     name: str
     layout: str
     folders: tuple[str, ...]
@@ -31,6 +32,7 @@ class TextDatasetInfo:
     seed: int = 2357
     url: str | None = None
     sha256: str | None = None
+    checksums: dict[str, str] = field(default_factory=dict)
     homepage: str = ""
     how_to_get: str = ""
 
@@ -45,11 +47,17 @@ class TextDatasetInfo:
         return "one file per split (val = the 'valid' file)"
 
 
-def _wikitext(name: str, folder: str, size: str) -> TextDatasetInfo:
+_SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+# pytorch/examples word_language_model/data/wikitext-2/{valid,test}.txt (= wiki.{valid,test}.tokens), SOURCES.md
+_WIKITEXT2_SHA256 = {"valid.txt": "f0737ed31fc1329026e95cb8b98e19c2a182c39c240ab909dc31abf2f8af58e8",
+                     "test.txt": "d790b833ef8cf03a90db7bf1271b7520b83c45ce07ba3c1a9699df81e239eca0"}
+
+
+def _wikitext(name: str, folder: str, size: str, checksums: dict[str, str] | None = None) -> TextDatasetInfo:
     files = {split: (f"wiki.{file}.tokens", f"wiki.{file}.raw", f"{file}.txt")
              for split, file in (("train", "train"), ("val", "valid"), ("test", "test"))}
     return TextDatasetInfo(
-        name=name, layout="splits", splits=("train", "val", "test"), files=files,
+        name=name, layout="splits", splits=("train", "val", "test"), files=files, checksums=checksums or {},
         folders=(folder, f"{folder}-v1", f"{folder}-raw", f"{folder}-raw-v1", name),
         homepage="https://blog.salesforceairesearch.com/the-wikitext-long-term-dependency-language-modeling-dataset/",
         how_to_get=(f"WikiText-{size} ships as {folder}-v1.zip (wiki.{{train,valid,test}}.tokens) or "
@@ -62,10 +70,10 @@ TEXT_DATASETS: dict[str, TextDatasetInfo] = {
         name="tinyshakespeare", layout="single", folders=("tinyshakespeare", "shakespeare_char", "shakespeare"),
         splits=("train", "val"), files={"all": ("input.txt",)},
         url="https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
-        sha256="86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
+        sha256=_SHAKESPEARE_SHA256, checksums={"input.txt": _SHAKESPEARE_SHA256},
         homepage="https://github.com/karpathy/char-rnn",
         how_to_get="prepare_text('tinyshakespeare', download=True) fetches it (1.1 MB, sha256-verified)."),
-    "wikitext2": _wikitext("wikitext2", "wikitext-2", "2"),
+    "wikitext2": _wikitext("wikitext2", "wikitext-2", "2", _WIKITEXT2_SHA256),
     "wikitext103": _wikitext("wikitext103", "wikitext-103", "103"),
     "openwebtext": TextDatasetInfo(
         name="openwebtext", layout="documents", folders=("openwebtext",), splits=("train", "val"),

@@ -30,7 +30,8 @@ import numpy as np
 
 from ._registry import TextDatasetInfo, text_dataset_info
 
-__all__ = ["TextSource", "resolve_source", "NotUTF8Error", "MissingSplitError", "rechunk", "read_pieces"]
+__all__ = ["TextSource", "resolve_source", "verify_source", "NotUTF8Error", "MissingSplitError", "rechunk",
+           "read_pieces"]
 
 PIECE_CHARS = 1 << 16  # target size of the text pieces handed to the tokenizer (64 K characters)
 _READ_BYTES = 1 << 20
@@ -261,26 +262,53 @@ def _looks_like(folder: Path, info: TextDatasetInfo) -> bool:
 def _find_root(info: TextDatasetInfo, data_dir) -> tuple[Path | None, list[str]]:
     from ..data._locate import search_places
 
-    looked = []
+    from ..data._locate import not_in_data_dir
+
+    looked, found = [], []
     for folder, why in search_places(data_dir):
         if folder is None:
             looked.append(f"  {why}")
             continue
-        for name in info.folders:
-            if _looks_like(folder / name, info):
-                return folder / name, looked
-        if why == "data_dir" and _looks_like(folder, info):
-            return folder, looked
+        match = next((folder / name for name in info.folders if _looks_like(folder / name, info)), None)
+        if match is None and why == "data_dir" and _looks_like(folder, info):
+            match = folder
+        if match is not None and (not data_dir or why == "data_dir"):
+            return match, looked
+        if match is not None:
+            found.append(match)
         looked.append(f"  {folder}  ({why})")
+    if found:  # an explicit data_dir without the dataset: never fall back silently
+        names = " or ".join(repr(f) for f in info.folders)
+        raise not_in_data_dir(info.name, data_dir, f"a folder named {names} holding {_wanted(info)}", found)
     return None, looked
+
+
+def _wanted(info: TextDatasetInfo) -> str:
+    return (".txt documents or tar.xz archives of them" if info.layout == "documents" else
+            " / ".join(sorted({n for names_ in info.files.values() for n in names_})))
+
+
+def verify_source(source: "TextSource") -> list[tuple[str, str]]:
+    """(path, sha256) of the source's files: a file with a registered digest (`TextDatasetInfo.checksums`) is checked
+    against it on every load (hashed once per process for a given path, size and mtime) and a mismatch raises
+    `ChecksumError` naming the file, the expected and the actual digest; the others are listed as not verified."""
+    from ..data._locate import verify_file
+    from ..data._sources import Checksum
+
+    files = []
+    for path in source.source_files():
+        expected = source.info.checksums.get(path.name)
+        checksum = Checksum(sha256=(expected,), source="registered") if expected else None
+        digest = verify_file(path, checksum)
+        files.append((str(path.resolve()), digest or "no registered checksum"))
+    return files
 
 
 def _not_found(info: TextDatasetInfo, looked: list[str], data_dir) -> FileNotFoundError:
     from ..data._locate import DatasetNotFoundError, download_dir
 
     names = " or ".join(repr(f) for f in info.folders)
-    wanted = ("holding .txt documents or tar.xz archives of them" if info.layout == "documents" else
-              "holding " + " / ".join(sorted({n for names_ in info.files.values() for n in names_})))
+    wanted = "holding " + _wanted(info)
     lines = [f"{info.name}: dataset not found. Looked for a folder named {names} ({wanted}) in:", *looked]
     if info.url:
         lines.append(f"To get it: download=True fetches {info.url} into {download_dir(data_dir) / info.folders[0]}.")
@@ -299,7 +327,14 @@ def resolve_source(dataset: str, data_dir: str | os.PathLike | None = None, down
             raise FileNotFoundError(f"{dataset}: {path} is not a file")
         digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
         return TextSource(info, dataset, f"textfile-{_sanitise(path.stem)}-{digest}", path.parent, {"all": path})
-    root, looked = _find_root(info, data_dir)
+    from ..data._locate import DataDirMismatchError
+
+    try:
+        root, looked = _find_root(info, data_dir)
+    except DataDirMismatchError:
+        if not (download and info.url):
+            raise
+        root, looked = None, []  # download=True: fetch it into the data_dir asked for
     if root is None:
         if not (download and info.url):
             raise _not_found(info, looked, data_dir)

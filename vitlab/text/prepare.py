@@ -28,7 +28,7 @@ import os
 import sys
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
@@ -38,7 +38,7 @@ from .._download import cache_dir as vitlab_cache_dir
 from .._download import file_digests
 from ._gpt2 import find_gpt2_files
 from ._io import atomic_open, atomic_write_json, file_lock
-from ._sources import MissingSplitError, TextSource, _sanitise, resolve_source
+from ._sources import MissingSplitError, TextSource, _sanitise, resolve_source, verify_source
 from .tokenizers import (BPETokenizer, CharTokenizer, GPT2Tokenizer, Tokenizer, canonical_tokenizer_spec,
                          load_tokenizer, parse_tokenizer_spec)
 
@@ -66,7 +66,8 @@ def _split_name(split: str) -> str:
 
 @dataclass
 class PreparedText:
-    """A prepared folder: `splits` = {split: number of tokens}, `tokens(split)` = a read-only memmap of them."""
+    """A prepared folder: `splits` = {split: number of tokens}, `tokens(split)` = a read-only memmap of them;
+    `files` (set by `prepare_text`): (path, digest) of the source files used, for the run log."""
     root: Path
     dataset: str
     tokenizer: Tokenizer
@@ -74,6 +75,7 @@ class PreparedText:
     vocab_size: int
     dtype: np.dtype
     meta: dict
+    files: list[tuple[str, str]] = field(default_factory=list)  # (source path, sha256 or "no registered checksum")
 
     @classmethod
     def load(cls, root: str | os.PathLike) -> "PreparedText":
@@ -144,17 +146,24 @@ def prepare_text(dataset: str, tokenizer: str = "char", data_dir: str | os.PathL
     (`data_dir`, $VITLAB_DATA, ./data, ../shared/data, ...) with `tokenizer` ('char', 'bpe', 'bpe:N', 'gpt2') into
     `prepared_dir(...)`, or returns the folder prepared before from the same sources (same sizes and mtimes, or
     the same sha256) and tokenizer spec without tokenising again. `download=True` fetches tinyshakespeare (from
-    `url` if given) when it is not found; `gpt2_files` is a folder with GPT-2's vocab.bpe + encoder.json."""
+    `url` if given) when it is not found; `gpt2_files` is a folder with GPT-2's vocab.bpe + encoder.json.
+    An explicit `data_dir` without the dataset is an error naming where it was found instead (never a silent fallback);
+    source files with a registered sha256 are checked on every call (`ChecksumError` on a mismatch); the result's
+    `files` lists (path, digest) of the sources used, also logged at INFO on the "vitlab.data" logger."""
     spec = canonical_tokenizer_spec(tokenizer)
     source = resolve_source(dataset, data_dir, download=download, url=url, progress=progress)
     gpt2_pair = find_gpt2_files(gpt2_files, data_dir) if spec == "gpt2" else None
     root = prepared_dir(source.key, spec, cache_dir)
     tracked = source.source_files() + list(gpt2_pair or ())
+    files = verify_source(source)  # registered digests are checked on every load
     with file_lock(root / ".lock"):
-        cached = _cached(root, source.name, spec, tracked)
-        if cached is not None:
-            return cached
-        return _prepare(root, source, spec, gpt2_pair, tracked, progress)
+        prepared = _cached(root, source.name, spec, tracked)
+        if prepared is None:
+            prepared = _prepare(root, source, spec, gpt2_pair, tracked, progress)
+    prepared.files = files
+    for path, digest in files:
+        _log.info("%s: using %s (%s)", source.name, path, digest)
+    return prepared
 
 
 def _stats(paths: Iterable[Path]) -> list[dict]:
