@@ -188,7 +188,8 @@ def test_notes_carry_their_figures_and_warn_when_the_numbers_change():
     assert same[0] == "Note: A definition." and "Warning" not in same[1] and "written against 0123456" in same[1]
     changed = render_notes(study, study_figures(study, _records({"a": [50, 51, 52], "b": [40, 41, 42]})))
     assert changed[1].startswith("> **Warning:** the note below was written against 0123456 with b − a @ r: "
-                                 "+10.17 [+9.45, +10.88]; b @ r: 61.17; the numbers have changed (now b − a @ r: -10.00")
+                                 "+10.17 [+9.45, +10.88]; b @ r: 61.17; the numbers have changed (now b − a @ r: "
+                                 "-10.00")
     assert "b beats a." in changed[1]
 
 

@@ -133,7 +133,8 @@ def test_unregistered_weights_warn_record_their_digest_and_catch_a_corrupted_cac
     with pytest.warns(UserWarning, match="recorded in"):
         vitlab.create_model("crate_alpha_b16", pretrained=True, pretrained_cfg_overlay={"url": url}, **kw)
     (cache / "w.pth").write_bytes(b"\0" * 100 + payload[100:])
-    with pytest.raises(ChecksumError, match=f"cached .*w.pth \\(from {url}\\) has sha256 .* but {recorded} was recorded"):
+    with pytest.raises(ChecksumError,
+                       match=f"cached .*w.pth \\(from {url}\\) has sha256 .* but {recorded} was recorded"):
         vitlab.create_model("crate_alpha_b16", pretrained=True, pretrained_cfg_overlay={"url": url}, **kw)
     assert not (cache / "w.pth").exists() and not (cache / "w.pth.sha256").exists()
     with pytest.warns(UserWarning):  # a clean re-download on the next load

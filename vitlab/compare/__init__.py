@@ -33,7 +33,8 @@ def compare(names: list[str], root: str = "runs/compare", figures: str = "docs/f
         if study.figures is not None:
             cited.update(study.figures(study, records, Path(root)))
         text = "\n".join([f"### {study.title}", "", f"Budget: {study.budget}.", "", summarise(study, records), "",
-                          *[f"{n}\n" for n in render_notes(study, cited)], f"![learning curves](figures/{figure.name})"])
+                          *[f"{n}\n" for n in render_notes(study, cited)],
+                          f"![learning curves](figures/{figure.name})"])
         if study.report is not None:
             text += "\n\n" + study.report(study, records, Path(root), Path(figures))
         (Path(root) / study.name / "results.md").write_text(text + "\n")

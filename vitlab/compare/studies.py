@@ -104,8 +104,8 @@ def crate_alpha_ladder() -> Study:
                  notes=["The CRATE rung is CRATE-α's skeleton (conv stem, learned positions, LayerNorm eps 1e-6, "
                         "bias-free attention output) with CRATE's complete one-step ISTA and no residual, as in the "
                         "paper's ablation; the official CRATE model differs also in its stem.",
-                        Note("Reading the ladder at this budget: the paper's gains (B/32 on ImageNet-1K, 91 epochs: 68.5 → "
-                        "73.8 → 75.8 → 76.5) come from capacity used by long training. Here every model still improves "
+                        Note("Reading the ladder at this budget: the paper's gains (B/32 on ImageNet-1K, 91 epochs: "
+                             "68.5 → 73.8 → 75.8 → 76.5) come from capacity used by long training. Here every model still improves "
                         "at its last epoch (see the curves), and where the overcomplete rungs score lower, their "
                         "final *training* loss is higher too: they are under-trained by 4 epochs on 10 k images, not "
                         "overfitting. Longer schedules (`vitlab train fashion_mnist_crate_alpha epochs=...`) are the "
