@@ -301,7 +301,9 @@ def test_search_order(tmp_path, monkeypatch):
         (tmp_path / where / "cifar-10-batches-py" / "batches.meta").write_bytes(b"")
     monkeypatch.setenv("VITLAB_DATA", str(tmp_path / "env"))
     assert find_data_root("cifar10", tmp_path / "explicit") == tmp_path / "explicit" / "cifar-10-batches-py"
-    assert find_data_root("cifar10", tmp_path / "elsewhere") == tmp_path / "env" / "cifar-10-batches-py"
+    with pytest.raises(DatasetNotFoundError, match="not in data_dir"):  # an explicit data_dir never falls back
+        find_data_root("cifar10", tmp_path / "elsewhere")
+    assert find_data_root("cifar10") == tmp_path / "env" / "cifar-10-batches-py"
     monkeypatch.delenv("VITLAB_DATA")
     assert find_data_root("cifar10").resolve() == (tmp_path / "cwd" / "data" / "cifar-10-batches-py").resolve()
     shared = tmp_path / "shared" / "data" / "cifar-100-python"  # ../shared/data relative to the repository root
