@@ -72,6 +72,7 @@ class EncodedImageDataset(torch.utils.data.Dataset):
             raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
         self.classes, self.name, self.crop, self.on_error = list(classes), name, crop, on_error
         self.mean, self.std = tuple(mean), tuple(std)
+        self.files: list[tuple[str, str]] = []  # (path, verified digest) read, as `load_dataset` fills it in
 
     # -- what subclasses provide ------------------------------------------------------------------------------
     def __len__(self) -> int:

@@ -12,7 +12,7 @@ augmentation is built without a crop; for in-memory data the device does the cro
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -91,6 +91,7 @@ class TrainData:
     image_size: int
     train_size: int
     eval_size: int
+    files: list = field(default_factory=list)  # (path, verified digest) of the files both splits were read from
     unit = "images"
     primary = ("top1", "max")  # best/ keeps the highest top-1
 
@@ -158,6 +159,7 @@ def build_data(config: TrainConfig, info: DistInfo):
                   on_error=config.data_errors)
     train_set = load_dataset(config.dataset, config.train_split, decode_crop=plan.train_decode, **common)
     eval_set = load_dataset(config.dataset, config.eval_split, decode_crop=plan.eval_decode, **common)
+    files = list(dict.fromkeys(train_set.files + eval_set.files))  # (path, digest), before subsetting
     train_set, eval_set = train_set.subset(config.train_subset), eval_set.subset(config.eval_subset)
     per_rank = config.batch_size // (info.world_size * config.grad_accum_steps)
     if per_rank * info.world_size * config.grad_accum_steps != config.batch_size or per_rank < 1:
@@ -173,4 +175,5 @@ def build_data(config: TrainConfig, info: DistInfo):
     return TrainData(train=_loader(train_set, per_rank, True, config, info),
                      eval=_loader(eval_set, max(per_rank, 256), False, config, info), augment=augment,
                      num_classes=train_set.num_classes, in_chans=train_set.in_chans,
-                     image_size=train_set.image_size, train_size=len(train_set), eval_size=len(eval_set))
+                     image_size=train_set.image_size, train_size=len(train_set), eval_size=len(eval_set),
+                     files=files)

@@ -13,7 +13,7 @@ split's mean next-token cross-entropy in nats, and perplexity = exp(loss).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -105,6 +105,7 @@ class LMData:
     root: Any  # the prepared folder (shards, meta.json, tokenizer files)
     dataset: str
     train_size: int  # tokens
+    files: list = field(default_factory=list)  # (source path, verified digest) of the files the text came from
     unit = "tokens"
     primary = ("eval_loss", "min")  # best/ keeps the lowest validation loss
 
@@ -183,4 +184,5 @@ def build_lm_data(config: TrainConfig, info: DistInfo) -> LMData:
                   eval_tokens=eval_tokens, eval_tensor=_as_tensor(eval_tokens, info.device), eval_windows=windows,
                   eval_batch_size=max(per_rank, 64),
                   vocab_size=prepared.vocab_size, block_size=block, tokenizer=prepared.tokenizer,
-                  root=prepared.root, dataset=config.dataset, train_size=len(train_tokens))
+                  root=prepared.root, dataset=config.dataset, train_size=len(train_tokens),
+                  files=list(prepared.files))
