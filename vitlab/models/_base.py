@@ -7,6 +7,7 @@ maps and `get_blocks` (the `TransformerBlocks` contract of `_contract.py`).
 """
 from __future__ import annotations
 
+import numbers
 from typing import Callable
 
 import torch
@@ -34,6 +35,11 @@ class ImageTransformer(nn.Module):
                  pos_embed: str = "learn", class_token: bool = True, global_pool: str = "token",
                  norm_eps: float = 1e-6, head_bias: bool = True):
         super().__init__()
+        for name, value, minimum in (("img_size", img_size, 1), ("patch_size", patch_size, 1),
+                                     ("in_chans", in_chans, 1), ("num_classes", num_classes, 0),
+                                     ("embed_dim", embed_dim, 1), ("depth", depth, 1), ("num_heads", num_heads, 1)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+                raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
         if global_pool not in ("token", "avg"):
             raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
         if global_pool == "token" and not class_token:

@@ -7,6 +7,7 @@ Shapes: B batch, T tokens (T ≤ block_size), V vocab_size, d n_embd, L n_layer,
 """
 from __future__ import annotations
 
+import numbers
 from typing import Callable
 
 import torch
@@ -33,6 +34,11 @@ class CausalLM(nn.Module):
         super().__init__()
         if vocab_size < 1 or block_size < 1:
             raise ValueError(f"vocab_size and block_size must be positive, got {vocab_size} and {block_size}")
+        for name, value in (("n_layer", n_layer), ("n_head", n_head), ("n_embd", n_embd)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         self.vocab_size, self.block_size = vocab_size, block_size
         self.n_layer, self.n_head, self.n_embd = n_layer, n_head, n_embd
         self.num_heads, self.num_features = n_head, n_embd  # the names the image models use

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import inspect
+import math
+import numbers
+import re
 import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any
+
+import torch
 
 from ..data.augment import AugmentConfig
 
@@ -20,6 +26,24 @@ class OverrideError(ValueError):
 
 @dataclass
 class TrainConfig:
+    """Everything one training run needs. `validate()` checks every field (run by the constructor, at the end of
+    `apply_overrides` and at the start of `train`) and raises `OverrideError` naming the key, the value and the valid
+    range. Valid values (the comments below say what each does):
+
+    - ints (a bool is not one): `batch_size`, `grad_accum_steps` (a divisor of batch_size), `block_size`, `log_every`
+      >= 1; `train_subset`, `eval_subset`, `num_workers`, `shuffle_buffer`, `seed`, `max_steps`, `steps`,
+      `warmup_steps` (<= steps when both are set), `eval_interval` >= 0; `image_size` None or >= 1.
+    - finite numbers: `lr`, `epochs`, `eval_every` > 0; `min_lr` in [0, lr]; `weight_decay`, `grad_clip`,
+      `peak_tflops` >= 0; `warmup_epochs` in [0, epochs]; `crop_pct` in (0, 1]; `betas` two numbers in [0, 1).
+    - choices: `optimizer` adamw | adam | lion; `schedule` cosine | piecewise; `precision` auto | fp32 | bf16;
+      `distributed` ddp | fsdp; `init` None | mimetic | norm_matched (`init_kwargs`: that init's keyword arguments,
+      empty without an init); `data_errors` raise | skip; `device` auto | cpu | cuda | cuda:N | mps; `tokenizer`
+      char | bpe | bpe:N (N >= 257) | gpt2.
+    - strings: `model` a registered model that `model_kwargs` can build (checked on the meta device); `dataset`,
+      `train_split`, `eval_split`, `out_dir` (`{preset}` its one placeholder) non-empty; `data_dir`, `checkpoint`
+      None or a path. Booleans are booleans (`progress` may be None); `augment` passes `AugmentConfig.validate`.
+    """
+
     # -- model ------------------------------------------------------------------------------------------------
     model: str = "vit_tiny_patch4_32"
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # constructor overrides (img_size, depth, ...)
@@ -75,6 +99,151 @@ class TrainConfig:
     warmup_steps: int = 0  # instead of warmup_epochs
     eval_interval: int = 0  # steps between evaluations (instead of eval_every)
     peak_tflops: float = 0.0  # the device's peak (TFLOP/s) for the MFU log; 0: known GPUs only
+
+    def __post_init__(self) -> None:
+        self.validate(check_model=False)  # the model is built (on the meta device) by validate() only
+
+    def validate(self, check_model: bool = True) -> None:
+        """Checks every field (the ranges are in the class docstring); raises OverrideError naming the key, the
+        value and what is valid. `check_model`: also build `model(**model_kwargs)` on the meta device."""
+        _check_types(self)
+        _check_numbers(self)
+        _check_choices(self)
+        if not isinstance(self.augment, AugmentConfig):
+            raise OverrideError(f"augment={self.augment!r}: must be an AugmentConfig")
+        try:
+            self.augment.validate()
+        except ValueError as err:
+            raise OverrideError(str(err)) from None
+        if check_model:
+            _check_model(self)
+
+
+_CHOICES: dict[str, tuple] = {
+    "optimizer": ("adamw", "adam", "lion"),
+    "schedule": ("cosine", "piecewise"),
+    "precision": ("auto", "fp32", "bf16"),
+    "distributed": ("ddp", "fsdp"),
+    "init": (None, "mimetic", "norm_matched"),
+    "data_errors": ("raise", "skip"),
+}
+_INT_MINIMUM = {"batch_size": 1, "grad_accum_steps": 1, "block_size": 1, "log_every": 1, "train_subset": 0,
+                "eval_subset": 0, "num_workers": 0, "shuffle_buffer": 0, "seed": 0, "max_steps": 0, "steps": 0,
+                "warmup_steps": 0, "eval_interval": 0}
+_POSITIVE = ("lr", "epochs", "eval_every")  # finite numbers > 0
+_NON_NEGATIVE = ("min_lr", "weight_decay", "grad_clip", "peak_tflops", "warmup_epochs")  # finite numbers >= 0
+_BOOLS = ("checkpoint_adapt", "pretrained", "download", "compile", "grad_checkpointing", "tensorboard")
+_NON_EMPTY = ("model", "dataset", "train_split", "eval_split", "out_dir", "tokenizer")
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _bad(key: str, value: Any, rule: str) -> OverrideError:
+    return OverrideError(f"{key}={value!r}: {rule}")
+
+
+def _check_types(c: TrainConfig) -> None:
+    """Booleans, strings and dicts."""
+    for key in _BOOLS:
+        if not isinstance(getattr(c, key), bool):
+            raise _bad(key, getattr(c, key), "must be a boolean (true / false)")
+    if c.progress is not None and not isinstance(c.progress, bool):
+        raise _bad("progress", c.progress, "must be None or a boolean (true / false)")
+    for key in _NON_EMPTY:
+        if not isinstance(getattr(c, key), str) or not getattr(c, key).strip():
+            raise _bad(key, getattr(c, key), "must be a non-empty string")
+    for key in ("data_dir", "checkpoint"):
+        if getattr(c, key) is not None and not isinstance(getattr(c, key), str):
+            raise _bad(key, getattr(c, key), "must be None or a path")
+    try:
+        c.out_dir.format(preset="run")
+    except (KeyError, IndexError, ValueError):
+        raise _bad("out_dir", c.out_dir, "must be a path whose only placeholder is {preset}") from None
+    for key in ("model_kwargs", "init_kwargs"):
+        value = getattr(c, key)
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise _bad(key, value, "must be a dict with string keys")
+
+
+def _check_numbers(c: TrainConfig) -> None:
+    for key, minimum in _INT_MINIMUM.items():
+        if not _is_int(getattr(c, key)) or getattr(c, key) < minimum:
+            raise _bad(key, getattr(c, key), f"must be an int >= {minimum}")
+    if c.image_size is not None and (not _is_int(c.image_size) or c.image_size < 1):
+        raise _bad("image_size", c.image_size, "must be None (the dataset's size) or an int >= 1")
+    for key in _POSITIVE:
+        if not _is_number(getattr(c, key)) or getattr(c, key) <= 0:
+            raise _bad(key, getattr(c, key), "must be a finite number > 0")
+    for key in _NON_NEGATIVE:
+        if not _is_number(getattr(c, key)) or getattr(c, key) < 0:
+            raise _bad(key, getattr(c, key), "must be a finite number >= 0")
+    if c.min_lr > c.lr:
+        raise _bad("min_lr", c.min_lr, f"must be a finite number in [0, lr={c.lr!r}]")
+    if not _is_number(c.crop_pct) or not 0 < c.crop_pct <= 1:
+        raise _bad("crop_pct", c.crop_pct, "must be a finite number in (0, 1]")
+    if (not isinstance(c.betas, (tuple, list)) or len(c.betas) != 2
+            or not all(_is_number(b) and 0 <= b < 1 for b in c.betas)):
+        raise _bad("betas", c.betas, "must be two numbers (beta1, beta2), each in [0, 1)")
+    if c.batch_size % c.grad_accum_steps:
+        raise _bad("grad_accum_steps", c.grad_accum_steps, f"must divide batch_size={c.batch_size}")
+    if c.steps == 0 and c.warmup_steps == 0 and c.warmup_epochs > c.epochs:
+        raise _bad("warmup_epochs", c.warmup_epochs, f"must be a finite number in [0, epochs={c.epochs!r}]")
+    if c.steps > 0 and c.warmup_steps > c.steps:
+        raise _bad("warmup_steps", c.warmup_steps, f"must be an int in [0, steps={c.steps}]")
+
+
+def _check_choices(c: TrainConfig) -> None:
+    for key, choices in _CHOICES.items():
+        if getattr(c, key) not in choices:
+            raise _bad(key, getattr(c, key), "must be one of " + ", ".join(map(repr, choices)))
+    if not isinstance(c.device, str) or not _DEVICE.fullmatch(c.device):
+        raise _bad("device", c.device, "must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
+    from ..text.tokenizers import parse_tokenizer_spec
+
+    try:
+        parse_tokenizer_spec(c.tokenizer)
+    except ValueError as err:
+        raise _bad("tokenizer", c.tokenizer, str(err)) from None
+    if c.init is None:
+        if c.init_kwargs:
+            raise _bad("init_kwargs", c.init_kwargs, "must be empty without an init (init=mimetic|norm_matched)")
+        return
+    from ..init import mimetic_init_, norm_matched_init_
+
+    fn = mimetic_init_ if c.init == "mimetic" else norm_matched_init_
+    valid = [name for name in list(inspect.signature(fn).parameters)[1:] if name not in ("seed", "generator")]
+    unknown = sorted(set(c.init_kwargs) - set(valid))
+    if unknown:
+        raise _bad("init_kwargs", c.init_kwargs, f"unknown key(s) {unknown} for init={c.init!r}; valid: "
+                   + ", ".join(valid) + " (the seed is the config's seed)")
+
+
+def _check_model(c: TrainConfig) -> None:
+    """Builds the model with the user's model_kwargs on the meta device (no memory, no init cost): an unknown name
+    or a constructor error (depth=0, ...) is reported here, before any data is read or a run directory is made.
+    The data-derived kwargs (num_classes, vocab_size, ...) are left at the model's defaults, except an image model's
+    img_size where the user's kwargs leave it out: `image_size` when set, else (the dataset's size is not known
+    before its files are read) a placeholder that the user's patch_size divides."""
+    from ..models import create_model, get_pretrained_cfg
+
+    kwargs = dict(c.model_kwargs)
+    try:
+        with torch.device("meta"):
+            if "img_size" not in kwargs and get_pretrained_cfg(c.model).get("task") != "lm":
+                if c.image_size is not None:
+                    kwargs["img_size"] = c.image_size
+                elif _is_int(kwargs.get("patch_size")) and kwargs["patch_size"] >= 1:
+                    kwargs["img_size"] = 2 * kwargs["patch_size"]
+            create_model(c.model, **kwargs)
+    except Exception as err:  # any constructor error means these kwargs cannot build this model
+        raise OverrideError(f"model={c.model!r} model_kwargs={c.model_kwargs!r}: {err}") from None
 
 
 def _field_types(cls) -> dict[str, Any]:
@@ -153,10 +322,7 @@ def apply_overrides(config: TrainConfig, overrides: list[str]) -> TrainConfig:
             valid = sorted(k for k in top if k != "augment") + ["augment.<" + "|".join(sorted(aug)) + ">",
                                                                  "model_kwargs.<name>", "init_kwargs.<name>"]
             raise OverrideError(f"unknown key {key!r}; valid keys: {', '.join(valid)}")
-    try:
-        config.augment.validate()
-    except ValueError as err:
-        raise OverrideError(str(err)) from None
+    config.validate()
     return config
 
 
