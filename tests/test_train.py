@@ -164,6 +164,9 @@ def test_cli_train_and_eval_end_to_end(tmp_path):
     saved = json.loads((out / "config.json").read_text())
     assert saved["preset"] == "fashion_mnist_vit_mimetic" and saved["config"]["init"] == "mimetic"
     assert saved["torch"] == torch.__version__ and "git_commit" in saved
+    images = str(FASHION / "train-images-idx3-ubyte.gz")
+    sha = "sha256 b0564c3eedabfbf835052cff8503ea422014ce006caf5b757f851416ee8300c7"  # ../shared/data/SOURCES.md
+    assert [images, sha] in saved["data_files"] and f"data: {images} ({sha})" in done.stdout  # the files read
     evaluated = subprocess.run([sys.executable, "-m", "vitlab", "eval", str(out), f"data_dir={FASHION}"],
                                capture_output=True, text=True, env=env, timeout=300)
     assert evaluated.returncode == 0, evaluated.stderr

@@ -208,7 +208,8 @@ class _Run:
         if info.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             record = self.out_dir / f"config.json.tmp-{os.getpid()}"  # atomic: never a truncated config.json
-            record.write_text(json.dumps(_provenance(config, preset, argv), indent=1))
+            provenance = {**_provenance(config, preset, argv), "data_files": [list(f) for f in self.data.files]}
+            record.write_text(json.dumps(provenance, indent=1))
             os.replace(record, self.out_dir / "config.json")
             self.data.save_assets(self.out_dir)
         if config.compile:
@@ -343,6 +344,8 @@ class _Run:
             resumed = f"resumed at step {self.state.step}" if self.resumed else "new run"
             print(f"{self.out_dir}: {resumed}; {self.total_steps} steps ({self.steps_per_epoch}/epoch), "
                   f"{self.data.describe()}, {info.world_size} process(es) on {info.device}")
+            for path, digest in self.data.files:  # which files were read, and what they were verified against
+                print(f"data: {path} ({digest})")
         metrics: dict[str, Any] = {}
         window_loss = torch.zeros((), device=info.device)
         nonfinite = torch.zeros((), dtype=torch.bool, device=info.device)
