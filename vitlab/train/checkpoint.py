@@ -131,21 +131,32 @@ class RunDirBusy(RuntimeError):
 
 
 class RunDirLock:
-    """An exclusive `flock` on `<out_dir>/.lock`, held for the whole run so two runs never share a directory. The
-    file says who holds it (PID, host, start time); the OS releases the lock when the holder exits or dies."""
+    """An exclusive lock on `<out_dir>/.lock`, held for the whole run so two runs never share a directory. The file
+    says who holds it (PID, host, start time); the OS releases the lock when the holder exits or dies.
+
+    A POSIX record lock (`fcntl.lockf`), not `flock`: it belongs to the process alone, so DataLoader workers forked
+    from the run do not inherit it, and a run killed with SIGKILL frees its directory at once, even while its
+    orphaned workers are still winding down. Record locks do not exclude the process that holds them, so a set of
+    the paths this process holds refuses a second run started from the same process."""
+
+    _held: set[str] = set()
 
     def __init__(self, out_dir: Path):
         out_dir.mkdir(parents=True, exist_ok=True)
         self.path = out_dir / ".lock"
+        self.key = str(self.path.resolve())
         self.handle = open(self.path, "a+")
         try:
-            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if self.key in RunDirLock._held:
+                raise BlockingIOError
+            fcntl.lockf(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             self.handle.seek(0)
             holder = self.handle.read().strip() or "unknown process"
             self.handle.close()
             raise RunDirBusy(f"{out_dir} is in use by another run ({holder}); wait for it to finish, or give this "
                              "run another out_dir=...") from None
+        RunDirLock._held.add(self.key)
         self.handle.seek(0)
         self.handle.truncate()
         started = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -154,5 +165,6 @@ class RunDirLock:
 
     def release(self) -> None:
         if not self.handle.closed:
-            fcntl.flock(self.handle, fcntl.LOCK_UN)
+            fcntl.lockf(self.handle, fcntl.LOCK_UN)
             self.handle.close()
+            RunDirLock._held.discard(self.key)
