@@ -202,7 +202,7 @@ def _compare(args: argparse.Namespace) -> int:
             print(f"{name:24s} {(fn.__doc__ or '').strip().splitlines()[0]}")
         return 0
     names = sorted(STUDIES) if args.studies == ["all"] else args.studies
-    print(compare(names, root=args.root, figures=args.figures, results=args.results))
+    print(compare(names, root=args.root, figures=args.figures, results=args.results, reuse_stale=args.reuse_stale))
     return 0
 
 
@@ -237,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default="runs/compare", help="where the runs live (finished runs are reused)")
     p.add_argument("--figures", default="docs/figures")
     p.add_argument("--results", default=None, help="also write the whole results page (Markdown) here")
+    p.add_argument("--reuse-stale", action="store_true", help="reuse finished runs produced by other code (marked "
+                                                               "stale on the page with their commit) instead of "
+                                                               "retraining them")
     p.set_defaults(func=_compare)
     p = sub.add_parser("shards", help="write WebDataset shards (tar: key.jpg|png + key.cls + key.json, index.json) "
                                       "from any dataset vitlab reads: vitlab shards SRC OUT --split train,val")
