@@ -215,6 +215,17 @@ def write_image_folder(root: Path, classes=("cat", "dog"), per_class: int = 2, e
 
 
 # ---------------------------------------------------------------- archives and checksums
+def tar_bytes(members: dict[str, bytes], compression: str = "") -> bytes:
+    """A tar archive ("gz", "xz" or "" for none) of regular-file members {name: data}, in the given order."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode=f"w:{compression}") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
 def tar_gz(folder: Path, arcname: str | None = None) -> bytes:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:

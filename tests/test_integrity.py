@@ -1,16 +1,15 @@
 """Integrity of what vitlab reads: archive extraction never follows a symlink already in the destination, cached
 token shards are verified (digest + id range) before training, registered digests of text sources are checked on
 every load, and an explicit data_dir is never silently replaced by another data root. CPU only, small files."""
-import io
 import json
 import logging
 import os
-import tarfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from data_fixtures import tar_bytes
 
 import vitlab.data._locate as locate
 import vitlab.text.prepare as prepare_module
@@ -39,16 +38,6 @@ def isolated(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------- point 11: symlinks already in the destination
-def _tar(members: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
-
 @pytest.mark.parametrize("kind", ["tar", "zip"])
 @pytest.mark.parametrize("member", ["sub/file", "sub/deeper/file", "sub"])
 def test_extraction_refuses_a_symlink_in_the_destination(tmp_path, kind, member):
@@ -64,7 +53,7 @@ def test_extraction_refuses_a_symlink_in_the_destination(tmp_path, kind, member)
             for name, data in members.items():
                 zf.writestr(name, data)
     else:
-        archive.write_bytes(_tar(members))
+        archive.write_bytes(tar_bytes(members, "gz"))
     with pytest.raises(UnsafeArchiveError, match=f"{archive}.*{dest / 'sub'}.*symlink"):
         extract_archive(archive, dest)
     assert list(elsewhere.rglob("*")) == []  # nothing written through the link
@@ -77,7 +66,7 @@ def test_extraction_into_a_symlinked_destination_itself_is_allowed(tmp_path):
     real.mkdir()
     (tmp_path / "link").symlink_to(real, target_is_directory=True)
     archive = tmp_path / "a.tar.gz"
-    archive.write_bytes(_tar({"sub/file": b"ok"}))
+    archive.write_bytes(tar_bytes({"sub/file": b"ok"}, "gz"))
     extract_archive(archive, tmp_path / "link")  # the destination is the caller's choice; only what is under it counts
     assert (real / "sub" / "file").read_bytes() == b"ok"
 

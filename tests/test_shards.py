@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from data_fixtures import tar_bytes
 from PIL import Image
 
 from vitlab.data import (DatasetFormatError, DecodeCrop, ImageFolderDataset, MissingFileError, ShardDataset,
@@ -214,14 +215,7 @@ def test_vitlab_shards_cli_and_foreign_shards_by_brace_pattern(folder, tmp_path)
 
 
 def _shard(path: Path, samples: list[tuple[str, dict[str, bytes]]]) -> Path:
-    import io
-
-    with tarfile.open(path, "w") as tar:
-        for key, members in samples:
-            for ext, data in members.items():
-                info = tarfile.TarInfo(f"{key}.{ext}")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
+    path.write_bytes(tar_bytes({f"{key}.{ext}": data for key, members in samples for ext, data in members.items()}))
     return path
 
 
@@ -343,7 +337,8 @@ def test_check_data_names_every_unreadable_image_before_training(folder, tmp_pat
                                "--workers", "2"], capture_output=True, text=True, env=env, timeout=120)
 
     clean = check(folder)
-    assert clean.returncode == 0 and "train: 24 images, 0 unreadable" in clean.stdout and "val: 9 images" in clean.stdout
+    assert clean.returncode == 0, clean.stderr
+    assert "train: 24 images, 0 unreadable" in clean.stdout and "val: 9 images" in clean.stdout
     (folder / "train" / "c1" / "3.jpg").write_bytes(b"not an image")
     jpeg = (folder / "val" / "c2" / "0.jpg").read_bytes()
     (folder / "val" / "c2" / "0.jpg").write_bytes(jpeg[: len(jpeg) // 3])

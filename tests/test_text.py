@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from data_fixtures import tar_bytes
 from local_http import server  # noqa: F401  (the fixture)
 
 import vitlab.data._locate as locate
@@ -320,22 +321,15 @@ def test_wikitext_official_names_in_a_data_root(isolated, monkeypatch):
 
 
 # ---------------------------------------------------------------- OpenWebText
-def _tar_xz(members: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:xz") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
 
 def test_openwebtext_documents_eot_and_deterministic_val(isolated, gpt2_dir):
     folder = isolated / "data" / "openwebtext"
     _write(folder / "a_loose.txt", "\n loose  document\r\n\r\n\r\n\r\nwith CRLF \n\n")
-    inner = _tar_xz({"0001-doc.txt": b"the cat", "0002-doc.txt": "caf\u00e9 \U0001f642".encode(), "sub/": b""})
-    subset = _tar_xz({"urlsf_subset00-1_data/d3.txt": b"in the hat", "urlsf_subset00-1_data/d4.txt": b"x\n\n\n\ny"})
-    (folder / "openwebtext.tar.xz").write_bytes(_tar_xz({"openwebtext/urlsf_subset00-1_data.xz": inner}))
+    inner = tar_bytes({"0001-doc.txt": b"the cat", "0002-doc.txt": "caf\u00e9 \U0001f642".encode(), "sub/": b""},
+                      "xz")
+    subset = tar_bytes({"urlsf_subset00-1_data/d3.txt": b"in the hat",
+                        "urlsf_subset00-1_data/d4.txt": b"x\n\n\n\ny"}, "xz")
+    (folder / "openwebtext.tar.xz").write_bytes(tar_bytes({"openwebtext/urlsf_subset00-1_data.xz": inner}, "xz"))
     (folder / "urlsf_subset01-1_data.xz").write_bytes(subset)
     (folder / "README.md").write_text("ignored")
     documents = ["loose  document\n\nwith CRLF", "the cat", "café 🙂", "in the hat", "x\n\ny"]  # normalised, in order
@@ -384,7 +378,7 @@ def test_openwebtext_bad_archive_or_text_is_named(isolated):
     (folder / "plain.xz").write_bytes(lzma.compress(b"not a tar"))
     with pytest.raises(ValueError, match="plain.xz: not a readable tar archive"):
         prepare_text("openwebtext", data_dir=isolated / "data")
-    (folder / "plain.xz").write_bytes(_tar_xz({"doc.txt": "café".encode("latin-1")}))
+    (folder / "plain.xz").write_bytes(tar_bytes({"doc.txt": "café".encode("latin-1")}, "xz"))
     with pytest.raises(NotUTF8Error, match="plain.xz!doc.txt: not UTF-8"):
         prepare_text("openwebtext", data_dir=isolated / "data")
 
