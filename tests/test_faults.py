@@ -94,6 +94,8 @@ def test_weights_diverging_on_an_evaluation_step_are_never_saved(tmp_path, monke
     assert "last" not in str(caught.value).replace("last good", "")
     run = tmp_path / "run"
     assert not (run / "last").exists() and not (run / "best").exists() and no_leftovers(run)
+    logged = [strict_loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]  # strict JSON too
+    assert any(r.get("eval_loss", 0.0) is None for r in logged)  # the NaN evaluation, as null
 
 
 def test_meta_json_is_strict_json(tmp_path):

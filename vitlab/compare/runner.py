@@ -168,7 +168,7 @@ def run_study(study: Study, root: str | Path, log: Callable[[str], None] = print
                         "train_loss": result.get("train_loss", float("nan")),
                         "seconds": result.get("seconds", float("nan")), "stale": stale,
                         "commit": _produced_at(run_dir, result),
-                        "curve": [(r["epoch"], r[study.metric]) for r in curve if study.metric in r]})
+                        "curve": [(r["epoch"], r[study.metric]) for r in curve if r.get(study.metric) is not None]})
     return records
 
 

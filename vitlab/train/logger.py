@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .checkpoint import strict_json
+
 __all__ = ["RunLogger", "truncate_metrics"]
 
 
@@ -59,7 +61,7 @@ class RunLogger:
     def log(self, record: dict[str, Any], echo: bool = True) -> None:
         if not self.enabled:
             return
-        self.metrics.write(json.dumps(record) + "\n")
+        self.metrics.write(json.dumps(strict_json(record), allow_nan=False) + "\n")  # NaN/inf as null
         self.metrics.flush()
         if self.writer is not None:
             prefix = "eval" if "eval_loss" in record else "train"
