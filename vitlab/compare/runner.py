@@ -18,13 +18,12 @@ import hashlib
 import json
 import math
 import statistics
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..train import TrainConfig, config_to_dict, train
+from ..train import TrainConfig, config_to_dict, git_commit, train
 
 __all__ = ["Cell", "Study", "Note", "run_study", "summarise", "confidence_interval", "config_hash", "code_version",
            "study_figures", "render_notes"]
@@ -102,12 +101,7 @@ def code_version() -> dict[str, str | None]:
     digest = hashlib.sha256()
     for path in sorted(package.rglob("*.py")):
         digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                                cwd=package).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    return {"vitlab": __version__, "git_commit": commit, "source_hash": digest.hexdigest()}
+    return {"vitlab": __version__, "git_commit": git_commit(), "source_hash": digest.hexdigest()}
 
 
 def _produced_at(run_dir: Path, result: dict[str, Any]) -> str | None:
@@ -118,14 +112,14 @@ def _produced_at(run_dir: Path, result: dict[str, Any]) -> str | None:
     return json.loads(saved.read_text()).get("git_commit") if saved.is_file() else None
 
 
-def _reuse(done: Path, wanted_config: str, reuse_stale: bool) -> tuple[bool, str | None]:
-    """(reuse it?, why it is stale or None)."""
+def _reuse(done: Path, wanted_config: str, code: dict[str, str | None], reuse_stale: bool
+           ) -> tuple[bool, str | None]:
+    """(reuse it?, why it is stale or None), against the current `code_version()`."""
     if not done.is_file():
         return False, None
     provenance = json.loads(done.read_text()).get("provenance")
     if provenance is not None and provenance.get("config_hash") != wanted_config:
         return False, None  # another config: always retrained
-    code = code_version()
     if provenance is None:
         stale = "produced before results recorded their config and code"
     elif (provenance["code"].get("vitlab"), provenance["code"].get("source_hash")) != (code["vitlab"],
@@ -143,12 +137,13 @@ def run_study(study: Study, root: str | Path, log: Callable[[str], None] = print
     root = Path(root) / study.name
     records = []
     total = len(study.cells) * len(study.seeds)
+    code = code_version()  # once per study: hashing the package source per run would repeat the same work
     for i, (seed, cell) in enumerate((s, c) for s in study.seeds for c in study.cells):
         run_dir = _run_dir(root, cell, seed)
         done = run_dir / "result.json"
         config = dataclasses.replace(cell.config, seed=seed, out_dir=str(run_dir), progress=False, log_every=10**9)
         wanted = config_hash(config)
-        reuse, stale = _reuse(done, wanted, reuse_stale)
+        reuse, stale = _reuse(done, wanted, code, reuse_stale)
         if not reuse:
             if done.is_file():
                 log(f"{done}: {stale or 'produced by another config'}; retraining")
@@ -158,7 +153,7 @@ def run_study(study: Study, root: str | Path, log: Callable[[str], None] = print
             start = time.perf_counter()
             result = train(config, preset=f"{study.name}:{cell.row}/{cell.col}")
             result["seconds"] = time.perf_counter() - start
-            result["provenance"] = {"config_hash": wanted, "code": code_version()}
+            result["provenance"] = {"config_hash": wanted, "code": code}
             done.write_text(json.dumps(result))
             stale = None
         result = json.loads(done.read_text())

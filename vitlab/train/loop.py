@@ -42,7 +42,7 @@ from .distributed import DistInfo, all_reduce_sum, setup_distributed, teardown_d
 from .logger import RunLogger
 from .optim import build_optimizer, build_scheduler
 
-__all__ = ["train", "evaluate", "build_model", "TrainingDiverged", "EvaluationFailed", "peak_flops"]
+__all__ = ["train", "evaluate", "build_model", "TrainingDiverged", "EvaluationFailed", "peak_flops", "git_commit"]
 
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 # Settings a resumed run may change: they do not alter the results.
@@ -140,13 +140,17 @@ def evaluate(model: nn.Module, data, info: DistInfo, autocast) -> dict[str, floa
         model.train(was_training)
 
 
-def _provenance(config: TrainConfig, preset: str | None, argv: list[str] | None) -> dict[str, Any]:
+def git_commit() -> str | None:
+    """The git commit of the vitlab checkout in use (None outside a git checkout)."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                                cwd=Path(__file__).parent).stdout.strip() or None
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).parent).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
-        commit = None
-    return {"preset": preset, "config": config_to_dict(config), "vitlab": __version__, "git_commit": commit,
+        return None
+
+
+def _provenance(config: TrainConfig, preset: str | None, argv: list[str] | None) -> dict[str, Any]:
+    return {"preset": preset, "config": config_to_dict(config), "vitlab": __version__, "git_commit": git_commit(),
             "torch": torch.__version__, "python": platform.python_version(), "command": argv or sys.argv}
 
 
@@ -243,7 +247,8 @@ class _Run:
         except (ValueError, KeyError, TypeError) as err:  # truncated or not ours
             if in_state is None:
                 raise ValueError(f"{saved_file} is unreadable ({type(err).__name__}: {err}) and the checkpoint holds "
-                                 "no copy of the config; restore the file, or start a new run with out_dir=...") from None
+                                 "no copy of the config; restore the file, or start a new run with "
+                                 "out_dir=...") from None
             if self.info.is_main:
                 print(f"{saved_file} is unreadable ({type(err).__name__}: {err}); checking the config against the "
                       "copy in last/state.pt instead (config.json is rewritten)")
@@ -268,7 +273,8 @@ class _Run:
         found = find_checkpoint(self.out_dir / "last")
         if found is None:
             return "no checkpoint had been written yet"
-        step = json.loads((found / "meta.json").read_text()).get("step", "?") if (found / "meta.json").is_file() else "?"
+        meta = found / "meta.json"
+        step = json.loads(meta.read_text()).get("step", "?") if meta.is_file() else "?"
         return f"the last good checkpoint (step {step}) is in {found}"
 
     def _check_weights_finite(self) -> None:
