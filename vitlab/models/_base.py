@@ -2,19 +2,24 @@
 final norm → pooling → head. The families differ only in the block they stack and in their initialisation.
 
 The timm model contract: `forward_features`, `forward_head(x, pre_logits=False)`, `reset_classifier`,
-`no_weight_decay`, `num_features`, `pretrained_cfg`, `set_grad_checkpointing`; plus `forward_attention` for attention
-maps and `get_blocks` (the `TransformerBlocks` contract of `_contract.py`).
+`no_weight_decay`, `num_features`, `pretrained_cfg`, `set_grad_checkpointing`, `group_matcher`, `feature_info`,
+`forward_intermediates` / `prune_intermediate_layers` (timm >= 1.0 semantics, for dense prediction); plus
+`forward_attention` for attention maps and `get_blocks` (the `TransformerBlocks` contract of `_contract.py`).
+
+Inputs of any size that is a multiple of the patch are accepted: the position table is rebuilt for the new grid
+(sin-cos: computed exactly; learned: resampled bicubic as timm) and, outside autograd, cached per grid size.
 """
 from __future__ import annotations
 
 import numbers
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from ._contract import run_blocks
-from ._layers import CratePatchEmbed, PatchEmbed, sincos_2d_position_embedding
+from ._layers import (CratePatchEmbed, PatchEmbed, resample_position_embedding,
+                      sincos_2d_position_embedding)
 
 __all__ = ["ImageTransformer"]
 
@@ -68,6 +73,9 @@ class ImageTransformer(nn.Module):
         self.norm = nn.Identity() if use_fc_norm else nn.LayerNorm(embed_dim, eps=norm_eps)
         self.fc_norm = nn.LayerNorm(embed_dim, eps=norm_eps) if use_fc_norm else nn.Identity()
         self.head = nn.Linear(embed_dim, num_classes, bias=head_bias) if num_classes > 0 else nn.Identity()
+        self.feature_info = [dict(num_chs=embed_dim, reduction=patch_size, module=f"blocks.{i}")
+                             for i in range(depth)]
+        self._position_cache: dict[tuple, torch.Tensor] = {}  # inference tables for other grids (not state)
         self.reset_position_embedding()
 
     # --------------------------------------------------------------------------------------------------------
@@ -110,11 +118,36 @@ class ImageTransformer(nn.Module):
                 nn.init.zeros_(self.head.bias)
 
     # --------------------------------------------------------------------------------------------------------
+    def _position_table(self, grid: tuple[int, int]) -> torch.Tensor:
+        """(1, N, d) position embedding (class slot first) for a patch grid: the stored table at the native grid;
+        another grid gets the sin-cos table computed for it, or the learned table resampled (bicubic, timm's rule).
+        Outside autograd the result is cached per grid, keyed on the stored table's identity and version, so an
+        optimiser step or a weight load invalidates it."""
+        native = (self.patch_embed.grid_size, self.patch_embed.grid_size)
+        if grid == native:
+            return self.pos_embed
+        table = self.pos_embed
+        key = (grid, table.device, table.dtype, table.data_ptr(), table._version)
+        cacheable = not (torch.is_grad_enabled() and table.requires_grad)
+        if cacheable and key in self._position_cache:
+            return self._position_cache[key]
+        prefix = table[:, :self.num_prefix_tokens]  # (1, P, d) class slot
+        if self.pos_embed_type == "sincos":
+            patches = sincos_2d_position_embedding(grid, self.embed_dim).to(table)[None]  # (1, gh·gw, d)
+        else:
+            patches = resample_position_embedding(table[:, self.num_prefix_tokens:], native, grid)  # (1, gh·gw, d)
+        out = torch.cat([prefix, patches], dim=1)  # (1, P + gh·gw, d)
+        if cacheable:
+            self._position_cache = {k: v for k, v in self._position_cache.items() if k[0] != grid}
+            out = self._position_cache[key] = out.detach()
+        return out
+
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.patch_embed(x)  # (B, N_patches, d)
+        grid = self.patch_embed.feat_size(x.shape[-2], x.shape[-1])  # (gh, gw)
+        x = self.patch_embed(x)  # (B, gh·gw, d)
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, N, d)
-        return x + self.pos_embed  # (B, N, d)
+        return x + self._position_table(grid)  # (B, N, d)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) images → (B, N, d) tokens after the final norm (token pooling) or before it (avg)."""
@@ -132,6 +165,73 @@ class ImageTransformer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
+    # -- dense features (timm >= 1.0 contract) ---------------------------------------------------------------
+    def forward_intermediates(self, x: torch.Tensor, indices: int | list[int] | tuple[int, ...] | None = None,
+                              return_prefix_tokens: bool = False, norm: bool = False, stop_early: bool = False,
+                              output_fmt: str = "NCHW", intermediates_only: bool = False,
+                              output_dict: bool = False) -> Any:
+        """Block outputs for dense prediction, with timm's semantics and return values.
+
+        Args:
+            x: (B, C, H, W) images, H and W multiples of the patch size.
+            indices: None = every block, an int n = the last n blocks, a sequence = those blocks (negative counts
+                from the end).
+            norm: pass each intermediate through the final norm (`self.norm`; Identity for global_pool='avg').
+            output_fmt: 'NCHW' → (B, d, gh, gw) patch maps; 'NLC' → (B, gh·gw, d) tokens.
+            return_prefix_tokens: pair each intermediate with its class token (B, 1, d).
+            stop_early: do not run the blocks after the last one asked for.
+            intermediates_only: return the list only; else (final normed tokens (B, N, d), list).
+            output_dict: {'image_intermediates': list, 'image_features': tokens, 'image_intermediates_prefix'}.
+        """
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        take, last = feature_take_indices(len(self.blocks), indices)
+        B, _, height, width = x.shape
+        gh, gw = self.patch_embed.feat_size(height, width)
+        x = self._embed(x)  # (B, N, d)
+        blocks = self.blocks[:last + 1] if stop_early else self.blocks
+        intermediates = []
+        for i, block in enumerate(blocks):
+            x = run_blocks([block], x, self.grad_checkpointing)  # (B, N, d)
+            if i in take:
+                intermediates.append(self.norm(x) if norm else x)
+        prefix = [y[:, :self.num_prefix_tokens] for y in intermediates]  # (B, P, d) each
+        intermediates = [y[:, self.num_prefix_tokens:] for y in intermediates]  # (B, gh·gw, d) each
+        if output_fmt == "NCHW":
+            intermediates = [y.reshape(B, gh, gw, -1).permute(0, 3, 1, 2).contiguous()
+                             for y in intermediates]  # (B, d, gh, gw) each
+        if output_dict:
+            out = {"image_intermediates": intermediates}
+            if return_prefix_tokens and self.num_prefix_tokens:
+                out["image_intermediates_prefix"] = prefix
+            if not intermediates_only:
+                out["image_features"] = self.norm(x)
+            return out
+        if return_prefix_tokens and self.num_prefix_tokens:
+            intermediates = list(zip(intermediates, prefix))
+        return intermediates if intermediates_only else (self.norm(x), intermediates)
+
+    def prune_intermediate_layers(self, indices: int | list[int] | tuple[int, ...] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Drops the blocks after the last one `indices` selects (and, as asked, the final norm and the head);
+        returns the absolute indices kept (timm's contract)."""
+        take, last = feature_take_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[:last + 1]
+        self.depth = len(self.blocks)
+        self.feature_info = self.feature_info[:last + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.fc_norm = nn.Identity()
+            self.reset_classifier(0)
+        return take
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """timm's parameter grouping (layer-wise lr decay): the stem is layer 0, block i is layer i + 1, the final
+        norm comes last; `coarse` has no effect (each block is one group either way)."""
+        return dict(stem=r"^cls_token|^pos_embed|^patch_embed", blocks=[(r"^blocks\.(\d+)", None),
+                                                                         (r"^norm", (99999,))])
+
     @torch.no_grad()
     def forward_attention(self, x: torch.Tensor) -> torch.Tensor:
         """Softmax attention probabilities of every block: (B, layers, heads, N, N), class token at index 0."""
@@ -141,6 +241,28 @@ class ImageTransformer(nn.Module):
             x, attn = block.forward_with_attention(x)
             maps.append(attn)
         return torch.stack(maps, dim=1)
+
+
+def feature_take_indices(num_blocks: int, indices: int | list[int] | tuple[int, ...] | None = None
+                         ) -> tuple[list[int], int]:
+    """timm's rule for which blocks to take: None → all, an int n → the last n, a sequence → those (negative from
+    the end). Returns (absolute indices, the largest)."""
+    if indices is None:
+        indices = num_blocks
+    if isinstance(indices, numbers.Integral) and not isinstance(indices, bool):
+        if not 0 < indices <= num_blocks:
+            raise ValueError(f"indices={indices}: the last n blocks needs 1 <= n <= {num_blocks}")
+        take = list(range(num_blocks - indices, num_blocks))
+    else:
+        take = []
+        for i in indices:
+            index = num_blocks + i if i < 0 else i
+            if not 0 <= index < num_blocks:
+                raise ValueError(f"block index {i} is out of range for {num_blocks} blocks")
+            take.append(int(index))
+        if not take:
+            raise ValueError("indices is an empty sequence: name at least one block")
+    return take, max(take)
 
 
 def trunc_normal_linear_init_(module: nn.Module, std: float = 0.02) -> None:

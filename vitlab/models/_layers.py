@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
-    "PatchEmbed", "CratePatchEmbed", "sincos_2d_position_embedding",
+    "PatchEmbed", "CratePatchEmbed", "sincos_2d_position_embedding", "resample_position_embedding",
     "Attention", "SubspaceAttention", "Mlp", "SparseCoding", "split_fused_qkv",
 ]
 
@@ -31,6 +31,12 @@ class _PatchGrid(nn.Module):
         self.img_size, self.patch_size, self.in_chans = img_size, patch_size, in_chans
         self.grid_size = img_size // patch_size
         self.num_patches = self.grid_size**2
+
+    def feat_size(self, height: int, width: int) -> tuple[int, int]:
+        """(gh, gw) patch grid of a (height, width) input; any size that is a multiple of the patch."""
+        if height % self.patch_size or width % self.patch_size:
+            raise ValueError(f"input size {height}×{width} is not a multiple of the patch size {self.patch_size}")
+        return height // self.patch_size, width // self.patch_size
 
 
 class PatchEmbed(_PatchGrid):
@@ -67,21 +73,33 @@ class CratePatchEmbed(_PatchGrid):
         return self.norm_out(self.proj(self.norm_in(x)))  # (B, N, d)
 
 
-def sincos_2d_position_embedding(grid_size: int, dim: int, temperature: float = 10000.0) -> torch.Tensor:
-    """Fixed 2-D sin-cos position embedding (MAE / big_vision layout), shape (grid_size², dim).
+def sincos_2d_position_embedding(grid_size: int | tuple[int, int], dim: int,
+                                 temperature: float = 10000.0) -> torch.Tensor:
+    """Fixed 2-D sin-cos position embedding, shape (gh·gw, dim), rows in row-major patch order.
 
-    The first half of the channels encodes the row, the second half the column; each half is [sin | cos] over
-    dim/4 frequencies ω_i = 1 / temperature^(i / (dim/4)).
+    The first half of the channels encodes the patch row, the second half its column; each half is [sin | cos] over
+    dim/4 frequencies ω_i = 1 / temperature^(i / (dim/4)). `grid_size`: g (a g × g grid) or (gh, gw).
     """
     if dim % 4:
         raise ValueError(f"2-D sin-cos position embedding needs a width divisible by 4, got {dim}")
+    gh, gw = (grid_size, grid_size) if isinstance(grid_size, int) else grid_size
     omega = 1.0 / temperature ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))  # (dim/4,)
-    coords = torch.arange(grid_size, dtype=torch.float64)
-    rows, cols = torch.meshgrid(coords, coords, indexing="ij")  # (g, g) each
-    out_rows = rows.reshape(-1, 1) * omega  # (g², dim/4)
-    out_cols = cols.reshape(-1, 1) * omega  # (g², dim/4)
-    emb = torch.cat([out_rows.sin(), out_rows.cos(), out_cols.sin(), out_cols.cos()], dim=1)  # (g², dim)
+    rows, cols = torch.meshgrid(torch.arange(gh, dtype=torch.float64), torch.arange(gw, dtype=torch.float64),
+                                indexing="ij")  # (gh, gw) each
+    out_rows = rows.reshape(-1, 1) * omega  # (gh·gw, dim/4)
+    out_cols = cols.reshape(-1, 1) * omega  # (gh·gw, dim/4)
+    emb = torch.cat([out_rows.sin(), out_rows.cos(), out_cols.sin(), out_cols.cos()], dim=1)  # (gh·gw, dim)
     return emb.float()
+
+
+def resample_position_embedding(table: torch.Tensor, old_grid: tuple[int, int],
+                                new_grid: tuple[int, int]) -> torch.Tensor:
+    """A learned (1, gh·gw, d) patch-position table resampled to another grid: bicubic with antialiasing, in
+    float32 (timm's `resample_abs_pos_embed`, so a timm model with `dynamic_img_size=True` gives the same tokens)."""
+    d = table.shape[-1]
+    grid = table.reshape(1, *old_grid, d).permute(0, 3, 1, 2).float()  # (1, d, gh, gw)
+    grid = F.interpolate(grid, size=new_grid, mode="bicubic", antialias=True, align_corners=False)  # (1, d, h, w)
+    return grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], d).to(table.dtype)  # (1, h·w, d)
 
 
 # ----------------------------------------------------------------------------------------------------------------
