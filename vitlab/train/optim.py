@@ -2,32 +2,62 @@
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 from torch import nn
 
-__all__ = ["param_groups", "build_optimizer", "lr_factor", "build_scheduler"]
+__all__ = ["param_groups", "layer_ids", "build_optimizer", "lr_factor", "build_scheduler"]
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two groups: decayed, and `model.no_weight_decay()` (the family's official mask; for a model without that
-    method, timm's rule: no decay for 1-D parameters, position embeddings and class tokens)."""
+def layer_ids(model: nn.Module) -> dict[str, int]:
+    """Layer of each parameter for layer-wise lr decay (BEiT): the stem is 0, block i is i + 1, everything after the
+    last block (final norm, head) is L + 1. Uses timm's `model.group_matcher()` (`stem` regex, first `blocks`
+    regex capturing the block number)."""
+    if not hasattr(model, "group_matcher"):
+        raise TypeError(f"layer_decay needs a model with timm's group_matcher(); {type(model).__name__} has none")
+    matcher, blocks = model.group_matcher(), len(model.get_blocks())
+    ids = {}
+    for name, _ in model.named_parameters():
+        match = re.match(matcher["blocks"][0][0], name)
+        ids[name] = 0 if re.match(matcher["stem"], name) else int(match.group(1)) + 1 if match else blocks + 1
+    return ids
+
+
+def param_groups(model: nn.Module, weight_decay: float, lr: float | None = None,
+                 layer_decay: float = 1.0) -> list[dict]:
+    """Decayed and not-decayed parameters: `model.no_weight_decay()` (the family's official mask; for a model
+    without that method, timm's rule: no decay for 1-D parameters, position embeddings and class tokens).
+
+    layer_decay < 1 (layer-wise lr decay, BEiT / MAE fine-tuning): each group's lr is lr · layer_decay^(L + 1 − layer)
+    (`layer_ids`), so the stem learns slowest and the head at the full rate; groups are split by layer too."""
     if hasattr(model, "no_weight_decay"):
         skip = model.no_weight_decay()
     else:
         skip = {n for n, p in model.named_parameters() if p.ndim <= 1} | {"pos_embed", "cls_token"}
-    decay, no_decay = [], []
+    ids = layer_ids(model) if layer_decay != 1.0 else {}
+    top = max(ids.values(), default=0)
+    groups: dict[tuple[bool, int], dict] = {}
     for name, p in model.named_parameters():
-        if p.requires_grad:
-            (no_decay if name in skip else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if not p.requires_grad:
+            continue
+        decayed, layer = name not in skip, ids.get(name, top)
+        group = groups.setdefault((decayed, layer), {"params": [], "weight_decay": weight_decay if decayed else 0.0})
+        if layer_decay != 1.0:
+            group["lr_scale"] = layer_decay ** (top - layer)
+            group["lr"] = lr * group["lr_scale"]
+        group["params"].append(p)
+    for decayed in (True, False):  # the two plain groups exist even when empty (as before)
+        if layer_decay == 1.0:
+            groups.setdefault((decayed, top), {"params": [], "weight_decay": weight_decay if decayed else 0.0})
+    return [groups[key] for key in sorted(groups, key=lambda k: (not k[0], k[1]))]
 
 
 def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float,
-                    betas: tuple[float, float]) -> torch.optim.Optimizer:
+                    betas: tuple[float, float], layer_decay: float = 1.0) -> torch.optim.Optimizer:
     """'adamw' (torch AdamW), 'adam' (same update: the JAX recipes' Adam with decoupled, masked weight decay) or
     'lion' (lion-pytorch). `fused`/`foreach` kernels are picked by torch for the device."""
-    groups = param_groups(model, weight_decay)
+    groups = param_groups(model, weight_decay, lr, layer_decay)
     if name in ("adamw", "adam"):
         return torch.optim.AdamW(groups, lr=lr, betas=betas)
     if name == "lion":
