@@ -1,6 +1,6 @@
 """Fitting pre-trained weights to a model with another patch size or image size (CRATE-α's cheap scaling recipe:
 pre-train at /32, fine-tune at /16 or /8): the conv stem kernel is resized bilinearly and the learned position grid
-is interpolated bicubically; the class-token slot is kept."""
+is resampled as timm does (`resample_position_embedding`); the class-token slot is kept."""
 from __future__ import annotations
 
 import math
@@ -8,6 +8,8 @@ from typing import Mapping
 
 import torch
 import torch.nn.functional as F
+
+from ..models import resample_position_embedding
 
 __all__ = ["resize_patch_kernel", "resize_position_grid", "adapt_state_dict"]
 
@@ -28,10 +30,7 @@ def resize_position_grid(pos_embed: torch.Tensor, num_patches: int, num_prefix_t
         raise ValueError(f"position tables must cover square grids: {grid.shape[1]} → {num_patches} patches")
     if old == new:
         return pos_embed
-    d = grid.shape[-1]
-    grid = grid.reshape(1, old, old, d).permute(0, 3, 1, 2).float()  # (1, d, g, g)
-    grid = F.interpolate(grid, size=(new, new), mode="bicubic", align_corners=False)  # (1, d, g', g')
-    grid = grid.permute(0, 2, 3, 1).reshape(1, new * new, d).to(pos_embed.dtype)
+    grid = resample_position_embedding(grid, (old, old), (new, new))  # (1, g'², d), timm's bicubic + antialias
     return torch.cat([prefix, grid], dim=1)  # (1, prefix + g'², d)
 
 

@@ -2,6 +2,7 @@
 one language-model skeleton; all registered with timm semantics."""
 from ._base import ImageTransformer
 from ._contract import TransformerBlocks, get_blocks
+from ._layers import resample_position_embedding
 from ._lm_base import CausalLM
 from ._registry import create_model, get_pretrained_cfg, is_model, list_models, register_model, resolve_model_name
 from .crate import CRATE, CrateBlock
@@ -9,7 +10,9 @@ from .crate_alpha import CRATEAlpha
 from .crate_lm import CRATEAlphaLM, CRATELM
 from .gpt import GPT
 from .vit import VisionTransformer
+from .segmentation import SegmentationModel, create_segmentation_model
 
 __all__ = ["TransformerBlocks", "get_blocks", "ImageTransformer", "VisionTransformer", "CRATE", "CRATEAlpha", "CrateBlock", "CausalLM", "GPT",
            "CRATELM", "CRATEAlphaLM", "create_model",
-           "list_models", "register_model", "is_model", "resolve_model_name", "get_pretrained_cfg"]
+           "list_models", "register_model", "is_model", "resolve_model_name", "get_pretrained_cfg",
+           "resample_position_embedding", "SegmentationModel", "create_segmentation_model"]

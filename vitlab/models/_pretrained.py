@@ -48,7 +48,8 @@ def fetch_weights(url: str, path: Path, sha256: str | None = None) -> Path:
 def load_pretrained(model: nn.Module, checkpoint_path: str | None = None) -> nn.Module:
     """Loads `checkpoint_path`, or else the cfg's `file` (a local path) or `url` (downloaded once, verified against
     the cfg's `sha256` or the digest recorded at first download). A model built with a different number of classes
-    than the weights keeps its own fresh head (timm behaviour)."""
+    than the weights keeps its own fresh head, and one built at another image size gets the position table resampled
+    (timm behaviour)."""
     cfg = getattr(model, "pretrained_cfg", {})
     layout = cfg.get("file_layout", "auto")
     if checkpoint_path is not None:
@@ -65,4 +66,5 @@ def load_pretrained(model: nn.Module, checkpoint_path: str | None = None) -> nn.
                          "CRATE-α .pth, a Hugging Face GPT-2 file or a nanoGPT ckpt.pt)")
     num_classes = getattr(model, "num_classes", None)  # language models have none
     skip_head = checkpoint_path is None and num_classes != cfg.get("num_classes", num_classes)
-    return load_checkpoint(model, path, layout=layout, skip_head=skip_head)
+    # adapt: a model built at another image or patch size gets the position grid / stem kernel resampled (timm)
+    return load_checkpoint(model, path, layout=layout, skip_head=skip_head, adapt=True)
