@@ -1,6 +1,7 @@
 """Datasets: readers for CIFAR-10/100, SVHN, MNIST / Fashion-MNIST (idx), Tiny ImageNet and ImageFolder trees
 (ImageNet, ImageNet-21K, Flowers-102, Oxford-IIIT Pets, any folder of class folders) and WebDataset shards;
-checksum-verified, atomic, resumable downloads of the official files. See docs/data.md."""
+semantic segmentation (ADE20K folders and shards, `load_segmentation_dataset`); checksum-verified, atomic,
+resumable downloads of the official files. See docs/data.md."""
 from ._archive import UnsafeArchiveError, extract_archive
 from ._cifar import UnsafePickleError
 from ._locate import (DatasetFormatError, DatasetNotFoundError, MissingFileError, dataset_info, ensure_downloaded,
@@ -9,6 +10,9 @@ from ._sources import DATASETS, Checksum, DatasetInfo, RemoteFile
 from .datasets import ImageFolderDataset, TensorImageDataset, find_data_root, load_dataset
 from .decode import DecodeCrop, ImageDecodeError, decode_image
 from .encoded import DecodeFailure, EncodedImageDataset, check_images
+from .segmentation import (SEGMENTATION_DATASETS, ADE20KDataset, SegCrop, SegmentationDataset,
+                           SegmentationShardDataset, is_segmentation_dataset, load_segmentation_dataset,
+                           write_segmentation_shards)
 from .shards import ShardDataset, expand_shard_urls, write_shards
 
 __all__ = ["load_dataset", "TensorImageDataset", "ImageFolderDataset", "ShardDataset", "EncodedImageDataset",
@@ -16,4 +20,6 @@ __all__ = ["load_dataset", "TensorImageDataset", "ImageFolderDataset", "ShardDat
            "expand_shard_urls",
            "DATASETS", "dataset_info", "find_data_root",
            "ensure_downloaded", "search_places", "DatasetInfo", "RemoteFile", "Checksum", "DatasetNotFoundError",
-           "MissingFileError", "DatasetFormatError", "UnsafePickleError", "UnsafeArchiveError", "extract_archive"]
+           "MissingFileError", "DatasetFormatError", "UnsafePickleError", "UnsafeArchiveError", "extract_archive",
+           "load_segmentation_dataset", "is_segmentation_dataset", "SEGMENTATION_DATASETS", "ADE20KDataset", "SegCrop",
+           "SegmentationDataset", "SegmentationShardDataset", "write_segmentation_shards"]

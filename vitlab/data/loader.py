@@ -150,13 +150,18 @@ def sample_seed(seed: int, epoch: int, position: int) -> int:
 
 
 def _collate(items: list) -> tuple[Tensor, Tensor, list]:
-    """Stacks the decoded samples of one batch; `DecodeFailure`s are passed on by message, not stacked."""
+    """Stacks the decoded samples of one batch; `DecodeFailure`s are passed on by message, not stacked. A label is
+    an int (classification: labels (B,) int64) or a tensor (segmentation: (H, W) masks stacked to (B, H, W)
+    int64)."""
     failures = [item.message for item in items if isinstance(item, DecodeFailure)]
     good = [item for item in items if not isinstance(item, DecodeFailure)]
     if not good:
         return torch.zeros(0, dtype=torch.uint8), torch.zeros(0, dtype=torch.int64), failures
     images = torch.stack([image for image, _ in good])  # (B, 3, S, S) uint8
-    labels = torch.tensor([label for _, label in good], dtype=torch.int64)  # (B,)
+    if isinstance(good[0][1], Tensor):
+        labels = torch.stack([label for _, label in good]).to(torch.int64)  # (B, H, W)
+    else:
+        labels = torch.tensor([label for _, label in good], dtype=torch.int64)  # (B,)
     return images, labels, failures
 
 
