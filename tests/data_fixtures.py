@@ -243,3 +243,30 @@ def zip_bytes(folder: Path) -> bytes:
 
 def md5(data: bytes) -> str:
     return hashlib.md5(data).hexdigest()
+
+
+# ADE20K in its published layout (tests/test_seg_data.py, tests/test_seg_train.py)
+SIZES = {"training": [(64, 48), (40, 72), (64, 48), (40, 72)], "validation": [(40, 72), (64, 48)]}  # (W, H)
+PREFIX = {"training": "ADE_train_", "validation": "ADE_val_"}
+
+
+def stored_mask(width: int, height: int, rng: np.random.Generator) -> np.ndarray:
+    """(H, W) uint8 of 8 x 8 blocks with stored values 0 … 150, both ends present."""
+    blocks = rng.integers(0, 151, (-(-height // 8), -(-width // 8))).astype(np.uint8)
+    blocks.flat[0], blocks.flat[-1] = 0, 150
+    return np.kron(blocks, np.ones((8, 8), np.uint8))[:height, :width]
+
+
+def write_ade(base: Path, seed: int = 0) -> dict[str, np.ndarray]:
+    """base/ADEChallengeData2016/{images,annotations}/{training,validation}/ADE_*.jpg|png; returns stem → mask."""
+    rng, masks = np.random.default_rng(seed), {}
+    for split, sizes in SIZES.items():
+        images, annotations = (base / "ADEChallengeData2016" / part / split for part in ("images", "annotations"))
+        images.mkdir(parents=True)
+        annotations.mkdir(parents=True)
+        for i, (w, h) in enumerate(sizes, start=1):
+            stem = f"{PREFIX[split]}{i:08d}"
+            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(images / f"{stem}.jpg", quality=90)
+            masks[stem] = stored_mask(w, h, rng)
+            Image.fromarray(masks[stem]).save(annotations / f"{stem}.png")  # mode L, 8-bit single channel
+    return masks

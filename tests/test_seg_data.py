@@ -9,38 +9,15 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from data_fixtures import PREFIX, SIZES, write_ade
 
 from vitlab.data import (DatasetFormatError, DatasetNotFoundError, MissingFileError, load_segmentation_dataset)
 from vitlab.data.loader import EncodedLoader
 from vitlab.data.segmentation import (ADE20K_CLASSES, ADE20K_PALETTE, SEGMENTATION_DATASETS, ADE20KDataset, SegCrop,
                                       SegmentationShardDataset, is_segmentation_dataset, write_segmentation_shards)
 
-SIZES = {"training": [(64, 48), (40, 72), (64, 48), (40, 72)], "validation": [(40, 72), (64, 48)]}  # (W, H)
-PREFIX = {"training": "ADE_train_", "validation": "ADE_val_"}
 SMALL_EVAL = SegCrop(size=32, train=False, scale=(64, 32))
 SMALL_TRAIN = SegCrop(size=32, train=True, scale=(64, 32))
-
-
-def stored_mask(width: int, height: int, rng: np.random.Generator) -> np.ndarray:
-    """(H, W) uint8 of 8 x 8 blocks with stored values 0 … 150, both ends present."""
-    blocks = rng.integers(0, 151, (-(-height // 8), -(-width // 8))).astype(np.uint8)
-    blocks.flat[0], blocks.flat[-1] = 0, 150
-    return np.kron(blocks, np.ones((8, 8), np.uint8))[:height, :width]
-
-
-def write_ade(base: Path, seed: int = 0) -> dict[str, np.ndarray]:
-    """base/ADEChallengeData2016/{images,annotations}/{training,validation}/ADE_*.jpg|png; returns stem → mask."""
-    rng, masks = np.random.default_rng(seed), {}
-    for split, sizes in SIZES.items():
-        images, annotations = (base / "ADEChallengeData2016" / part / split for part in ("images", "annotations"))
-        images.mkdir(parents=True)
-        annotations.mkdir(parents=True)
-        for i, (w, h) in enumerate(sizes, start=1):
-            stem = f"{PREFIX[split]}{i:08d}"
-            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(images / f"{stem}.jpg", quality=90)
-            masks[stem] = stored_mask(w, h, rng)
-            Image.fromarray(masks[stem]).save(annotations / f"{stem}.png")  # mode L, 8-bit single channel
-    return masks
 
 
 @pytest.fixture

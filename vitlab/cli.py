@@ -74,10 +74,25 @@ def _attention(args: argparse.Namespace) -> int:
     return 0
 
 
+def _segment_with_head(args: argparse.Namespace) -> int:
+    from .interpret.dense import load_segmentation_inputs, load_segmentation_run, plot_predictions
+
+    specs = [s for s in (args.checkpoint, *args.images) if s]  # with --head RUN every positional is an image
+    run = load_segmentation_run(args.head)
+    inputs = load_segmentation_inputs(specs, run.meta, data_dir=args.data_dir)
+    for path in plot_predictions(run, inputs, args.out, save_masks=args.save_masks):
+        print(path)
+    return 0
+
+
 def _segment(args: argparse.Namespace) -> int:
     from .interpret.render import evaluate_mask_files, load_inputs, plot_segmentation
     from .interpret.segment import evaluate_fashion_mnist
 
+    if args.head:
+        return _segment_with_head(args)
+    if not args.checkpoint:
+        raise ValueError("give a CHECKPOINT (unsupervised masks) or --head RUN (a trained segmentation head)")
     model, label = _load_for_maps(args)
     if not args.images and not args.evaluate:
         raise ValueError("nothing to do: give images (files or DATASET[:SPLIT]:INDEX items) and/or --evaluate")
@@ -120,6 +135,10 @@ def _train(args: argparse.Namespace) -> int:
         print(f"test accuracy: {result['top1']:.2f}% top-1, {result['top5']:.2f}% top-5 "
               f"({config.dataset} {config.eval_split}, step {result['step']}; best {result['best_top1']:.2f}%); "
               f"run: {result['out_dir']}")
+    elif "miou" in result:
+        print(f"test mIoU: {result['miou']:.2f}% (mean accuracy {result['macc']:.2f}%, pixel accuracy "
+              f"{result['aacc']:.2f}%; {config.dataset} {config.eval_split}, step {result['step']}; best "
+              f"{result['best_miou']:.2f}%); run: {result['out_dir']}")
     elif "perplexity" in result:
         print(f"{config.eval_split} loss {result['eval_loss']:.4f} (perplexity {result['perplexity']:.2f}; "
               f"{config.dataset}, step {result['step']}; best {result['best_eval_loss']:.4f}); "
@@ -135,6 +154,12 @@ def _eval(args: argparse.Namespace) -> int:
         print(f"{result['checkpoint']}: {result['eval_split']} ({result['tokens']} tokens): loss "
               f"{result['eval_loss']:.4f}, perplexity {result['perplexity']:.2f}, "
               f"{result['bits_per_token']:.4f} bits/token")
+    elif "miou" in result:
+        print(f"{result['checkpoint']}: {result['eval_split']} ({result['images']} images): mIoU {result['miou']:.2f}%, "
+              f"mean accuracy {result['macc']:.2f}%, pixel accuracy {result['aacc']:.2f}%, loss "
+              f"{result['eval_loss']:.4f}")
+        for name, iou in result["iou_per_class"].items():
+            print(f"  IoU {name:24s} " + ("   –  (absent)" if iou is None or iou != iou else f"{iou:6.2f}%"))
     else:
         print(f"{result['checkpoint']}: {result['eval_split']} ({result['images']} images): top-1 "
               f"{result['top1']:.2f}%, top-5 {result['top5']:.2f}%, loss {result['eval_loss']:.4f}")
@@ -292,8 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_checkpoint_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", help="a run directory (or its best/, last/, weights file), or a weight file with "
+def _add_checkpoint_args(p: argparse.ArgumentParser, optional: bool = False) -> None:
+    p.add_argument("checkpoint", nargs="?" if optional else None, help="a run directory (or its best/, last/, weights file), or a weight file with "
                                       "--model (vitlab, timm, Hugging Face ViT, official CRATE / CRATE-α)")
     p.add_argument("images", nargs="*", help="image files (PNG, JPEG, ...) or dataset items DATASET[:SPLIT]:INDEX, "
                                              "e.g. fashion_mnist:test:0")
@@ -313,12 +338,17 @@ def _add_map_commands(sub) -> None:
     p.add_argument("--pca-layer", type=int, default=-1, help="block whose output tokens the PCA shows")
     p.set_defaults(func=_attention)
     p = sub.add_parser("segment", help="unsupervised foreground masks (attention thresholding, MaskCut) as PNGs, "
-                                       "and their mIoU: vitlab segment CHECKPOINT [IMAGE...] [--evaluate fashion_mnist]")
-    _add_checkpoint_args(p)
+                                       "and their mIoU: vitlab segment CHECKPOINT [IMAGE...] [--evaluate fashion_mnist]; "
+                                       "or a trained head's classes: vitlab segment --head RUN IMAGE...")
+    _add_checkpoint_args(p, optional=True)
+    p.add_argument("--head", default=None, metavar="RUN", help="a semantic-segmentation run directory: colour "
+                   "overlays of its predicted classes with a legend (and the ground truth for dataset items such as "
+                   "fashion_mnist_scenes:test:0)")
     p.add_argument("--mass", type=float, default=0.6, help="attention mass a mask keeps (DINO: 0.6)")
     p.add_argument("--tau", type=float, default=0.15, help="MaskCut affinity threshold on cosine similarity")
     p.add_argument("--num-masks", type=int, default=1, help="MaskCut masks per image")
-    p.add_argument("--save-masks", action="store_true", help="also write the masks as 8-bit PNGs")
+    p.add_argument("--save-masks", action="store_true", help="also write the masks as 8-bit PNGs (with --head: the "
+                   "predicted class index per pixel)")
     p.add_argument("--masks", default=None, help="folder of ground-truth masks named like the images (<stem>.png, "
                                                   "nonzero = foreground): print mIoU on the given images")
     p.add_argument("--evaluate", default=None, metavar="fashion_mnist[:SPLIT]",

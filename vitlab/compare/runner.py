@@ -51,7 +51,7 @@ class Study:
     """Plain strings are definitions (true whatever the numbers); interpretations are `Note`s."""
     orderings: list[tuple[str, ...]] = field(default_factory=list)
     """Column orders whose holding is checked per row, best first (e.g. ("GPT", "CRATE-α", "CRATE"))."""
-    metric: str = "top1"  # the result compared: 'top1' (%, higher is better) or 'eval_loss' (lower is better)
+    metric: str = "top1"  # the result compared: 'top1' or 'miou' (%, higher is better), 'eval_loss' (lower is better)
     report: Callable[["Study", list[dict[str, Any]], Path, Path], str] | None = None
     """Optional further section after training: report(study, records, runs root, figures folder) → Markdown."""
     figures: Callable[["Study", list[dict[str, Any]], Path], dict[str, str]] | None = None
@@ -159,7 +159,8 @@ def run_study(study: Study, root: str | Path, log: Callable[[str], None] = print
         result = json.loads(done.read_text())
         curve = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         records.append({"row": cell.row, "col": cell.col, "seed": seed, "run_dir": str(run_dir),
-                        "top1": result.get("top1", math.nan), "eval_loss": result["eval_loss"],
+                        "top1": result.get("top1", math.nan), "miou": result.get("miou", math.nan),
+                        "eval_loss": result["eval_loss"],
                         "train_loss": result.get("train_loss", float("nan")),
                         "seconds": result.get("seconds", float("nan")), "stale": stale,
                         "commit": _produced_at(run_dir, result),
@@ -179,11 +180,12 @@ def _clear_checkpoints(run_dir: Path) -> None:
             target.unlink()
 
 
-_METRIC_NAMES = {"top1": "Test top-1 (%)", "eval_loss": "Validation loss (nats per token; lower is better)"}
+_METRIC_NAMES = {"top1": "Test top-1 (%)", "miou": "Test mIoU (%)",
+                 "eval_loss": "Validation loss (nats per token; lower is better)"}
 
 
 def _higher_is_better(study: Study) -> bool:
-    return study.metric == "top1"
+    return study.metric in ("top1", "miou")
 
 
 def _cell_text(values: list[float], digits: int = 2) -> str:
@@ -250,7 +252,7 @@ def study_figures(study: Study, records: list[dict[str, Any]]) -> dict[str, str]
     `"<col> − <against> @ <row>"` (paired difference, mean [95% CI]), `"train loss: <col> @ <row>"`; what a
     `Note` cites."""
     value = {(r["row"], r["col"], r["seed"]): r[study.metric] for r in records}
-    digits = 2 if study.metric == "top1" else 3
+    digits = 2 if _higher_is_better(study) else 3
     out = {}
     for cell in study.cells:
         values = [value[cell.row, cell.col, s] for s in study.seeds if (cell.row, cell.col, s) in value]
@@ -311,7 +313,7 @@ def summarise(study: Study, records: list[dict[str, Any]]) -> str:
     rows = list(dict.fromkeys(c.row for c in study.cells))
     cols = list(dict.fromkeys(c.col for c in study.cells))
     value = {(r["row"], r["col"], r["seed"]): r[study.metric] for r in records}
-    digits = 2 if study.metric == "top1" else 3
+    digits = 2 if _higher_is_better(study) else 3
     lines = [provenance_line(records), "",
              f"{_METRIC_NAMES[study.metric]}, mean ± std [95% CI] over seeds {study.seeds}:", "",
              "| | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
@@ -320,7 +322,7 @@ def summarise(study: Study, records: list[dict[str, Any]]) -> str:
                  for col in cols]
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     if study.comparisons:
-        unit = "percentage points" if study.metric == "top1" else "nats per token"
+        unit = "percentage points" if _higher_is_better(study) else "nats per token"
         lines += ["", f"Paired differences (same row and seed), {unit}, mean [95% CI]; **bold** where the "
                   "interval excludes zero:", "", "| | " + " | ".join(rows) + " |", "|---|" + "---:|" * len(rows)]
         for col, against in study.comparisons:

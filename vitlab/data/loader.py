@@ -34,7 +34,8 @@ class DeviceLoader:
     batches; no DataLoader workers.
 
     Args:
-        images: (N, C, H, W) uint8. labels: (N,) integer (stored as int64).
+        images: (N, C, H, W) uint8. labels: (N,) integer class indices (stored as int64), or dense integer targets
+            (N, ...) such as segmentation masks (N, H, W), kept in their own dtype (uint8 masks stay 1 byte a pixel).
         batch_size: the batch size *per rank*; the global batch under DDP is batch_size · world_size.
         shuffle: permute every epoch (permutation of epoch e drawn by a CPU ``torch.Generator`` seeded with
             :func:`epoch_seed` (seed, e), so it is the same on every device, every rank and after a restart).
@@ -60,8 +61,9 @@ class DeviceLoader:
                  device: torch.device | str, seed: int = 0, rank: int = 0, world_size: int = 1):
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError(f"images must be a uint8 (N, C, H, W) tensor, got {images.dtype} {tuple(images.shape)}")
-        if labels.dim() != 1 or labels.shape[0] != images.shape[0]:
-            raise ValueError(f"labels must have shape ({images.shape[0]},), got {tuple(labels.shape)}")
+        if labels.dim() < 1 or labels.shape[0] != images.shape[0]:
+            raise ValueError(f"labels must have shape ({images.shape[0]},) or ({images.shape[0]}, ...), got "
+                             f"{tuple(labels.shape)}")
         if labels.is_floating_point() or labels.is_complex():
             raise ValueError(f"labels must be integer class indices, got {labels.dtype}")
         if int(batch_size) < 1:
@@ -71,7 +73,7 @@ class DeviceLoader:
                              f"world_size={world_size!r}")
         self.device = torch.device(device)
         self.images = images.to(self.device)  # (N, C, H, W) uint8, resident for the whole run
-        self.labels = labels.to(self.device, torch.int64)  # (N,)
+        self.labels = labels.to(self.device, torch.int64 if labels.dim() == 1 else labels.dtype)  # (N,) or (N, ...)
         self.batch_size, self.shuffle, self.drop_last = int(batch_size), bool(shuffle), bool(drop_last)
         self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
         if self.drop_last and len(self) == 0:

@@ -32,12 +32,14 @@ class TrainConfig:
 
     - ints (a bool is not one): `batch_size`, `grad_accum_steps` (a divisor of batch_size), `block_size`, `log_every`
       >= 1; `train_subset`, `eval_subset`, `num_workers`, `shuffle_buffer`, `seed`, `max_steps`, `steps`,
-      `warmup_steps` (<= steps when both are set), `eval_interval` >= 0; `image_size` None or >= 1.
+      `warmup_steps` (<= steps when both are set), `eval_interval` >= 0; `eval_stride` >= 1; `image_size` None or
+      >= 1.
     - finite numbers: `lr`, `epochs`, `eval_every` > 0; `min_lr` in [0, lr]; `weight_decay`, `grad_clip`,
-      `peak_tflops` >= 0; `warmup_epochs` in [0, epochs]; `crop_pct` in (0, 1]; `betas` two numbers in [0, 1).
+      `peak_tflops` >= 0; `warmup_epochs` in [0, epochs]; `crop_pct` in (0, 1]; `layer_decay` in (0, 1]; `betas` two numbers in [0, 1).
     - choices: `optimizer` adamw | adam | lion; `schedule` cosine | piecewise; `precision` auto | fp32 | bf16;
       `distributed` ddp | fsdp; `init` None | mimetic | norm_matched (`init_kwargs`: that init's keyword arguments,
-      empty without an init); `data_errors` raise | skip; `device` auto | cpu | cuda | cuda:N | mps; `tokenizer`
+      empty without an init); `head` None | linear | upernet (`head_kwargs`: the head's keyword arguments, empty
+      without a head); `eval_mode` whole | slide; `data_errors` raise | skip; `device` auto | cpu | cuda | cuda:N | mps; `tokenizer`
       char | bpe | bpe:N (N >= 257) | gpt2.
     - strings: `model` a registered model that `model_kwargs` can build (checked on the meta device); `dataset`,
       `train_split`, `eval_split`, `out_dir` (`{preset}` its one placeholder) non-empty; `data_dir`, `checkpoint`
@@ -52,6 +54,11 @@ class TrainConfig:
     checkpoint: str | None = None  # weights to start from (ours, timm ViT, or an official CRATE / CRATE-α file)
     checkpoint_adapt: bool = True  # resize the stem kernel and interpolate positions when the patch grid differs
     pretrained: bool = False  # the model's published weights (pretrained_cfg url)
+    # -- semantic segmentation (datasets ade20k, ade20k_shards, fashion_mnist_scenes): `model` is the backbone -----
+    head: str | None = None  # 'linear' (BN + 1×1 conv probe) or 'upernet'; needed by segmentation datasets only
+    head_kwargs: dict[str, Any] = field(default_factory=dict)  # indices, channels, pool_scales, dropout, norm_features
+    eval_mode: str = "whole"  # segmentation evaluation: 'whole' image, or 'slide' windows of image_size
+    eval_stride: int = 341  # sliding-window stride (pixels; mmsegmentation's ADE20K 512 crop uses 341)
     # -- data -------------------------------------------------------------------------------------------------
     dataset: str = "fashion_mnist"
     data_dir: str | None = None
@@ -72,6 +79,7 @@ class TrainConfig:
     # -- optimisation -----------------------------------------------------------------------------------------
     optimizer: str = "adamw"  # 'adamw', 'adam' (decoupled weight decay, as the JAX recipes) or 'lion'
     lr: float = 1e-3
+    layer_decay: float = 1.0  # layer-wise lr decay (BEiT / MAE fine-tuning): block i's lr × decay^(L + 1 − i); 1: off
     min_lr: float = 0.0
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.999)
@@ -126,10 +134,12 @@ _CHOICES: dict[str, tuple] = {
     "distributed": ("ddp", "fsdp"),
     "init": (None, "mimetic", "norm_matched"),
     "data_errors": ("raise", "skip"),
+    "head": (None, "linear", "upernet"),
+    "eval_mode": ("whole", "slide"),
 }
 _INT_MINIMUM = {"batch_size": 1, "grad_accum_steps": 1, "block_size": 1, "log_every": 1, "train_subset": 0,
                 "eval_subset": 0, "num_workers": 0, "shuffle_buffer": 0, "seed": 0, "max_steps": 0, "steps": 0,
-                "warmup_steps": 0, "eval_interval": 0}
+                "warmup_steps": 0, "eval_interval": 0, "eval_stride": 1}
 _POSITIVE = ("lr", "epochs", "eval_every")  # finite numbers > 0
 _NON_NEGATIVE = ("min_lr", "weight_decay", "grad_clip", "peak_tflops", "warmup_epochs")  # finite numbers >= 0
 _BOOLS = ("checkpoint_adapt", "pretrained", "download", "compile", "grad_checkpointing", "tensorboard")
@@ -166,7 +176,7 @@ def _check_types(c: TrainConfig) -> None:
         c.out_dir.format(preset="run")
     except (KeyError, IndexError, ValueError):
         raise _bad("out_dir", c.out_dir, "must be a path whose only placeholder is {preset}") from None
-    for key in ("model_kwargs", "init_kwargs"):
+    for key in ("model_kwargs", "init_kwargs", "head_kwargs"):
         value = getattr(c, key)
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
             raise _bad(key, value, "must be a dict with string keys")
@@ -186,6 +196,8 @@ def _check_numbers(c: TrainConfig) -> None:
             raise _bad(key, getattr(c, key), "must be a finite number >= 0")
     if c.min_lr > c.lr:
         raise _bad("min_lr", c.min_lr, f"must be a finite number in [0, lr={c.lr!r}]")
+    if not _is_number(c.layer_decay) or not 0 < c.layer_decay <= 1:
+        raise _bad("layer_decay", c.layer_decay, "must be a finite number in (0, 1] (1: off)")
     if not _is_number(c.crop_pct) or not 0 < c.crop_pct <= 1:
         raise _bad("crop_pct", c.crop_pct, "must be a finite number in (0, 1]")
     if (not isinstance(c.betas, (tuple, list)) or len(c.betas) != 2
@@ -211,6 +223,8 @@ def _check_choices(c: TrainConfig) -> None:
         parse_tokenizer_spec(c.tokenizer)
     except ValueError as err:
         raise _bad("tokenizer", c.tokenizer, str(err)) from None
+    if c.head is None and c.head_kwargs:
+        raise _bad("head_kwargs", c.head_kwargs, "must be empty without a segmentation head (head=linear|upernet)")
     if c.init is None:
         if c.init_kwargs:
             raise _bad("init_kwargs", c.init_kwargs, "must be empty without an init (init=mimetic|norm_matched)")
@@ -303,14 +317,15 @@ def apply_overrides(config: TrainConfig, overrides: list[str]) -> TrainConfig:
     """Applies `key=value` strings: top-level fields, `augment.<field>`, and free keys of the dict fields
     (`model_kwargs.depth=6`, `init_kwargs.alpha_qk=0.5`, values as Python literals)."""
     config = dataclasses.replace(config, augment=dataclasses.replace(config.augment),
-                                 model_kwargs=dict(config.model_kwargs), init_kwargs=dict(config.init_kwargs))
+                                 model_kwargs=dict(config.model_kwargs), init_kwargs=dict(config.init_kwargs),
+                                 head_kwargs=dict(config.head_kwargs))
     top, aug = _field_types(TrainConfig), _field_types(AugmentConfig)
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep:
             raise OverrideError(f"override {item!r} is not of the form key=value")
         head, _, rest = key.partition(".")
-        if head in ("model_kwargs", "init_kwargs") and rest:
+        if head in ("model_kwargs", "init_kwargs", "head_kwargs") and rest:
             getattr(config, head)[rest] = _literal(text)
         elif head == "augment" and rest:
             if rest not in aug:
@@ -320,7 +335,8 @@ def apply_overrides(config: TrainConfig, overrides: list[str]) -> TrainConfig:
             setattr(config, key, _parse_value(text, top[key], key))
         else:
             valid = sorted(k for k in top if k != "augment") + ["augment.<" + "|".join(sorted(aug)) + ">",
-                                                                 "model_kwargs.<name>", "init_kwargs.<name>"]
+                                                                 "model_kwargs.<name>", "init_kwargs.<name>",
+                                                                 "head_kwargs.<name>"]
             raise OverrideError(f"unknown key {key!r}; valid keys: {', '.join(valid)}")
     config.validate()
     return config

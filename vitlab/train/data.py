@@ -20,6 +20,7 @@ from torch import nn
 
 from ..data import DecodeCrop, EncodedImageDataset, TensorImageDataset, dataset_info, load_dataset
 from ..data.augment import AugmentConfig, DeviceAugment
+from ..data.segmentation import SEGMENTATION_DATASETS, is_segmentation_dataset
 from ..data.loader import DeviceLoader, EncodedLoader
 from .config import TrainConfig
 from .distributed import DistInfo, all_reduce_sum
@@ -143,13 +144,21 @@ def _loader(dataset, batch_size: int, train: bool, config: TrainConfig, info: Di
 
 
 def build_data(config: TrainConfig, info: DistInfo):
-    """The run's data: `LMData` for a text dataset (vitlab/train/lm.py), else `TrainData` (images): both splits
+    """The run's data: `LMData` for a text dataset (vitlab/train/lm.py), `SegData` for semantic segmentation
+    (vitlab/train/segmentation.py), else `TrainData` (images): both splits
     loaded and placed, each augmentation stage given to its one owner (`plan_augmentation`), the device
     augmentation built from the training split's statistics."""
     from .lm import build_lm_data, is_text_dataset
 
     if is_text_dataset(config.dataset):
         return build_lm_data(config, info)
+    if is_segmentation_dataset(config.dataset):
+        from .segmentation import build_segmentation_data
+
+        return build_segmentation_data(config, info)
+    if config.head is not None:
+        raise ValueError(f"head={config.head!r} is for semantic segmentation datasets ({', '.join(SEGMENTATION_DATASETS)}); "
+                         f"{config.dataset!r} is not one (leave head unset)")
     if config.data_errors not in ("raise", "skip"):
         raise ValueError(f"data_errors must be 'raise' or 'skip', got {config.data_errors!r}")
     if config.shuffle_buffer < 0:

@@ -69,7 +69,8 @@ class RunLogger:
                 if isinstance(value, (int, float)) and key not in ("step", "epoch"):
                     self.writer.add_scalar(f"{prefix}/{key}", value, record["step"])
         if echo:
-            text = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items())
+            text = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()
+                             if not isinstance(v, (dict, list)))  # per-class tables go to metrics.jsonl only
             (self.bar.write if self.bar is not None else print)(text)
 
     def advance(self, steps: int = 1) -> None:

@@ -34,6 +34,7 @@ from .._profile import count_flops
 from ..convert import load_checkpoint
 from ..init import mimetic_init_, norm_matched_init_
 from ..models import create_model
+from ..models.segmentation import SegmentationModel
 from .checkpoint import (RunDirBusy, RunDirLock, find_checkpoint, load_training_state, remove_stale_temporaries,
                          save_checkpoint)
 from .config import TrainConfig, config_to_dict
@@ -50,6 +51,9 @@ _FREE_ON_RESUME = {"max_steps", "progress", "tensorboard", "log_every", "num_wor
                    "download", "out_dir", "compile", "grad_checkpointing"}
 
 
+_BEST_FIELD = {"top1": "best_top1", "eval_loss": "best_loss", "miou": "best_miou"}  # primary metric → RunState
+
+
 class TrainingDiverged(RuntimeError):
     """The loss, an evaluation metric or the weights became NaN or infinite; the last good checkpoint is kept."""
 
@@ -64,6 +68,7 @@ class RunState:
     epoch: int = 0
     best_top1: float = -1.0
     best_loss: float = math.inf  # language models: best/ keeps the lowest evaluation loss
+    best_miou: float = -1.0  # semantic segmentation: best/ keeps the highest mIoU
     pending_eval: bool = False  # checkpointed because this step's evaluation failed: a resume evaluates it first
 
 
@@ -90,9 +95,9 @@ def peak_flops(device: torch.device) -> float | None:
     return None
 
 
-def build_model(config: TrainConfig, data: TrainData | None = None) -> nn.Module:
+def build_model(config: TrainConfig, data=None) -> nn.Module:
     """The configured model for the dataset's classes, channels and image size; init, then starting weights, then
-    gradient checkpointing when `grad_checkpointing` is set."""
+    (segmentation: `config.head` on the backbone) gradient checkpointing when `grad_checkpointing` is set."""
     kwargs = dict(config.model_kwargs)
     if data is not None:
         _check_family(config, data)
@@ -106,13 +111,17 @@ def build_model(config: TrainConfig, data: TrainData | None = None) -> nn.Module
         raise ValueError(f"init must be None, 'mimetic' or 'norm_matched', got {config.init!r}")
     if config.checkpoint:
         load_checkpoint(model, config.checkpoint, skip_head="auto", adapt=config.checkpoint_adapt)
+    if config.head is not None:  # the backbone's classifier is pruned; the head is new
+        num_classes = data.num_classes if data is not None else model.num_classes
+        model = SegmentationModel(model, num_classes, config.head, **config.head_kwargs)
     if config.grad_checkpointing:
         model.set_grad_checkpointing()
     return model
 
 
 def _check_family(config: TrainConfig, data) -> None:
-    """A language model for text data, an image model for images: said plainly, before anything is built."""
+    """A language model for text data, an image model for images, a head for segmentation data (and only there):
+    said plainly, before anything is built."""
     from ..models import get_pretrained_cfg
 
     is_lm = get_pretrained_cfg(config.model).get("task") == "lm"
@@ -120,6 +129,9 @@ def _check_family(config: TrainConfig, data) -> None:
         kind = "a language model (e.g. gpt_char_tiny, crate_lm_char_tiny)" if not is_lm else "an image model"
         raise ValueError(f"dataset {config.dataset!r} needs {kind}; model {config.model!r} is "
                          f"{'a language model' if is_lm else 'an image model'}")
+    if config.head is not None and data.primary[0] != "miou":
+        raise ValueError(f"head={config.head!r} is for semantic segmentation datasets; {config.dataset!r} is not one "
+                         "(leave head unset)")
 
 
 def _autocast(config: TrainConfig, device: torch.device):
@@ -195,7 +207,8 @@ class _Run:
         self.model = build_model(config, self.data).to(info.device)
         # wrap first: FSDP2's fully_shard replaces the parameters, and the optimiser must hold the new ones
         self.wrapped = wrap_model(self.model, info, config.distributed)
-        self.optimizer = build_optimizer(self.model, config.optimizer, config.lr, config.weight_decay, config.betas)
+        self.optimizer = build_optimizer(self.model, config.optimizer, config.lr, config.weight_decay, config.betas,
+                                         config.layer_decay)
         self.steps_per_epoch = len(self.data.train) // config.grad_accum_steps
         if self.steps_per_epoch < 1:
             raise ValueError("fewer training batches than grad_accum_steps: no optimiser step per epoch")
@@ -387,8 +400,8 @@ class _Run:
         finally:
             logger.close()
             self._unlock()
-        best = {"best_top1": self.state.best_top1} if self.data.unit == "images" else {"best_eval_loss":
-                                                                                       self.state.best_loss}
+        name = self.data.primary[0]
+        best = {f"best_{name}": getattr(self.state, _BEST_FIELD[name])}
         return {**metrics, "step": self.state.step, **best, "out_dir": str(self.out_dir)}
 
     def _log(self, logger, window_loss, window_steps, window_start, flops, peak) -> dict[str, Any]:
@@ -428,12 +441,10 @@ class _Run:
             raise TrainingDiverged(f"the evaluation at step {self.state.step} gave non-finite {', '.join(nonfinite)}; "
                                    f"nothing was saved and {self._last_good()}. Lower lr, add warmup or set grad_clip.")
         self.state.pending_eval = False
-        if self.data.primary == ("top1", "max"):
-            is_best = result["top1"] > self.state.best_top1
-            self.state.best_top1 = max(self.state.best_top1, result["top1"])
-        else:
-            is_best = result["eval_loss"] < self.state.best_loss
-            self.state.best_loss = min(self.state.best_loss, result["eval_loss"])
+        name, mode = self.data.primary
+        best = getattr(self.state, _BEST_FIELD[name])
+        is_best = result[name] > best if mode == "max" else result[name] < best
+        setattr(self.state, _BEST_FIELD[name], result[name] if is_best else best)
         self._save(result, is_best)
         return result
 
