@@ -95,14 +95,14 @@ def patch_features(model: nn.Module, images: torch.Tensor, layer: int = -1, kind
     was_training = model.training
     model.eval()
     try:
+        if kind == "tokens":  # timm's dense-feature contract: the block's output patch tokens
+            return model.forward_intermediates(images, indices=[index], output_fmt="NLC", stop_early=True,
+                                               intermediates_only=True)[0].float()  # (B, h·w, d)
         x = model._embed(images)  # (B, N, d)
         for block in blocks[:index]:
             x = block(x)  # (B, N, d)
-        if kind == "keys":
-            _, k, _ = blocks[index].attn._qkv(blocks[index].norm1(x))  # (B, H, N, dh)
-            x = k.transpose(1, 2).flatten(2)  # (B, N, H·dh)
-        else:
-            x = blocks[index](x)  # (B, N, d)
+        _, k, _ = blocks[index].attn._qkv(blocks[index].norm1(x))  # (B, H, N, dh) the block's attention keys
+        x = k.transpose(1, 2).flatten(2)  # (B, N, H·dh)
     finally:
         model.train(was_training)
     return x[:, model.num_prefix_tokens:].float()  # (B, h·w, D)
