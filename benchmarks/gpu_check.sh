@@ -8,6 +8,7 @@
 #   decode_throughput   benchmarks/decode_throughput.py --cores 16 (skipped while the script does not exist)
 #   fashion_recipe      the cifar10_vit_tiny_mimetic recipe on Fashion-MNIST at 32 px, 2 epochs: top-1, images/s, MFU
 #   grad_checkpointing  benchmarks/grad_checkpointing.py (skipped while the script does not exist)
+#   sliding_window      benchmarks/sliding_window.py: ADE20K slide evaluation, batched windows vs mmseg's loop, bf16
 #   train_step_compile  train_step.py --compile (last: compilation is the slowest and least certain step)
 #
 #   bash benchmarks/gpu_check.sh                          # on the GPU machine, from the repository root
@@ -18,7 +19,8 @@
 # GPU_CHECK_STEPS (space-separated subset of the step names), FASHION_DIR, PYTHON (default python3),
 # GIT_COMMIT (recorded when the copy has no .git), GPU_CHECK_SCRATCH (run folders and checkpoints; not under OUT).
 # At most 7 files are written under OUT (the device tool brings back 8): gpu_check.json, gpu_check.log,
-# train_step.json, train_step_compile.json, decode_throughput.json, fashion_metrics.jsonl, grad_checkpointing.json.
+# train_step.json, train_step_compile.json, decode_throughput.json, fashion_metrics.jsonl, grad_checkpointing.json
+# (sliding_window's results go into gpu_check.json only: its JSON is written to the scratch folder).
 set -u -o pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -56,7 +58,8 @@ mkdir -p "$SCRATCH"
 BUDGET_S=${GPU_CHECK_BUDGET_S:-$([[ "$DRY_RUN" == 1 ]] && echo 900 || echo 480)}  # the CPU dry run compiles slowly
 RESERVE_S=10   # kept back for the summary
 MIN_STEP_S=15  # a step is not started with less than this left
-ALL_STEPS="environment gpu_tests train_step decode_throughput fashion_recipe grad_checkpointing train_step_compile"
+ALL_STEPS="environment gpu_tests train_step decode_throughput fashion_recipe"
+ALL_STEPS+=" grad_checkpointing sliding_window train_step_compile"
 STEPS=${GPU_CHECK_STEPS:-$ALL_STEPS}
 LOG=$OUT/gpu_check.log
 START=$(date +%s)
@@ -66,6 +69,7 @@ export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"  # the checkout's vitlab, i
 : > "$LOG"
 : > "$SCRATCH/steps.jsonl"
 rm -f "$OUT"/{train_step,train_step_compile,decode_throughput,grad_checkpointing}.json "$OUT/fashion_metrics.jsonl"
+rm -f "$SCRATCH/sliding_window.json"
 
 # The one difference between the dry run and the real run: sizes (and the device).
 if [[ "$DRY_RUN" == 1 ]]; then
@@ -76,6 +80,7 @@ if [[ "$DRY_RUN" == 1 ]]; then
     DECODE_CAP=240  # its pipelines are processes that import torch and timm: slow on a loaded 2-core machine
     FASHION_SIZE=(train_subset=256 eval_subset=128 batch_size=32 model_kwargs.depth=1 model_kwargs.patch_size=8)
     GC_SIZE=(--models vit_tiny_patch4_32:2 crate_alpha_tiny_patch4_32:2 gpt_char_tiny:1:32 --steps 1)
+    SW_SIZE=(--models vit_tiny_patch16_224:linear --dtypes fp32 --size 128x160 --crop 64 --stride 43 --images 1)
 else
     DEVICE=cuda
     TRAIN_STEP_SIZE=(--batch-size "${TRAIN_STEP_BATCH:-128}" --steps 20 --warmup 5 --repeats 5)
@@ -84,6 +89,8 @@ else
     DECODE_CAP=120
     FASHION_SIZE=()
     GC_SIZE=(--models vit_base_patch16_224:64 crate_alpha_base_patch16_224:64 gpt2:16:1024 --steps 3)
+    SW_SIZE=(--models crate_alpha_base_patch16_224:upernet:512 vit_base_patch16_224:linear --dtypes bf16 --images 8
+        --repeats 3)  # ADE20K's 512x683 image, crop 512, stride 341, 150 classes (the script's defaults)
 fi
 
 read -r -d '' HELPER <<'PYEOF'
@@ -192,6 +199,8 @@ def record(name, status, rc, wall, timeout, reason, command, *files):
                 step["result"] = fashion(metrics)
             elif (out / f"{name}.json").is_file():
                 step["result"] = load(out / f"{name}.json")
+            elif (scratch / f"{name}.json").is_file():  # a result kept out of OUT (at most 7 files there)
+                step["result"] = load(scratch / f"{name}.json")
         except Exception as err:  # a result that cannot be read must not lose the step's record
             step["result_error"] = f"{type(err).__name__}: {err}"
     step["files"] = [f for f in files if (out / f).is_file()]
@@ -329,6 +338,13 @@ if [[ -f benchmarks/grad_checkpointing.py ]]; then
         "${GC_SIZE[@]}" --json "$OUT/grad_checkpointing.json"
 else
     skip grad_checkpointing "script missing: benchmarks/grad_checkpointing.py"
+fi
+
+if [[ -f benchmarks/sliding_window.py ]]; then
+    step sliding_window 120 "" "$PY" benchmarks/sliding_window.py --device "$DEVICE" "${SW_SIZE[@]}" \
+        --json "$SCRATCH/sliding_window.json"
+else
+    skip sliding_window "script missing: benchmarks/sliding_window.py"
 fi
 
 step train_step_compile 300 train_step_compile.json "$PY" benchmarks/train_step.py --device "$DEVICE" --compile \

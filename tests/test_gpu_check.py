@@ -15,7 +15,7 @@ import vitlab
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = ["environment", "gpu_tests", "train_step", "decode_throughput", "fashion_recipe", "grad_checkpointing",
-         "train_step_compile"]
+         "sliding_window", "train_step_compile"]
 
 
 def _train_step_module():
@@ -79,7 +79,7 @@ def test_gpu_check_dry_run_records_every_step(tmp_path):
     assert set(full["models"]) == {"vitlab_vit", "vitlab_crate_alpha", "timm_vit"}
     for name in set(STEPS) - {"environment", "train_step"}:
         assert steps[name]["status"] == "skipped" and steps[name]["reason"], steps[name]
-    assert summary["status_counts"] == {"ok": 2, "failed": 0, "timeout": 0, "skipped": 5}
+    assert summary["status_counts"] == {"ok": 2, "failed": 0, "timeout": 0, "skipped": 6}
     assert len(list((tmp_path / "out").iterdir())) <= 8  # what the device tool brings back
 
 
