@@ -256,7 +256,7 @@ def test_load_segmentation_dataset_dispatch(ade):
     assert load_segmentation_dataset("ade20k", "train", data_dir=base).train
     assert is_segmentation_dataset("ade20k") and not is_segmentation_dataset("cifar10")
     assert set(SEGMENTATION_DATASETS) == {"ade20k", "ade20k_shards", "fashion_mnist_scenes"}
-    with pytest.raises(KeyError, match="valid: ade20k, ade20k_shards, fashion_mnist_scenes"):
+    with pytest.raises(ValueError, match="valid: ade20k, ade20k_shards, fashion_mnist_scenes"):
         load_segmentation_dataset("ade21k", "train", data_dir=base)
     sub = data.subset(1)
     assert len(sub) == 1 and sub.pairs[0] in data.pairs and data.subset(1).pairs == sub.pairs

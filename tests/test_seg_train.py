@@ -89,3 +89,20 @@ def test_ade20k_layout_trains_through_loader_workers_with_slide_evaluation(tmp_p
     assert result["step"] == 2 and 0 <= result["miou"] <= 100
     assert len(result["iou_per_class"]) == 150
     assert main(["eval", str(tmp_path / "run"), "eval_mode=whole"]) == 0  # whole images of any size: padded
+
+
+def test_ade20k_shards_written_by_the_cli_train_like_the_folders(tmp_path, capsys):
+    write_ade(tmp_path / "data")
+    assert main(["shards", "ade20k", str(tmp_path / "shards"), "--split", "training,validation",
+                 "--data-dir", str(tmp_path / "data"), "--shard-size", "3"]) == 0
+    assert "4 image + mask pairs, 150 classes" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "shards" / "training").glob("*.tar")) == ["training-000000.tar",
+                                                                                        "training-000001.tar"]
+    config = apply_overrides(get_preset("ade20k_crate_alpha_b16_upernet"), [
+        "dataset=ade20k_shards", "model=vit_tiny_patch16_224", "pretrained=false", "model_kwargs.embed_dim=32",
+        "model_kwargs.depth=4", "model_kwargs.num_heads=2", "head=linear", "head_kwargs={}",
+        f"data_dir={tmp_path / 'shards'}", "image_size=32", "eval_mode=whole", "batch_size=2", "steps=2",
+        "warmup_steps=1", "eval_interval=2", "num_workers=0", "progress=false", f"out_dir={tmp_path / 'run'}"])
+    result = train(config)
+    assert result["step"] == 2 and len(result["iou_per_class"]) == 150
+    assert main(["shards", "fashion_mnist_scenes", str(tmp_path / "x")]) == 2  # in memory: a clear refusal

@@ -184,9 +184,27 @@ def _presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _segmentation_shards(args: argparse.Namespace) -> int:
+    from .data.segmentation import load_segmentation_dataset, write_segmentation_shards
+
+    if args.source == "fashion_mnist_scenes":
+        raise ValueError("fashion_mnist_scenes is built in memory from Fashion-MNIST in seconds: nothing to shard")
+    for split in args.split.split(","):
+        dataset = load_segmentation_dataset(args.source, split, data_dir=args.data_dir)
+        out = write_segmentation_shards(dataset, os.path.join(args.out, split), shard_size=args.shard_size,
+                                        prefix=split, seed=None if args.no_shuffle else args.seed,
+                                        overwrite=args.overwrite)
+        print(f"{out}: {len(dataset)} image + mask pairs, {dataset.num_classes} classes "
+              f"(train with dataset=ade20k_shards data_dir={args.out})")
+    return 0
+
+
 def _shards(args: argparse.Namespace) -> int:
     from .data import load_dataset, write_shards
+    from .data.segmentation import is_segmentation_dataset
 
+    if is_segmentation_dataset(args.source):
+        return _segmentation_shards(args)
     for split in args.split.split(","):
         dataset = load_dataset(args.source, split, data_dir=args.data_dir, download=args.download,
                                image_size=args.image_size, train_transform=False)
@@ -267,7 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                                "retraining them")
     p.set_defaults(func=_compare)
     p = sub.add_parser("shards", help="write WebDataset shards (tar: key.jpg|png + key.cls + key.json, index.json) "
-                                      "from any dataset vitlab reads: vitlab shards SRC OUT --split train,val")
+                                      "from any dataset vitlab reads: vitlab shards SRC OUT --split train,val; "
+                                      "segmentation (ade20k): key.jpg + key.seg.png")
     p.add_argument("source", help="a dataset name (imagenet, cifar10, fashion_mnist, imagefolder with --data-dir, "
                                   "shards, ...)")
     p.add_argument("out", help="output folder; each split goes to OUT/<split>/")

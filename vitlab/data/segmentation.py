@@ -213,7 +213,7 @@ def load_segmentation_dataset(name: str, split: str, *, data_dir: str | os.PathL
         in-memory dataset (augmented on the device: `crop` and `on_error` do not apply to it).
     crop: the `SegCrop` (default: train transform for the training split, eval transform otherwise)."""
     if name not in SEGMENTATION_DATASETS:
-        raise KeyError(f"unknown segmentation dataset {name!r}; valid: {', '.join(SEGMENTATION_DATASETS)}")
+        raise ValueError(f"unknown segmentation dataset {name!r}; valid: {', '.join(SEGMENTATION_DATASETS)}")
     if name == "fashion_mnist_scenes":
         from .scenes import fashion_mnist_scenes  # noqa: PLC0415  (written separately, imported on use)
 
