@@ -80,3 +80,14 @@ def test_layer_decay_scales_each_block():
     assert len(plain) == 2 and all("lr" not in g for g in plain)  # off: the two groups as before
     classifier = vitlab.create_model("crate_tiny_patch4_32", depth=2)  # works on a classifier too
     assert layer_ids(classifier)["head.weight"] == 3 and layer_ids(classifier)["cls_token"] == 0
+
+
+def test_batchnorm_becomes_syncbatchnorm_on_cuda_only():
+    from vitlab.train.distributed import sync_batchnorm
+
+    model = small("vit_tiny_patch4_32", "upernet")
+    weight = model.head.fuse[1].weight
+    assert sync_batchnorm(model, torch.device("cpu")) is model and type(model.head.fuse[1]) is torch.nn.BatchNorm2d
+    converted = sync_batchnorm(model, torch.device("cuda"))  # conversion only; running it needs CUDA
+    assert type(converted.head.fuse[1]) is torch.nn.SyncBatchNorm and converted.head.fuse[1].weight is weight
+    assert converted is model  # children replaced in place: the optimiser's parameters stay the model's

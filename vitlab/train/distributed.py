@@ -10,7 +10,7 @@ from torch import nn
 
 from ..models import get_blocks
 
-__all__ = ["DistInfo", "setup_distributed", "teardown_distributed", "wrap_model", "all_reduce_sum"]
+__all__ = ["sync_batchnorm", "DistInfo", "setup_distributed", "teardown_distributed", "wrap_model", "all_reduce_sum"]
 
 
 @dataclass(frozen=True)
@@ -49,11 +49,22 @@ def teardown_distributed() -> None:
         dist.destroy_process_group()
 
 
+def sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
+    """On CUDA, BatchNorm layers (the segmentation heads') become SyncBatchNorm, so batch statistics are over the
+    global batch as mmsegmentation's SyncBN (in place for children; the parameters are the same tensors). Elsewhere
+    (SyncBatchNorm is CUDA-only) each rank keeps its own statistics."""
+    if device.type != "cuda" or not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return model
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
 def wrap_model(model: nn.Module, info: DistInfo, strategy: str) -> nn.Module:
     """DDP (gradients all-reduced, averaged) or FSDP2 (parameters sharded per block of `model.get_blocks()`, the
-    `vitlab.models.TransformerBlocks` contract, and at the root; a model without it is refused by name)."""
+    `vitlab.models.TransformerBlocks` contract, and at the root; a model without it is refused by name). On CUDA,
+    BatchNorm becomes SyncBatchNorm first (`sync_batchnorm`)."""
     if not info.enabled:
         return model
+    model = sync_batchnorm(model, info.device)
     if strategy == "ddp":
         return nn.parallel.DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
     if strategy == "fsdp":
