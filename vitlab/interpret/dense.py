@@ -59,7 +59,7 @@ def load_segmentation_run(run: str | os.PathLike) -> SegmentationRun:
     model = SegmentationModel(backbone, len(meta["classes"]), config.head, **config.head_kwargs)
     load_checkpoint(model, weights)
     return SegmentationRun(model.eval(), meta, config.eval_mode, config.eval_stride,
-                           f"{run_dir.name}_{weights.parent.name}")
+                           f"{run_dir.parent.name}/{run_dir.name} ({weights.parent.name}/)")
 
 
 def _file_image(path: Path, channels: int, short_side: int) -> torch.Tensor:
