@@ -11,8 +11,10 @@ from .crate_lm import CRATEAlphaLM, CRATELM
 from .gpt import GPT
 from .vit import VisionTransformer
 from .segmentation import SegmentationModel, create_segmentation_model
+from .clip import CLIP, TextTransformer, create_clip_model
 
 __all__ = ["TransformerBlocks", "get_blocks", "ImageTransformer", "VisionTransformer", "CRATE", "CRATEAlpha", "CrateBlock", "CausalLM", "GPT",
            "CRATELM", "CRATEAlphaLM", "create_model",
            "list_models", "register_model", "is_model", "resolve_model_name", "get_pretrained_cfg",
-           "resample_position_embedding", "SegmentationModel", "create_segmentation_model"]
+           "resample_position_embedding", "SegmentationModel", "create_segmentation_model",
+           "CLIP", "TextTransformer", "create_clip_model"]
