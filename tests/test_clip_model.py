@@ -69,3 +69,19 @@ def test_open_clip_text_keys_and_mimetic_init_of_both_towers():
             "text.transformer.resblocks.1.attn.in_proj_weight", "text.transformer.resblocks.1.mlp.c_proj.bias"} <= keys
     assert mimetic_init_(model.text, seed=0) == 2  # nn.MultiheadAttention layers
     assert mimetic_init_(model, seed=0) == 4  # and the ViT tower's two blocks
+
+
+def test_bidirectional_last_token_variant():
+    torch.manual_seed(0)
+    from vitlab.models.clip import TextTransformer
+
+    text_tower = TextTransformer(**TEXT, embed_dim=8, causal=False, pool="last", gelu_approximate="tanh",
+                                 norm_eps=1e-6).eval()
+    text = tokens()
+    base = text_tower(text)
+    changed = text.clone()
+    changed[0, 15] = 5  # a padding token after the end-of-text reaches the output: bidirectional, pooled last
+    assert not torch.allclose(text_tower(changed)[0], base[0])
+    assert text_tower.transformer.resblocks[0].ln_1.eps == 1e-6
+    with pytest.raises(ValueError, match="pool must be"):
+        TextTransformer(**TEXT, pool="mean")

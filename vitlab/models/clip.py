@@ -30,34 +30,46 @@ __all__ = ["TextTransformer", "CLIP", "create_clip_model"]
 class ResidualAttentionBlock(nn.Module):
     """open_clip's text block: x + attn(ln_1 x, causal), x + mlp(ln_2 x), MLP c_fc → GELU → c_proj."""
 
-    def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0):
+    def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0, norm_eps: float = 1e-5,
+                 gelu_approximate: str = "none"):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(width)
+        self.ln_1 = nn.LayerNorm(width, eps=norm_eps)
         self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
-        self.ln_2 = nn.LayerNorm(width)
+        self.ln_2 = nn.LayerNorm(width, eps=norm_eps)
         hidden = int(width * mlp_ratio)
-        self.mlp = nn.Sequential(OrderedDict([("c_fc", nn.Linear(width, hidden)), ("gelu", nn.GELU()),
+        self.mlp = nn.Sequential(OrderedDict([("c_fc", nn.Linear(width, hidden)),
+                                              ("gelu", nn.GELU(approximate=gelu_approximate)),
                                               ("c_proj", nn.Linear(hidden, width))]))
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         h = self.ln_1(x)
         x = x + self.attn(h, h, h, attn_mask=mask, need_weights=False)[0]  # (B, L, w)
         return x + self.mlp(self.ln_2(x))  # (B, L, w)
 
 
 class TextTransformer(nn.Module):
-    """The CLIP text encoder: (B, L) token ids → (B, embed_dim), pooled at the end-of-text token (argmax id)."""
+    """The CLIP text encoder: (B, L) token ids → (B, embed_dim).
+
+    Defaults are OpenAI CLIP's (causal mask, pooled at the end-of-text token = the largest id, exact GELU, LayerNorm
+    eps 1e-5). `causal=False, pool='last', gelu_approximate='tanh', norm_eps=1e-6` describe the text tower of the
+    official CRATE-α-CLIPA PyTorch port as ../shared/design/official_layouts.md reads it (bidirectional, last
+    token); to be checked against the official file when its converter is written.
+    """
 
     def __init__(self, vocab_size: int = 49408, context_length: int = 77, width: int = 512, layers: int = 12,
-                 heads: int = 8, embed_dim: int = 512, mlp_ratio: float = 4.0):
+                 heads: int = 8, embed_dim: int = 512, mlp_ratio: float = 4.0, causal: bool = True,
+                 pool: str = "eot", gelu_approximate: str = "none", norm_eps: float = 1e-5):
         super().__init__()
+        if pool not in ("eot", "last"):
+            raise ValueError(f"pool must be 'eot' (the end-of-text token, the largest id) or 'last', got {pool!r}")
         self.context_length, self.vocab_size, self.width = context_length, vocab_size, width
+        self.causal, self.pool = causal, pool
         self.token_embedding = nn.Embedding(vocab_size, width)
         self.positional_embedding = nn.Parameter(torch.empty(context_length, width))
         self.transformer = nn.Module()
-        self.transformer.resblocks = nn.ModuleList(ResidualAttentionBlock(width, heads, mlp_ratio)
-                                                   for _ in range(layers))
-        self.ln_final = nn.LayerNorm(width)
+        self.transformer.resblocks = nn.ModuleList(
+            ResidualAttentionBlock(width, heads, mlp_ratio, norm_eps, gelu_approximate) for _ in range(layers))
+        self.ln_final = nn.LayerNorm(width, eps=norm_eps)
         self.text_projection = nn.Parameter(torch.empty(width, embed_dim))
         self.register_buffer("attn_mask", torch.full((context_length, context_length), float("-inf")).triu(1),
                              persistent=False)  # (L, L) causal: token i sees j <= i
@@ -82,11 +94,12 @@ class TextTransformer(nn.Module):
         if L > self.context_length:
             raise ValueError(f"text has {L} tokens, the text tower's context_length is {self.context_length}")
         x = self.token_embedding(text) + self.positional_embedding[:L]  # (B, L, w)
-        mask = self.attn_mask[:L, :L].to(x.dtype)
+        mask = self.attn_mask[:L, :L].to(x.dtype) if self.causal else None
         for block in self.transformer.resblocks:
             x = block(x, mask)  # (B, L, w)
         x = self.ln_final(x)
-        pooled = x[torch.arange(B, device=x.device), text.argmax(dim=-1)]  # (B, w) at the end-of-text token
+        position = text.argmax(dim=-1) if self.pool == "eot" else torch.full((B,), L - 1, device=x.device)
+        pooled = x[torch.arange(B, device=x.device), position]  # (B, w) at the end-of-text (or last) token
         return pooled @ self.text_projection  # (B, embed_dim)
 
 
