@@ -79,9 +79,14 @@ def test_bidirectional_last_token_variant():
                                  norm_eps=1e-6).eval()
     text = tokens()
     base = text_tower(text)
-    changed = text.clone()
-    changed[0, 15] = 5  # a padding token after the end-of-text reaches the output: bidirectional, pooled last
-    assert not torch.allclose(text_tower(changed)[0], base[0])
+    causal = TextTransformer(**TEXT, embed_dim=8, causal=True, pool="last", gelu_approximate="tanh", norm_eps=1e-6)
+    causal.load_state_dict(text_tower.state_dict())
+    first = text[:, :1]  # one token: attention has nothing to mask, causal or not
+    torch.testing.assert_close(causal.eval()(first), text_tower(first))
+    assert not torch.allclose(causal(text), base)  # longer inputs: the last token attends both ways only without the mask
+    manual = text_tower.ln_final(text_tower.transformer.resblocks[1](text_tower.transformer.resblocks[0](
+        text_tower.token_embedding(text) + text_tower.positional_embedding, None), None))[:, -1]
+    torch.testing.assert_close(base, manual @ text_tower.text_projection)  # pooled at the last position
     assert text_tower.transformer.resblocks[0].ln_1.eps == 1e-6
     with pytest.raises(ValueError, match="pool must be"):
         TextTransformer(**TEXT, pool="mean")
