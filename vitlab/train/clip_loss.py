@@ -10,7 +10,8 @@ Fig. 3):
 
 CE is the mean cross-entropy over rows. With `local_loss=True` each rank keeps only its own B rows:
 logits_per_image = s · I_local T_allᵀ (B, N), logits_per_text = s · T_local I_allᵀ (B, N),
-y = rank·B + (0, …, B-1), and the loss is the mean over the rank's B rows (the mean over ranks of these losses is the global loss).
+y = rank·B + (0, …, B-1), and the loss is the mean over the rank's B rows (the mean over ranks of these losses is
+the global loss).
 
 Gradients across ranks. Without `gather_with_grad` the gathered features are constants except the rank's own slice,
 which is the original tensor: rank r's gradient w.r.t. its local features is exactly slice r of the gradient of the
