@@ -21,7 +21,7 @@ from torchvision_shim import import_torchvision
 
 import_torchvision()
 
-REQUIRED_MODULES = ("timm", "transformers", "tensorboard", "skimage", "sklearn", "simplejpeg")
+REQUIRED_MODULES = ("timm", "transformers", "tensorboard", "skimage", "sklearn", "simplejpeg", "open_clip")
 REQUIRED_SKIPS = [rf"could not import '({'|'.join(REQUIRED_MODULES)})[.']", r"\.\./shared/data",
                   r"dataset-fashion-mnist"]
 OPTIONAL_SKIPS = {r"needs CUDA": "CPU machines have no GPU; the GPU check (benchmarks/gpu_check.sh) runs them",
