@@ -96,8 +96,14 @@ def _loss_and_grads(model, x_image, x_text, loss_fn):
 
 
 def _worker(rank: int, init_file: str, out_dir: str) -> None:
+    import datetime
+    import faulthandler
+    import sys
+
+    faulthandler.dump_traceback_later(60, exit=True, file=sys.stderr)  # a hang prints where, then fails the run
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD,
+                            timeout=datetime.timedelta(seconds=45))
     try:
         towers, x_image, x_text = _inputs()
         local = slice(rank * BATCH // WORLD, (rank + 1) * BATCH // WORLD)
@@ -117,7 +123,15 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("clip_dist")
-    mp.spawn(_worker, args=(str(tmp / "init"), str(tmp)), nprocs=WORLD, join=True)
+    import time
+
+    context = mp.spawn(_worker, args=(str(tmp / "init"), str(tmp)), nprocs=WORLD, join=False)
+    deadline = time.monotonic() + 120
+    while not context.join(timeout=5):  # raises if a worker failed
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.terminate()
+            pytest.fail("the two gloo workers did not finish within 120 s")
     return [torch.load(tmp / f"rank{r}.pt") for r in range(WORLD)]
 
 
