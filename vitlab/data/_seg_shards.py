@@ -12,20 +12,18 @@ from __future__ import annotations
 
 import json
 import os
-import tarfile
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from webdataset.tariterators import base_plus_ext
 
 from ._locate import DatasetFormatError, MissingFileError
 from ._seg_source import SegmentationDataset
 from ._seg_transform import SegCrop
 from ._sources import IMAGENET_MEAN, IMAGENET_STD
-from .shards import _INDEX_KIND, INDEX_FILE, SHARD_IMAGE_EXTENSIONS
+from .shards import _INDEX_KIND, INDEX_FILE, SHARD_IMAGE_EXTENSIONS, scan_tar_members
 
 __all__ = ["SegmentationShardDataset", "SegShardIndex", "index_segmentation_shard", "write_segmentation_shards",
            "MASK_EXTENSION", "SEGMENTATION_TASK"]
@@ -51,36 +49,18 @@ class SegShardIndex:
 
 def _scan_members(path: str) -> tuple[list[str], dict, dict, str | None]:
     """(keys in order, key → image (offset, size), key → mask (offset, size), error or None), from the tar
-    headers."""
-    size = os.path.getsize(path)
+    headers (`scan_tar_members`); after an error the last key, possibly incomplete, is dropped."""
+    members, error = scan_tar_members(path)
     images: dict[str, tuple[int, int]] = {}
     masks: dict[str, tuple[int, int]] = {}
     order: list[str] = []
-    last = "(none)"
-    try:
-        with tarfile.open(path, mode="r:") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                if member.offset_data + member.size > size:
-                    raise tarfile.ReadError(f"member {member.name} extends past the end of the file")
-                key, ext = base_plus_ext(member.name)
-                if key is None:
-                    continue
-                if key not in images and key not in masks:
-                    order.append(key)
-                table = masks if ext.lower() == MASK_EXTENSION else images if ext.lower() in SHARD_IMAGE_EXTENSIONS \
-                    else None
-                if table is not None:
-                    table[key] = (member.offset_data, member.size)
-                last = member.name
-            with open(path, "rb") as handle:  # a complete tar ends with two zero blocks after its last member
-                handle.seek(tar.offset)
-                if handle.read(1024) != bytes(1024):
-                    raise tarfile.ReadError("no end-of-archive blocks: the file was cut short")
-    except (tarfile.TarError, EOFError) as err:
-        return order[:-1], images, masks, f"{path}: truncated or corrupt tar after member {last} ({err})"
-    return order, images, masks, None
+    for member in members:
+        if member.key not in images and member.key not in masks:
+            order.append(member.key)
+        table = masks if member.ext == MASK_EXTENSION else images if member.ext in SHARD_IMAGE_EXTENSIONS else None
+        if table is not None:
+            table[member.key] = (member.offset, member.size)
+    return (order[:-1] if error else order), images, masks, error
 
 
 def index_segmentation_shard(path: str | os.PathLike, on_error: str = "raise") -> SegShardIndex:

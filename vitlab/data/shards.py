@@ -30,7 +30,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 import numpy as np
 from braceexpand import braceexpand
@@ -41,8 +41,8 @@ from ._sources import IMAGENET_MEAN, IMAGENET_STD
 from .decode import DecodeCrop
 from .encoded import EncodedImageDataset
 
-__all__ = ["ShardDataset", "ShardIndex", "write_shards", "expand_shard_urls", "index_shard", "buffered_order",
-           "SHARD_IMAGE_EXTENSIONS", "INDEX_FILE"]
+__all__ = ["ShardDataset", "ShardIndex", "write_shards", "expand_shard_urls", "index_shard", "scan_tar_members",
+           "TarMember", "buffered_order", "SHARD_IMAGE_EXTENSIONS", "INDEX_FILE"]
 
 SHARD_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 INDEX_FILE, OFFSETS_FILE = "index.json", "index.npz"
@@ -80,18 +80,22 @@ def _label(ext: str, data: bytes, where: str) -> int:
                                  "integer or <key>.json with an integer 'label'") from None
 
 
-def index_shard(path: str | os.PathLike, on_error: str = "raise") -> ShardIndex:
-    """Scans one tar's headers (not its image data) into a `ShardIndex`; reads the small label members.
+class TarMember(NamedTuple):
+    key: str  # the sample key (the member name without its extension, webdataset's `base_plus_ext`)
+    ext: str  # the extension, lower case
+    offset: int  # where the member's data starts in the file
+    size: int
+    name: str  # the member name as stored
 
-    A truncated tar raises `DatasetFormatError` naming the file and the last complete member ('raise'), or keeps the
-    complete samples before the cut with a warning ('skip'). A sample without an image or a label is an error
-    ('raise') or left out with a warning ('skip')."""
+
+def scan_tar_members(path: str | os.PathLike) -> tuple[list[TarMember], str | None]:
+    """The regular-file members of a WebDataset tar, in order, from its headers only (no data is read), and the
+    message of the error that ended the scan early (a truncated or corrupt tar, or one without its end-of-archive
+    blocks), else None. Both shard readers (classification here, segmentation in `_seg_shards.py`) index with it."""
     path = str(path)
     size = os.path.getsize(path)
-    images: dict[str, tuple[int, int]] = {}
-    labels: dict[str, int] = {}
-    order: list[str] = []
-    last, problems = "(none)", []
+    members: list[TarMember] = []
+    last = "(none)"
     try:
         with tarfile.open(path, mode="r:") as tar:
             for member in tar:
@@ -102,23 +106,42 @@ def index_shard(path: str | os.PathLike, on_error: str = "raise") -> ShardIndex:
                 key, ext = base_plus_ext(member.name)
                 if key is None:
                     continue
-                ext = ext.lower()
-                if key not in images and key not in labels:
-                    order.append(key)
-                if ext in SHARD_IMAGE_EXTENSIONS:
-                    images[key] = (member.offset_data, member.size)
-                elif ext in ("cls", "json") and key not in labels:
-                    labels[key] = _label(ext, tar.extractfile(member).read(), f"{path}: {member.name}")
+                members.append(TarMember(key, ext.lower(), member.offset_data, member.size, member.name))
                 last = member.name
             with open(path, "rb") as handle:  # a complete tar ends with two zero blocks after its last member
                 handle.seek(tar.offset)
                 if handle.read(1024) != bytes(1024):
                     raise tarfile.ReadError("no end-of-archive blocks: the file was cut short")
     except (tarfile.TarError, EOFError) as err:
-        message = f"{path}: truncated or corrupt tar after member {last} ({err})"
+        return members, f"{path}: truncated or corrupt tar after member {last} ({err})"
+    return members, None
+
+
+def index_shard(path: str | os.PathLike, on_error: str = "raise") -> ShardIndex:
+    """Scans one tar's headers (not its image data) into a `ShardIndex`; reads the small label members.
+
+    A truncated tar raises `DatasetFormatError` naming the file and the last complete member ('raise'), or keeps the
+    complete samples before the cut with a warning ('skip'). A sample without an image or a label is an error
+    ('raise') or left out with a warning ('skip')."""
+    path = str(path)
+    members, error = scan_tar_members(path)
+    images: dict[str, tuple[int, int]] = {}
+    labels: dict[str, int] = {}
+    order: list[str] = []
+    problems = []
+    with open(path, "rb") as handle:
+        for member in members:
+            if member.key not in images and member.key not in labels:
+                order.append(member.key)
+            if member.ext in SHARD_IMAGE_EXTENSIONS:
+                images[member.key] = (member.offset, member.size)
+            elif member.ext in ("cls", "json") and member.key not in labels:
+                handle.seek(member.offset)
+                labels[member.key] = _label(member.ext, handle.read(member.size), f"{path}: {member.name}")
+    if error is not None:
         if on_error == "raise":
-            raise DatasetFormatError(message + "; set data_errors=skip to train on its complete samples") from None
-        problems.append(message)
+            raise DatasetFormatError(error + "; set data_errors=skip to train on its complete samples")
+        problems.append(error)
         order = order[:-1]  # the sample being read when the tar ended may be incomplete
     keep = []
     for key in order:
