@@ -23,7 +23,7 @@ from typing import Any, Callable
 import torch
 from safetensors.torch import load_file, save_file
 
-__all__ = ["save_checkpoint", "find_checkpoint", "load_training_state", "remove_stale_temporaries", "RunDirLock",
+__all__ = ["write_text_atomic", "save_checkpoint", "find_checkpoint", "load_training_state", "remove_stale_temporaries", "RunDirLock",
            "RunDirBusy", "strict_json", "WEIGHTS", "STATE"]
 
 WEIGHTS, STATE = "model.safetensors", "state.pt"
@@ -47,6 +47,15 @@ def strict_json(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [strict_json(v) for v in value]
     return value
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Writes `path` through `<name>.tmp-<pid>` and a rename: readers see the old file or the new one, never a
+    truncated one (config.json, segmentation.json, a truncated metrics.jsonl)."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def _write(file: Path, writer: Callable[[], Any]) -> None:

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import strict_json
+from .checkpoint import strict_json, write_text_atomic
 
 __all__ = ["RunLogger", "truncate_metrics"]
 
@@ -31,9 +31,7 @@ def truncate_metrics(path: Path, step: int) -> int:
         else:
             kept.append(line + "\n")
     if dropped:
-        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-        tmp.write_text("".join(kept))
-        os.replace(tmp, path)
+        write_text_atomic(path, "".join(kept))
     return dropped
 
 

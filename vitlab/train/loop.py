@@ -36,7 +36,7 @@ from ..init import mimetic_init_, norm_matched_init_
 from ..models import create_model
 from ..models.segmentation import SegmentationModel
 from .checkpoint import (RunDirBusy, RunDirLock, find_checkpoint, load_training_state, remove_stale_temporaries,
-                         save_checkpoint)
+                         save_checkpoint, write_text_atomic)
 from .config import TrainConfig, config_to_dict
 from .data import TrainData, build_data
 from .distributed import DistInfo, all_reduce_sum, setup_distributed, teardown_distributed, wrap_model
@@ -224,10 +224,8 @@ class _Run:
         self.resumed = self._resume()
         if info.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            record = self.out_dir / f"config.json.tmp-{os.getpid()}"  # atomic: never a truncated config.json
             provenance = {**_provenance(config, preset, argv), "data_files": [list(f) for f in self.data.files]}
-            record.write_text(json.dumps(provenance, indent=1))
-            os.replace(record, self.out_dir / "config.json")
+            write_text_atomic(self.out_dir / "config.json", json.dumps(provenance, indent=1))
             self.data.save_assets(self.out_dir)
         if config.compile:
             self.wrapped.compile()

@@ -15,7 +15,9 @@ IoU (`vitlab.train.seg_eval`). `best/` keeps the highest mIoU.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +25,7 @@ from torch import nn
 
 from ..data.loader import DeviceLoader, EncodedLoader
 from ..data.segmentation import SegCrop, load_segmentation_dataset
+from .checkpoint import write_text_atomic
 from .config import TrainConfig
 from .distributed import DistInfo, all_reduce_sum
 from .seg_eval import ConfusionMatrix, predict_logits, segmentation_metrics
@@ -94,17 +97,10 @@ class SegData:
     def save_assets(self, out_dir) -> None:
         """`segmentation.json`: class names, palette, normalisation and input size, so `vitlab segment --head RUN`
         rebuilds and shows the run without reading its dataset."""
-        import json
-        import os
-        from pathlib import Path
-
         meta = {"classes": self.class_names, "palette": [list(map(int, c)) for c in self.palette],
                 "mean": list(self.mean), "std": list(self.std), "in_chans": self.in_chans,
                 "image_size": self.image_size, "ignore_index": self.ignore_index}
-        target = Path(out_dir) / "segmentation.json"
-        temporary = target.with_name(f"{target.name}.tmp-{os.getpid()}")
-        temporary.write_text(json.dumps(meta, indent=1))
-        os.replace(temporary, target)
+        write_text_atomic(Path(out_dir) / "segmentation.json", json.dumps(meta, indent=1))
 
     def loss(self, model: nn.Module, batch, generator: torch.Generator) -> torch.Tensor:
         images, masks = self.transform(*batch, generator=generator)  # (B, C, H, W), (B, H, W)
