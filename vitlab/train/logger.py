@@ -4,7 +4,6 @@ of steps <= S, so the steps it trains again are not logged twice."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
