@@ -10,10 +10,13 @@ from ._sources import DATASETS, Checksum, DatasetInfo, RemoteFile
 from .datasets import ImageFolderDataset, TensorImageDataset, find_data_root, load_dataset
 from .decode import DecodeCrop, ImageDecodeError, decode_image
 from .encoded import DecodeFailure, EncodedImageDataset, check_images
+from .image_text import (CaptionShardDataset, CsvImageTextDataset, caption_table_to_shards, is_image_text_dataset,
+                         load_image_text_dataset, read_caption_table, write_caption_shards)
 from .segmentation import (SEGMENTATION_DATASETS, ADE20KDataset, SegCrop, SegmentationDataset,
                            SegmentationShardDataset, is_segmentation_dataset, load_segmentation_dataset,
                            write_segmentation_shards)
 from .shards import ShardDataset, expand_shard_urls, write_shards
+from .templates import DEFAULT_TEMPLATES_FILE, class_names_from_file, imagefolder_class_names, read_templates
 
 __all__ = ["load_dataset", "TensorImageDataset", "ImageFolderDataset", "ShardDataset", "EncodedImageDataset",
            "DecodeCrop", "DecodeFailure", "check_images", "ImageDecodeError", "decode_image", "write_shards",
@@ -22,4 +25,7 @@ __all__ = ["load_dataset", "TensorImageDataset", "ImageFolderDataset", "ShardDat
            "ensure_downloaded", "search_places", "DatasetInfo", "RemoteFile", "Checksum", "DatasetNotFoundError",
            "MissingFileError", "DatasetFormatError", "UnsafePickleError", "UnsafeArchiveError", "extract_archive",
            "load_segmentation_dataset", "is_segmentation_dataset", "SEGMENTATION_DATASETS", "ADE20KDataset", "SegCrop",
-           "SegmentationDataset", "SegmentationShardDataset", "write_segmentation_shards"]
+           "SegmentationDataset", "SegmentationShardDataset", "write_segmentation_shards",
+           "CsvImageTextDataset", "CaptionShardDataset", "read_caption_table", "write_caption_shards",
+           "caption_table_to_shards", "load_image_text_dataset", "is_image_text_dataset",
+           "read_templates", "DEFAULT_TEMPLATES_FILE", "class_names_from_file", "imagefolder_class_names"]
