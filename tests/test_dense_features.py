@@ -6,7 +6,7 @@ import torch
 import vitlab
 from vitlab.models._base import feature_take_indices
 
-IMAGE_MODELS = [n for n in vitlab.list_models() if vitlab.get_pretrained_cfg(n).get("task") != "lm"]
+IMAGE_MODELS = [n for n in vitlab.list_models() if vitlab.get_pretrained_cfg(n).get("task") not in ("lm", "clip")]
 
 
 def tiny(name: str, **extra):

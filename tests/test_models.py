@@ -16,14 +16,17 @@ def tiny(name: str, **extra):
                                img_size=2 * patch_size, **extra)
 
 
-# Image models only; the language models (pretrained_cfg task 'lm') have their own suite, tests/test_lm_models.py.
-IMAGE_MODELS = [n for n in vitlab.list_models() if vitlab.get_pretrained_cfg(n).get("task") != "lm"]
+# Image models only; the language models (pretrained_cfg task 'lm') have their own suite, tests/test_lm_models.py,
+# and the CLIP models (task 'clip') theirs, tests/test_clip_model.py and tests/test_clipa_official.py.
+IMAGE_MODELS = [n for n in vitlab.list_models() if vitlab.get_pretrained_cfg(n).get("task") not in ("lm", "clip")]
 LM_MODELS = [n for n in vitlab.list_models() if vitlab.get_pretrained_cfg(n).get("task") == "lm"]
+CLIP_MODELS = [n for n in vitlab.list_models() if vitlab.get_pretrained_cfg(n).get("task") == "clip"]
 
 
 def test_language_models_are_registered_apart_from_image_models():
     assert {"gpt2", "gpt_char_tiny", "crate_lm_base", "crate_alpha_lm_small", "crate_alpha_lm_base"} <= set(LM_MODELS)
-    assert len(IMAGE_MODELS) + len(LM_MODELS) == len(vitlab.list_models()) and len(IMAGE_MODELS) > 30
+    assert len(IMAGE_MODELS) + len(LM_MODELS) + len(CLIP_MODELS) == len(vitlab.list_models())
+    assert len(IMAGE_MODELS) > 30 and {"clip", "crate_alpha_clipa_large_patch14_224"} <= set(CLIP_MODELS)
     for name in LM_MODELS:
         cfg = vitlab.get_pretrained_cfg(name)
         assert {"vocab_size", "block_size", "paper"} <= set(cfg) and "input_size" not in cfg

@@ -34,14 +34,26 @@ def resize_position_grid(pos_embed: torch.Tensor, num_patches: int, num_prefix_t
     return torch.cat([prefix, grid], dim=1)  # (1, prefix + g'², d)
 
 
+def _image_towers(model: torch.nn.Module):
+    """(key prefix, module) of the model itself and of every image transformer inside it (e.g. a CLIP model's
+    `visual.`): the modules with a patch embedding and a position table."""
+    for name, module in model.named_modules():
+        if hasattr(module, "patch_embed") and isinstance(getattr(module, "pos_embed", None), torch.Tensor):
+            yield (name + "." if name else ""), module
+
+
 def adapt_state_dict(state_dict: Mapping[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Resizes `patch_embed.proj.weight` (conv stems only) and `pos_embed` to the model's patch grid."""
+    """Resizes `patch_embed.proj.weight` (conv stems only) and `pos_embed` to the model's patch grid, for the model
+    itself and for any image tower inside it (`visual.patch_embed.proj.weight`, `visual.pos_embed` of a CLIP
+    model)."""
     out = dict(state_dict)
     ours = model.state_dict()
-    kernel = out.get("patch_embed.proj.weight")
-    if kernel is not None and kernel.ndim == 4 and kernel.shape != ours["patch_embed.proj.weight"].shape:
-        out["patch_embed.proj.weight"] = resize_patch_kernel(kernel, model.patch_embed.patch_size)
-    pos = out.get("pos_embed")
-    if pos is not None and pos.shape != ours["pos_embed"].shape:
-        out["pos_embed"] = resize_position_grid(pos, model.patch_embed.num_patches, model.num_prefix_tokens)
+    for prefix, tower in _image_towers(model):
+        kernel_key, pos_key = prefix + "patch_embed.proj.weight", prefix + "pos_embed"
+        kernel = out.get(kernel_key)
+        if kernel is not None and kernel.ndim == 4 and kernel_key in ours and kernel.shape != ours[kernel_key].shape:
+            out[kernel_key] = resize_patch_kernel(kernel, tower.patch_embed.patch_size)
+        pos = out.get(pos_key)
+        if pos is not None and pos_key in ours and pos.shape != ours[pos_key].shape:
+            out[pos_key] = resize_position_grid(pos, tower.patch_embed.num_patches, tower.num_prefix_tokens)
     return out

@@ -124,12 +124,14 @@ def load_checkpoint(model: nn.Module, checkpoint: str | os.PathLike | Mapping, l
     Args:
         checkpoint: a file path (see `read_weights`) or an already loaded dict / training checkpoint.
         layout: 'auto' (detected from the keys and shapes), 'vitlab', or one of `vitlab.convert.LAYOUTS`
-            ('crate_official', 'crate_alpha_official', 'hf_vit', 'gpt2_hf', 'nanogpt'). A tied parameter (GPT's
+            ('crate_official', 'crate_alpha_official', 'crate_alpha_clipa_official', 'hf_vit', 'gpt2_hf',
+            'nanogpt'). A tied parameter (GPT's
             lm_head.weight = transformer.wte.weight) may appear under one of its names only.
         skip_head: keep the model's own classifier (`head.*`), e.g. to fine-tune on a new number of classes;
             'auto' keeps it only where the checkpoint's head has another shape.
         adapt: resize the conv stem kernel and interpolate the position grid to the model's patch and image size
-            (fine-tuning at another patch size or resolution).
+            (fine-tuning at another patch size or resolution); also for an image tower inside the model (a CLIP
+            model's `visual.`).
     """
     source = str(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else "checkpoint"
     raw = read_weights(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint

@@ -1,5 +1,5 @@
-"""Key maps from the official CRATE and CRATE-α PyTorch layouts, Hugging Face ViT, and GPT-2 (Hugging Face and
-nanoGPT) to this library's keys.
+"""Key maps from the official CRATE, CRATE-α and CRATE-α-CLIPA PyTorch layouts, Hugging Face ViT, and GPT-2
+(Hugging Face and nanoGPT) to this library's keys.
 
 See ../shared/design/official_layouts.md §1-2, 5-7. Both official CRATE models keep their weights under
 `transformer.layers.{i}` with `.0` the MSSA sub-block and `.1` the ISTA / ODL sub-block. Our GPT already uses the
@@ -50,6 +50,20 @@ _CRATE_ALPHA_RENAMES: Renames = [
 ]
 
 
+# UCSC-VLAA/CRATE-alpha torch_inference/model/clipa_model.py, image tower (under `visual.`). The text tower's keys
+# are open_clip's, which ours are too: they only move under `text.` (see _from_crate_alpha_clipa).
+_CLIPA_VISUAL_RENAMES: Renames = [
+    (r"visual\.conv1\.weight", "visual.patch_embed.proj.weight"),
+    (r"visual\.transformer\.resblocks\.(\d+)\.attn\.in_proj_weight", r"visual.blocks.\1.attn.qkv.weight"),
+    (r"visual\.transformer\.resblocks\.(\d+)\.attn\.out_proj\.weight", r"visual.blocks.\1.attn.proj.weight"),
+    (r"visual\.transformer\.resblocks\.(\d+)\.ln_1\.(weight|bias)", r"visual.blocks.\1.norm1.\2"),
+    (r"visual\.transformer\.resblocks\.(\d+)\.ln_2\.(weight|bias)", r"visual.blocks.\1.norm2.\2"),
+    (r"visual\.transformer\.resblocks\.(\d+)\.mlp\.c_fc", r"visual.blocks.\1.ista.D"),  # (d, 4d) dictionary D
+    (r"visual\.transformer\.resblocks\.(\d+)\.mlp\.c_proj", r"visual.blocks.\1.ista.D1"),  # (d, 4d) decoder D1
+    (r"visual\.ln_post\.(weight|bias)", r"visual.norm.\1"),
+]
+
+
 # Hugging Face transformers ViT (ViTModel / ViTForImageClassification), pre-v5 and v5 names (official_layouts §7)
 _HF_VIT_RENAMES: Renames = [
     (r"embeddings\.cls_token", "cls_token"),
@@ -97,6 +111,38 @@ def _from_crate(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> dic
 
 def _from_crate_alpha(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
     return _rename(state_dict, _CRATE_ALPHA_RENAMES)
+
+
+def _from_crate_alpha_clipa(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Official CRATE-α-CLIPA keys → our `CLIP(CRATEAlpha(attention='mha'), TextTransformer)`.
+
+    Image tower: the renames above; `class_embedding` (d,) → `cls_token` (1, 1, d); `positional_embedding`
+    (N+1, d) → `pos_embed` (1, N+1, d); `proj` (d, E), applied as x @ proj → `visual_proj.weight` (E, d).
+    `in_proj_weight` rows are q | k | v head-major, exactly our fused `qkv`; ODL's c_fc / c_proj are D / D1 (same
+    ISTA steps). Text tower: every other key gains the `text.` prefix, except `logit_scale` (kept) and
+    `text_projection`: declared (w, E) but applied as x @ text_projectionᵀ by the official code, where ours applies
+    x @ text_projection, so ours is its transpose — which exists only when w = E (the official code cannot run
+    another shape either).
+    """
+    out = {}
+    for key, value in _rename(state_dict, _CLIPA_VISUAL_RENAMES).items():
+        if key == "visual.class_embedding":
+            out["visual.cls_token"] = value.reshape(1, 1, -1)  # (1, 1, d)
+        elif key == "visual.positional_embedding":
+            out["visual.pos_embed"] = value.reshape(1, *value.shape[-2:])  # (1, N+1, d)
+        elif key == "visual.proj":
+            out["visual_proj.weight"] = value.t()  # (E, d): nn.Linear computes x @ Wᵀ = x @ proj
+        elif key == "text_projection":
+            if value.ndim != 2 or value.shape[0] != value.shape[1]:
+                raise ValueError(f"text_projection has shape {tuple(value.shape)}: the official CRATE-α-CLIPA code "
+                                 "applies it transposed (x @ text_projectionᵀ), which needs text width == embed dim; "
+                                 "a non-square one cannot come from a working official model")
+            out["text.text_projection"] = value.t()  # ours: x @ text_projection
+        elif key == "logit_scale" or key.startswith(("visual.", "visual_proj.")):
+            out[key] = value
+        else:
+            out["text." + key] = value  # token_embedding, positional_embedding, transformer.resblocks, ln_final
+    return out
 
 
 def _from_hf_vit(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
@@ -187,6 +233,8 @@ class Layout:
 
 
 LAYOUTS: dict[str, Layout] = {
+    "crate_alpha_clipa_official": Layout("crate_alpha_clipa_official", "visual.transformer.resblocks.0.mlp.c_fc",
+                                         _from_crate_alpha_clipa),
     "crate_official": Layout("crate_official", "to_patch_embedding.2.weight", _from_crate),
     "crate_alpha_official": Layout("crate_alpha_official", "conv1.weight", _from_crate_alpha, _crate_alpha_head_eps),
     "hf_vit": Layout("hf_vit", "embeddings.patch_embeddings.projection.weight", _from_hf_vit, _hf_layer_norm_eps),
@@ -196,9 +244,10 @@ LAYOUTS: dict[str, Layout] = {
 
 
 def detect_layout(state_dict: Mapping[str, torch.Tensor]) -> str:
-    """'crate_official', 'crate_alpha_official', 'hf_vit', 'gpt2_hf' (Conv1D c_attn (d, 3d)), 'nanogpt' (GPT-2
-    keys in nn.Linear layout without the `transformer.` prefix or with mask buffers), or 'vitlab' (our keys, also
-    timm's for the ViT and nanoGPT's for GPT)."""
+    """'crate_alpha_clipa_official' (key `visual.transformer.resblocks.0.mlp.c_fc`), 'crate_official',
+    'crate_alpha_official', 'hf_vit', 'gpt2_hf' (Conv1D c_attn (d, 3d)), 'nanogpt' (GPT-2 keys in nn.Linear layout
+    without the `transformer.` prefix or with mask buffers), or 'vitlab' (our keys, also timm's for the ViT and
+    nanoGPT's for GPT)."""
     for layout in LAYOUTS.values():
         if layout.detect is not None:
             if layout.detect(state_dict):

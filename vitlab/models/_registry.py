@@ -2,7 +2,8 @@
 
 Canonical names are timm style (`crate_alpha_base_patch16_224`); each image model also gets a short alias
 (`crate_alpha_b16`; `vit_t2_32` for 32 px models). Language models (pretrained_cfg task 'lm': `gpt2`,
-`crate_lm_base`, ...) have no alias.
+`crate_lm_base`, ...) have no alias. CLIP models have task 'clip' (`clip`, `crate_alpha_clipa_large_patch14_224` =
+`crate_alpha_clipa_l14`).
 """
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import re
 from typing import Any, Callable
 
 from torch import nn
+
+from ._constants import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["register_model", "list_models", "is_model", "create_model", "resolve_model_name", "get_pretrained_cfg"]
 
@@ -84,13 +87,22 @@ def _fit_cfg_to_model(cfg: dict[str, Any], model: nn.Module) -> dict[str, Any]:
     """The cfg's input size and channels as built (img_size / in_chans overrides), so images are prepared for this
     model; a mean / std with another channel count becomes its channel average, repeated (e.g. grayscale).
     `num_classes` keeps describing the published weights (a model built for other classes gets a fresh head).
-    A language model's cfg gets the vocab_size and block_size it was built with."""
+    A language model's cfg gets the vocab_size and block_size it was built with. A CLIP model (task 'clip') follows
+    its image tower `visual` (whose own cfg supplies mean / std / interpolation / crop_pct where the CLIP cfg has
+    none, as the generic `clip` builder) and records its text context length and vocabulary as built."""
     if cfg.get("task") == "lm":
         return {**cfg, "vocab_size": model.vocab_size, "block_size": model.block_size}
+    if cfg.get("task") == "clip":
+        visual_cfg = getattr(model.visual, "pretrained_cfg", {})
+        cfg = {**{k: visual_cfg[k] for k in ("mean", "std", "interpolation", "crop_pct") if k in visual_cfg},
+               **cfg, "context_length": model.text.context_length, "vocab_size": model.text.vocab_size}
+        model = model.visual
     embed = getattr(model, "patch_embed", None)
     if embed is None:
         return cfg
     cfg = {**cfg, "input_size": (embed.in_chans, embed.img_size, embed.img_size)}
+    cfg.setdefault("mean", IMAGENET_MEAN)
+    cfg.setdefault("std", IMAGENET_STD)
     for key in ("mean", "std"):
         if len(cfg[key]) != embed.in_chans:
             cfg[key] = (sum(cfg[key]) / len(cfg[key]),) * embed.in_chans

@@ -11,6 +11,13 @@ The text tower's state-dict keys are those of open_clip's `CustomTextCLIP` text 
 mlp.c_proj}`, `text.ln_final`, `text.text_projection`) and `logit_scale`, so a text tower moves between vitlab and
 open_clip as is. Its attention is
 `nn.MultiheadAttention`, which `vitlab.init.mimetic_init_` initialises (as the image tower's).
+
+Registered models (pretrained_cfg task 'clip'):
+  `clip`                                  any registered image tower + a text tower, trainable from scratch:
+                                          create_model('clip', image_model='vit_tiny_patch16_224', embed_dim=64,
+                                                       image_kwargs=dict(img_size=32), text_kwargs=dict(width=64))
+  `crate_alpha_clipa_large_patch14_224`   the official CRATE-α-CLIPA L/14 and H/14 (Yang et al. 2024), loadable
+  `crate_alpha_clipa_huge_patch14_224`    from the published .pth files (layout 'crate_alpha_clipa_official')
 """
 from __future__ import annotations
 
@@ -22,9 +29,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._base import ImageTransformer
-from ._registry import create_model
+from ._constants import IMAGENET_MEAN, IMAGENET_STD
+from ._registry import create_model, register_model
+from .crate_alpha import CRATEAlpha
 
-__all__ = ["TextTransformer", "CLIP", "create_clip_model"]
+__all__ = ["TextTransformer", "CLIP", "create_clip_model", "CLIPA_TEXT", "crate_alpha_clipa",
+           "crate_alpha_clipa_large_patch14_224", "crate_alpha_clipa_huge_patch14_224"]
 
 
 class ResidualAttentionBlock(nn.Module):
@@ -52,8 +62,8 @@ class TextTransformer(nn.Module):
 
     Defaults are OpenAI CLIP's (causal mask, pooled at the end-of-text token = the largest id, exact GELU, LayerNorm
     eps 1e-5). `causal=False, pool='last', gelu_approximate='tanh', norm_eps=1e-6` describe the text tower of the
-    official CRATE-α-CLIPA PyTorch port as ../shared/design/official_layouts.md reads it (bidirectional, last
-    token); to be checked against the official file when its converter is written.
+    official CRATE-α-CLIPA PyTorch port (bidirectional, last token), checked against an independent forward of
+    the official structure in tests/test_clipa_official.py.
     """
 
     def __init__(self, vocab_size: int = 49408, context_length: int = 77, width: int = 512, layers: int = 12,
@@ -153,3 +163,91 @@ def create_clip_model(image_model: str, embed_dim: int = 512, image_kwargs: dict
     `embed_dim`-dimensional space."""
     visual = create_model(image_model, **{**(image_kwargs or {}), "num_classes": 0})
     return CLIP(visual, TextTransformer(embed_dim=embed_dim, **(text_kwargs or {})), embed_dim)
+
+
+def _generic_clip(image_model: str = "vit_base_patch16_224", embed_dim: int = 512, image_kwargs: dict | None = None,
+                  text_kwargs: dict | None = None) -> CLIP:
+    """The registered `clip` builder: `create_clip_model` under the registry (no published weights)."""
+    return create_clip_model(image_model, embed_dim, image_kwargs, text_kwargs)
+
+
+register_model(_generic_clip, name="clip", cfg=dict(
+    task="clip", url=None, first_conv="visual.patch_embed.proj",
+    paper="Radford et al. 2021, CLIP (open_clip layout); image preprocessing from the chosen image tower"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CRATE-α-CLIPA (official UCSC-VLAA/CRATE-alpha, torch_inference/model/clipa_model.py)
+
+# The 'H' text config of the port, shared by L/14 and H/14: BERT WordPiece vocabulary, context 32, width 1024,
+# 24 layers, 16 heads, bidirectional, pooled at the last position, tanh-GELU, LayerNorm eps 1e-6.
+CLIPA_TEXT = dict(vocab_size=32000, context_length=32, width=1024, layers=24, heads=16, causal=False, pool="last",
+                  gelu_approximate="tanh", norm_eps=1e-6)
+_CLIPA_HF = "https://huggingface.co/UCSC-VLAA/CRATE-alpha/resolve/main/torch/"
+_CLIPA_PAPER = "Yang et al. 2024, CRATE-α (official UCSC-VLAA/CRATE-alpha, CLIPA recipe)"
+
+
+def crate_alpha_clipa(embed_dim: int = 1024, image_kwargs: dict | None = None, text_kwargs: dict | None = None,
+                      **image_overrides) -> CLIP:
+    """A CRATE-α-CLIPA model: the image tower is a `CRATEAlpha` with ordinary multi-head attention
+    (`attention='mha'`, bias-free q / k / v, as the official `nn.MultiheadAttention(d, H, bias=False)`), a
+    bias-free conv stem and no classifier (defaults: L/14 at 224 px); the text tower is `CLIPA_TEXT`.
+
+    The signature is the generic `clip` builder's (what the CLIP training loop passes), plus image-tower overrides
+    at the top level for convenience:
+        create_model('crate_alpha_clipa_l14', img_size=336)
+        create_model('crate_alpha_clipa_l14', embed_dim=64, image_kwargs=dict(embed_dim=64, depth=2, num_heads=4),
+                     text_kwargs=dict(width=64, layers=2, heads=4, vocab_size=100, context_length=8))
+
+    Args:
+        embed_dim: the joint image-text space E (open_clip's and the official `embed_dim`; 1024), NOT the image
+            tower's width, which is `image_kwargs['embed_dim']`.
+        image_kwargs: `CRATEAlpha` arguments (img_size, patch_size, embed_dim, depth, num_heads, in_chans, ...).
+        text_kwargs: overrides of `CLIPA_TEXT` (`TextTransformer` arguments except its `embed_dim`, which is E).
+        **image_overrides: more `CRATEAlpha` arguments (img_size=..., depth=...); a key also in image_kwargs is an
+            error.
+    """
+    image_kwargs = dict(image_kwargs or {})
+    both = sorted(set(image_kwargs) & set(image_overrides))
+    if both:
+        raise ValueError(f"image tower argument(s) {both} given both at the top level and in image_kwargs")
+    image = {"img_size": 224, "patch_size": 14, "embed_dim": 1024, "depth": 24, "num_heads": 16,
+             **image_kwargs, **image_overrides}
+    text = {**CLIPA_TEXT, **(text_kwargs or {})}
+    if "embed_dim" in (text_kwargs or {}):
+        raise ValueError("the text tower's output width is the CLIP embed_dim; do not pass embed_dim in text_kwargs")
+    if image.get("num_classes", 0) != 0:
+        raise ValueError("a CLIP image tower has no classifier; num_classes must be 0")
+    image.update(num_classes=0, attention="mha", patch_embed_bias=False)
+    return CLIP(CRATEAlpha(**image), TextTransformer(embed_dim=embed_dim, **text), embed_dim)
+
+
+def _clipa_cfg(file: str, zero_shot_top1: float) -> dict:
+    return dict(
+        task="clip", url=_CLIPA_HF + file, file_layout="crate_alpha_clipa_official",
+        input_size=(3, 224, 224), mean=IMAGENET_MEAN, std=IMAGENET_STD, interpolation="bilinear", crop_pct=1.0,
+        first_conv="visual.patch_embed.proj",
+        tokenizer="bert", tokenizer_vocab="bert-base-uncased", context_length=32, vocab_size=32000,
+        strip_sep_token=True, pad_id=0,
+        zero_shot_imagenet_top1=zero_shot_top1, paper=_CLIPA_PAPER)
+
+
+def crate_alpha_clipa_large_patch14_224(embed_dim: int = 1024, image_kwargs: dict | None = None,
+                                        text_kwargs: dict | None = None, **image_overrides) -> CLIP:
+    """CRATE-α-CLIPA L/14: image tower d 1024, 24 layers, 16 heads, patch 14 at 224 px; text tower `CLIPA_TEXT`;
+    E = 1024. 640,165,889 parameters (image tower 302,956,544, visual_proj 1,048,576, text tower 336,160,768,
+    logit_scale 1). Paper: 69.8 % zero-shot ImageNet-1K. Overrides as `crate_alpha_clipa`."""
+    return crate_alpha_clipa(embed_dim, image_kwargs, text_kwargs, **image_overrides)
+
+
+def crate_alpha_clipa_huge_patch14_224(embed_dim: int = 1024, image_kwargs: dict | None = None,
+                                       text_kwargs: dict | None = None, **image_overrides) -> CLIP:
+    """CRATE-α-CLIPA H/14: image tower d 1280, 32 layers, 16 heads, patch 14 at 224 px; text tower `CLIPA_TEXT`;
+    E = 1024. 967,866,369 parameters (image tower 630,394,880, visual_proj 1,310,720,
+    text tower 336,160,768, logit_scale 1). Paper: 72.3 % zero-shot ImageNet-1K. Overrides as `crate_alpha_clipa`."""
+    huge = {k: v for k, v in dict(embed_dim=1280, depth=32, num_heads=16).items() if k not in image_overrides}
+    return crate_alpha_clipa(embed_dim, {**huge, **(image_kwargs or {})}, text_kwargs, **image_overrides)
+
+
+register_model(crate_alpha_clipa_large_patch14_224, cfg=_clipa_cfg("crate_alpha_CLIPA_L14.pth", 69.8))
+register_model(crate_alpha_clipa_huge_patch14_224, cfg=_clipa_cfg("crate_alpha_CLIPA_H14.pth", 72.3))

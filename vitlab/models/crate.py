@@ -17,7 +17,7 @@ from torch import nn
 
 from ._base import ImageTransformer
 from ._constants import CIFAR10_MEAN, CIFAR10_STD, model_cfg
-from ._layers import SparseCoding, SubspaceAttention, init_dictionary_
+from ._layers import Attention, SparseCoding, SubspaceAttention, init_dictionary_
 from ._registry import register_model
 
 __all__ = ["CrateBlock", "CRATE", "init_crate_blocks_"]
@@ -33,15 +33,28 @@ class CrateBlock(nn.Module):
         attn_proj_bias: bias on MSSA's output projection (CRATE: yes, CRATE-α: no).
         causal: MSSA attends only to earlier tokens (the causal language models of crate_lm.py); ISTA / ODL is
             token-wise, so this makes the whole block causal.
+        attention: 'mssa' (default): CRATE's multi-head subspace self-attention, one shared bias-free projection U
+            serving as query, key and value (`attn.subspace`). 'mha': ordinary multi-head attention with separate
+            bias-free q / k / v projections (`attn.qkv`, rows q | k | v head-major, scale dh^-0.5), which is what
+            the image tower of the official CRATE-α-CLIPA port uses (an `nn.MultiheadAttention(d, H, bias=False)`
+            in front of the ODL block). MSSA is the special case q = k = v = U.
     """
 
     def __init__(self, dim: int, num_heads: int, overcomplete_ratio: int = 1, decoupled_dictionary: bool = False,
                  residual_sparse_coding: bool = False, attn_proj_bias: bool = True, norm_eps: float = 1e-5,
-                 ista_step_size: float = 0.1, ista_lambda: float = 0.1, causal: bool = False):
+                 ista_step_size: float = 0.1, ista_lambda: float = 0.1, causal: bool = False,
+                 attention: str = "mssa"):
         super().__init__()
+        if attention not in ("mssa", "mha"):
+            raise ValueError(f"attention must be 'mssa' (CRATE's subspace attention) or 'mha' (separate q/k/v, the "
+                             f"CRATE-α-CLIPA image tower), got {attention!r}")
         self.residual_sparse_coding = residual_sparse_coding
+        self.attention = attention
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
-        self.attn = SubspaceAttention(dim, num_heads, proj_bias=attn_proj_bias, causal=causal)
+        if attention == "mssa":
+            self.attn = SubspaceAttention(dim, num_heads, proj_bias=attn_proj_bias, causal=causal)
+        else:
+            self.attn = Attention(dim, num_heads, qkv_bias=False, proj_bias=attn_proj_bias, causal=causal)
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.ista = SparseCoding(dim, overcomplete_ratio, decoupled_dictionary, ista_step_size, ista_lambda)
 
@@ -50,7 +63,7 @@ class CrateBlock(nn.Module):
         return z + code if self.residual_sparse_coding else code  # CRATE-α residual, or CRATE's replacement
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = x + self.attn(self.norm1(x))  # (B, N, d)   z^{ℓ+1/2} = z^ℓ + MSSA(z^ℓ | U_[K])   (eq. 9)
+        z = x + self.attn(self.norm1(x))  # (B, N, d)   z^{ℓ+1/2} = z^ℓ + MSSA(z^ℓ | U_[K])   (eq. 9; or MHA)
         return self._sparsify(z)  # z^{ℓ+1} = ISTA(z^{ℓ+1/2} | D)   (eq. 11)
 
     def forward_with_attention(self, x: torch.Tensor):

@@ -28,10 +28,14 @@ __all__ = ["CRATEAlpha", "init_crate_alpha_blocks_"]
 
 
 def init_crate_alpha_blocks_(blocks) -> None:
-    """The official (JAX) CRATE-α block init: MSSA kernels U and the output projection N(0, 0.02); dictionaries D
-    and D1 uniform ±√(6/d) (Flax kaiming-uniform with fan-in d); LayerNorms ones / zeros (as built)."""
+    """The official (JAX) CRATE-α block init: MSSA kernels U (or, for attention='mha' blocks, the fused q | k | v
+    kernel) and the output projection N(0, 0.02); dictionaries D and D1 uniform ±√(6/d) (Flax kaiming-uniform with
+    fan-in d); LayerNorms ones / zeros (as built)."""
     for block in blocks:
-        nn.init.normal_(block.attn.subspace.weight, std=0.02)
+        in_proj = block.attn.subspace if hasattr(block.attn, "subspace") else block.attn.qkv
+        nn.init.normal_(in_proj.weight, std=0.02)
+        if in_proj.bias is not None:
+            nn.init.zeros_(in_proj.bias)
         nn.init.normal_(block.attn.proj.weight, std=0.02)
         if block.attn.proj.bias is not None:
             nn.init.zeros_(block.attn.proj.bias)
@@ -45,20 +49,27 @@ class CRATEAlpha(ImageTransformer):
     Conv2d stem with bias, class token (std 1e-6), learned positions (std 0.02) or 2-D sin-cos, block LayerNorm
     eps 1e-6, final LayerNorm (JAX `encoder_norm`, eps 1e-6) then the class token then a Linear head.
     Init: attention and head kernels N(0, 0.02), D and D1 uniform ±√(6/d) (Flax fan-in d), stem Kaiming-uniform.
+
+    Two switches exist for the official CRATE-α-CLIPA image tower (`vitlab.models.clip`): `attention='mha'` puts
+    ordinary multi-head attention (separate bias-free q / k / v, key `attn.qkv`) in front of each ODL block instead
+    of MSSA, and `patch_embed_bias=False` drops the conv stem's bias (the CLIPA `conv1` has none).
     """
 
     def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, num_classes: int = 1000,
                  embed_dim: int = 768, depth: int = 12, num_heads: int = 12, overcomplete_ratio: int = 4,
                  decoupled_dictionary: bool = True, residual_sparse_coding: bool = True, pos_embed: str = "learn",
-                 global_pool: str = "token", ista_step_size: float = 0.1, ista_lambda: float = 0.1):
+                 global_pool: str = "token", ista_step_size: float = 0.1, ista_lambda: float = 0.1,
+                 attention: str = "mssa", patch_embed_bias: bool = True):
         super().__init__(
             block_fn=lambda i: CrateBlock(
                 embed_dim, num_heads, overcomplete_ratio=overcomplete_ratio,
                 decoupled_dictionary=decoupled_dictionary, residual_sparse_coding=residual_sparse_coding,
-                attn_proj_bias=False, norm_eps=1e-6, ista_step_size=ista_step_size, ista_lambda=ista_lambda),
+                attn_proj_bias=False, norm_eps=1e-6, ista_step_size=ista_step_size, ista_lambda=ista_lambda,
+                attention=attention),
             img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
-            embed_dim=embed_dim, depth=depth, num_heads=num_heads, patch_embed="conv", pos_embed=pos_embed,
-            class_token=True, global_pool=global_pool, norm_eps=1e-6)
+            embed_dim=embed_dim, depth=depth, num_heads=num_heads, patch_embed="conv",
+            patch_embed_bias=patch_embed_bias, pos_embed=pos_embed, class_token=True, global_pool=global_pool,
+            norm_eps=1e-6)
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -66,18 +77,21 @@ class CRATEAlpha(ImageTransformer):
             nn.init.normal_(self.pos_embed, std=0.02)
         nn.init.normal_(self.cls_token, std=1e-6)
         nn.init.kaiming_uniform_(self.patch_embed.proj.weight)  # Flax kaiming_uniform, fan-in 3·P·P
-        nn.init.zeros_(self.patch_embed.proj.bias)
+        if self.patch_embed.proj.bias is not None:
+            nn.init.zeros_(self.patch_embed.proj.bias)
         init_crate_alpha_blocks_(self.blocks)
         if isinstance(self.head, nn.Linear):
             nn.init.normal_(self.head.weight, std=0.02)
             nn.init.zeros_(self.head.bias)
 
     def no_weight_decay(self) -> set[str]:
-        """The official mask: only the matrix kernels of attention, stem and head are decayed; the dictionaries
-        D and D1, LayerNorms, biases, class token and position embedding are not."""
+        """The official mask: only the matrix kernels of attention (MSSA's `subspace`, or MHA's `qkv`), stem and
+        head are decayed; the dictionaries D and D1, LayerNorms, biases, class token and position embedding are
+        not."""
         decayed = {"patch_embed.proj.weight", "head.weight"}
         for i in range(len(self.blocks)):
-            decayed |= {f"blocks.{i}.attn.subspace.weight", f"blocks.{i}.attn.proj.weight"}
+            decayed |= {f"blocks.{i}.attn.subspace.weight", f"blocks.{i}.attn.qkv.weight",
+                        f"blocks.{i}.attn.proj.weight"}
         return {name for name, _ in self.named_parameters() if name not in decayed}
 
 
