@@ -9,7 +9,7 @@ read from local vocabulary files.
     tok = load_tokenizer(prepared.root)   # tok.encode(str) -> list[int], tok.decode(ids) -> str
 """
 from ._gpt2 import GPT2FilesNotFoundError, find_gpt2_files
-from .clip_tokenizers import BertWordPieceTokenizer, ClipBPETokenizer, load_text_tokenizer
+from .clip_tokenizers import BertWordPieceTokenizer, CaptionTokenizer, ClipBPETokenizer, load_text_tokenizer
 from ._registry import TEXT_DATASETS, TextDatasetInfo, UnknownTextDatasetError, text_dataset_info
 from ._sources import MissingSplitError, NotUTF8Error
 from .prepare import PreparedText, prepare_text, prepared_dir
@@ -21,5 +21,5 @@ __all__ = ["TEXT_DATASETS", "TextDatasetInfo", "text_dataset_info", "prepare_tex
            "Tokenizer", "CharTokenizer", "BPETokenizer", "GPT2Tokenizer", "build_tokenizer", "load_tokenizer",
            "parse_tokenizer_spec", "canonical_tokenizer_spec", "TOKENIZER_SPECS", "DEFAULT_BPE_VOCAB",
            "find_gpt2_files", "GPT2FilesNotFoundError", "MissingSplitError", "NotUTF8Error",
-           "UnknownTextDatasetError", "UnknownTokenizerError", "ClipBPETokenizer", "BertWordPieceTokenizer",
+           "UnknownTextDatasetError", "UnknownTokenizerError", "ClipBPETokenizer", "BertWordPieceTokenizer", "CaptionTokenizer",
            "load_text_tokenizer"]

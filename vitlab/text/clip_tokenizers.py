@@ -8,6 +8,9 @@
   as open_clip's `HFTokenizer` applies it: `[CLS] tokens [SEP]`, truncated to `context_length` keeping `[SEP]` last,
   padded with 0; with `strip_sep_token=True` (what open_clip's CLIPA configs set) the `[SEP]` id becomes 0.
 - `load_text_tokenizer('clip' | 'bert', path=None)`: finds the vocabulary file (see `tokenizer_search_places`).
+- `CaptionTokenizer`: any vitlab `Tokenizer` (e.g. a byte-level BPE trained on the training captions, 'bpe:N') in
+  CLIP's format, for text towers trained from scratch: ids shifted by one so 0 is padding, then `[SOT] ids [EOT]`
+  with SOT = V + 1 and EOT = V + 2 the two largest ids (so CLIP's `argmax` pooling finds EOT).
 
 Difference from open_clip (text cleaning): open_clip runs `ftfy.fix_text` before `html.unescape` twice and
 whitespace collapsing; ftfy is not a dependency here, so we apply only its Unicode NFC normalisation and its quote
@@ -32,7 +35,7 @@ from tokenizers import Regex, models, pre_tokenizers
 from tokenizers import Tokenizer as _HFTokenizer
 from tokenizers import BertWordPieceTokenizer as _HFBertWordPiece
 
-__all__ = ["ClipBPETokenizer", "BertWordPieceTokenizer", "load_text_tokenizer", "tokenizer_search_places",
+__all__ = ["ClipBPETokenizer", "BertWordPieceTokenizer", "CaptionTokenizer", "load_text_tokenizer", "tokenizer_search_places",
            "TEXT_TOKENIZER_FILES", "CLIP_SOT", "CLIP_EOT", "CLIP_NUM_MERGES"]
 
 CLIP_SOT, CLIP_EOT = "<|startoftext|>", "<|endoftext|>"
@@ -210,6 +213,43 @@ class BertWordPieceTokenizer:
     def __repr__(self) -> str:
         return (f"BertWordPieceTokenizer(vocab_size={self.vocab_size}, context_length={self.context_length}, "
                 f"strip_sep_token={self.strip_sep_token})")
+
+
+class CaptionTokenizer:
+    """A vitlab `Tokenizer` of V tokens in CLIP's text format (see the module docstring): int64 (N, context_length)
+    rows `SOT, id + 1, ..., EOT, 0, ...`; over-long rows end in EOT at the last position, as CLIP's tokenizer."""
+
+    def __init__(self, tokenizer, context_length: int = 32):
+        if context_length < 2:
+            raise ValueError(f"context_length must be >= 2 (SOT and EOT), got {context_length}")
+        self.tokenizer = tokenizer
+        self.context_length = int(context_length)
+        self.pad_token_id = 0
+        self.sot_token_id, self.eot_token_id = tokenizer.vocab_size + 1, tokenizer.vocab_size + 2
+        self.vocab_size = tokenizer.vocab_size + 3
+
+    def encode(self, text: str) -> list[int]:
+        """Shifted ids of one text, without SOT / EOT."""
+        return [i + 1 for i in self.tokenizer.encode(text)]
+
+    def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> torch.Tensor:
+        length = int(context_length or self.context_length)
+        texts = _as_list(texts)
+        out = torch.zeros(len(texts), length, dtype=torch.long)  # (N, L)
+        for row, ids in enumerate(self.tokenizer.encode_batch(texts)):
+            ids = [self.sot_token_id, *(i + 1 for i in ids), self.eot_token_id][:length]
+            ids[-1] = self.eot_token_id
+            out[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+        return out
+
+    def decode(self, ids) -> str | list[str]:
+        rows, batched = _id_rows(ids)
+        special = {self.pad_token_id, self.sot_token_id, self.eot_token_id}
+        texts = [self.tokenizer.decode([i - 1 for i in row if i not in special]) for row in rows]
+        return texts if batched else texts[0]
+
+    def __repr__(self) -> str:
+        return f"CaptionTokenizer({self.tokenizer!r}, context_length={self.context_length})"
 
 
 def _open_clip_data_dir() -> Path | None:
