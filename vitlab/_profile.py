@@ -59,14 +59,18 @@ class Profile:
                 f"training {train} img/s, {memory} {self.peak_memory_bytes / 2**20:.0f} MiB")
 
 
-def count_flops(model: nn.Module, x: torch.Tensor, backward: bool = False) -> int:
-    """Total FLOPs of one forward (and backward) pass on `x`."""
+def count_flops(model: nn.Module, x: torch.Tensor | tuple, backward: bool = False) -> int:
+    """Total FLOPs of one forward (and backward) pass on `x` (a tuple: the model's positional inputs, e.g. a CLIP
+    model's images and text; a tuple of outputs is summed for the backward)."""
+    inputs = x if isinstance(x, tuple) else (x,)
     with FlopCounterMode(display=False) as counter:
         if backward:
-            model(x).float().sum().backward()
+            out = model(*inputs)
+            outputs = out if isinstance(out, tuple) else (out,)
+            sum(o.float().sum() for o in outputs if torch.is_tensor(o) and o.requires_grad).backward()
         else:
             with torch.no_grad():
-                model(x)
+                model(*inputs)
     if backward:
         model.zero_grad(set_to_none=True)
     return counter.get_total_flops()

@@ -143,8 +143,13 @@ class CLIP(nn.Module):
         """exp(logit_scale), at most `max_logit_scale` (the clamp acts on the log, as open_clip's training loop)."""
         return self.logit_scale.clamp(max=math.log(self.max_logit_scale)).exp()
 
-    def forward(self, images: torch.Tensor, text: torch.Tensor):
-        return self.encode_image(images, normalize=True), self.encode_text(text, normalize=True), self.scale()
+    def forward(self, images: torch.Tensor | None, text: torch.Tensor | None):
+        """Normalised (image_features, text_features, exp(logit_scale)); a tower given None is skipped and its
+        features are None (open_clip's convention), so evaluation can encode one side through a DDP / FSDP
+        wrapper's forward."""
+        image_features = self.encode_image(images, normalize=True) if images is not None else None
+        text_features = self.encode_text(text, normalize=True) if text is not None else None
+        return image_features, text_features, self.scale()
 
     def no_weight_decay(self) -> set[str]:
         """open_clip's rule: no decay for 1-D parameters, embeddings, positions and the logit scale; the image

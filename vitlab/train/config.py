@@ -40,7 +40,7 @@ class TrainConfig:
       `distributed` ddp | fsdp; `init` None | mimetic | norm_matched (`init_kwargs`: that init's keyword arguments,
       empty without an init); `head` None | linear | upernet (`head_kwargs`: the head's keyword arguments, empty
       without a head); `eval_mode` whole | slide; `data_errors` raise | skip; `device` auto | cpu | cuda | cuda:N | mps; `tokenizer`
-      char | bpe | bpe:N (N >= 257) | gpt2.
+      char | bpe | bpe:N (N >= 257) | gpt2, and for CLIP data clip | bert.
     - strings: `model` a registered model that `model_kwargs` can build (checked on the meta device); `dataset`,
       `train_split`, `eval_split`, `out_dir` (`{preset}` its one placeholder) non-empty; `data_dir`, `checkpoint`
       None or a path. Booleans are booleans (`progress` may be None); `augment` passes `AugmentConfig.validate`.
@@ -76,6 +76,16 @@ class TrainConfig:
     # -- text (language-model datasets: tinyshakespeare, wikitext2, wikitext103, openwebtext, textfile:PATH) -----
     tokenizer: str = "char"  # 'char', 'bpe' / 'bpe:N' (byte-level BPE trained on the train split), 'gpt2' (tiktoken)
     block_size: int = 256  # context length of the training windows (and of the model)
+    # -- image–text (CLIP) datasets: fashion_mnist_captions, image_text:ROOT; `model` a CLIP (task 'clip') -------
+    # `tokenizer` there: 'clip' / 'bert' (local vocabulary files) or 'bpe:N' (trained on the training captions)
+    tokenizer_path: str | None = None  # a 'clip' / 'bert' vocabulary file or folder (None: the standard places)
+    context_length: int = 0  # text tokens per caption (0: the model's, e.g. CLIPA's 32; CLIP's BPE 77; else 32)
+    freeze_text: bool = False  # train the image tower against a frozen text tower (CLIPA; load it via checkpoint)
+    templates: str | None = None  # prompt templates file, one per line with {} (None: vitlab's photo templates)
+    heldout_templates: int = 0  # class-captioned data: the last N templates caption nothing in training (zero-shot)
+    zeroshot_dataset: str | None = None  # image_text data: a labelled dataset classified zero-shot at each evaluation
+    zeroshot_split: str = "val"
+    class_names: str | None = None  # a class-names file for zero-shot (one per line, or ImageNet's LOC_synset_mapping)
     # -- optimisation -----------------------------------------------------------------------------------------
     optimizer: str = "adamw"  # 'adamw', 'adam' (decoupled weight decay, as the JAX recipes) or 'lion'
     lr: float = 1e-3
@@ -137,12 +147,12 @@ _CHOICES: dict[str, tuple] = {
     "head": (None, "linear", "upernet"),
     "eval_mode": ("whole", "slide"),
 }
-_INT_MINIMUM = {"batch_size": 1, "grad_accum_steps": 1, "block_size": 1, "log_every": 1, "train_subset": 0,
+_INT_MINIMUM = {"context_length": 0, "heldout_templates": 0, "batch_size": 1, "grad_accum_steps": 1, "block_size": 1, "log_every": 1, "train_subset": 0,
                 "eval_subset": 0, "num_workers": 0, "shuffle_buffer": 0, "seed": 0, "max_steps": 0, "steps": 0,
                 "warmup_steps": 0, "eval_interval": 0, "eval_stride": 1}
 _POSITIVE = ("lr", "epochs", "eval_every")  # finite numbers > 0
 _NON_NEGATIVE = ("min_lr", "weight_decay", "grad_clip", "peak_tflops", "warmup_epochs")  # finite numbers >= 0
-_BOOLS = ("checkpoint_adapt", "pretrained", "download", "compile", "grad_checkpointing", "tensorboard")
+_BOOLS = ("checkpoint_adapt", "freeze_text", "pretrained", "download", "compile", "grad_checkpointing", "tensorboard")
 _NON_EMPTY = ("model", "dataset", "train_split", "eval_split", "out_dir", "tokenizer")
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
@@ -169,7 +179,7 @@ def _check_types(c: TrainConfig) -> None:
     for key in _NON_EMPTY:
         if not isinstance(getattr(c, key), str) or not getattr(c, key).strip():
             raise _bad(key, getattr(c, key), "must be a non-empty string")
-    for key in ("data_dir", "checkpoint"):
+    for key in ("data_dir", "checkpoint", "tokenizer_path", "templates", "zeroshot_dataset", "class_names"):
         if getattr(c, key) is not None and not isinstance(getattr(c, key), str):
             raise _bad(key, getattr(c, key), "must be None or a path")
     try:
@@ -220,7 +230,8 @@ def _check_choices(c: TrainConfig) -> None:
     from ..text.tokenizers import parse_tokenizer_spec
 
     try:
-        parse_tokenizer_spec(c.tokenizer)
+        if c.tokenizer not in ("clip", "bert"):  # CLIP text towers' vocabularies (read from local files)
+            parse_tokenizer_spec(c.tokenizer)
     except ValueError as err:
         raise _bad("tokenizer", c.tokenizer, str(err)) from None
     if c.head is None and c.head_kwargs:
@@ -250,14 +261,25 @@ def _check_model(c: TrainConfig) -> None:
     kwargs = dict(c.model_kwargs)
     try:
         with torch.device("meta"):
-            if "img_size" not in kwargs and get_pretrained_cfg(c.model).get("task") != "lm":
-                if c.image_size is not None:
-                    kwargs["img_size"] = c.image_size
-                elif _is_int(kwargs.get("patch_size")) and kwargs["patch_size"] >= 1:
-                    kwargs["img_size"] = 2 * kwargs["patch_size"]
+            task = get_pretrained_cfg(c.model).get("task")
+            if task == "clip":  # the image tower's size goes in image_kwargs
+                image_kwargs = dict(kwargs.get("image_kwargs") or {})
+                _placeholder_img_size(image_kwargs, c.image_size)
+                kwargs["image_kwargs"] = image_kwargs
+            elif task != "lm":
+                _placeholder_img_size(kwargs, c.image_size)
             create_model(c.model, **kwargs)
     except Exception as err:  # any constructor error means these kwargs cannot build this model
         raise OverrideError(f"model={c.model!r} model_kwargs={c.model_kwargs!r}: {err}") from None
+
+
+def _placeholder_img_size(kwargs: dict, image_size: int | None) -> None:
+    if "img_size" in kwargs:
+        return
+    if image_size is not None:
+        kwargs["img_size"] = image_size
+    elif _is_int(kwargs.get("patch_size")) and kwargs["patch_size"] >= 1:
+        kwargs["img_size"] = 2 * kwargs["patch_size"]
 
 
 def _field_types(cls) -> dict[str, Any]:

@@ -70,9 +70,16 @@ def plan_augmentation(augment: AugmentConfig, encoded: bool, image_size: int | N
 
 
 def config_plan(config: TrainConfig) -> AugmentationPlan:
-    """`plan_augmentation` for a config, without loading any data (what `build_data` will do)."""
-    return plan_augmentation(config.augment, not dataset_info(config.dataset).in_memory, config.image_size,
-                             config.crop_pct)
+    """`plan_augmentation` for a config, without loading any data (what `build_data` will do). Image–text data
+    (`image_text:ROOT`) is encoded; a class-captioned CLIP dataset is placed as the images it captions."""
+    from ..data.image_text import is_image_text_dataset
+    from .clip import CLIP_CLASS_CAPTIONED
+
+    if is_image_text_dataset(config.dataset):
+        encoded = True
+    else:
+        encoded = not dataset_info(CLIP_CLASS_CAPTIONED.get(config.dataset, config.dataset)).in_memory
+    return plan_augmentation(config.augment, encoded, config.image_size, config.crop_pct)
 
 
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -145,7 +152,7 @@ def _loader(dataset, batch_size: int, train: bool, config: TrainConfig, info: Di
 
 def build_data(config: TrainConfig, info: DistInfo):
     """The run's data: `LMData` for a text dataset (vitlab/train/lm.py), `SegData` for semantic segmentation
-    (vitlab/train/segmentation.py), else `TrainData` (images): both splits
+    (vitlab/train/segmentation.py), `ClipData` for image–text data (vitlab/train/clip.py), else `TrainData` (images): both splits
     loaded and placed, each augmentation stage given to its one owner (`plan_augmentation`), the device
     augmentation built from the training split's statistics."""
     from .lm import build_lm_data, is_text_dataset
@@ -156,6 +163,10 @@ def build_data(config: TrainConfig, info: DistInfo):
         from .segmentation import build_segmentation_data
 
         return build_segmentation_data(config, info)
+    from .clip import build_clip_data, is_clip_dataset
+
+    if is_clip_dataset(config.dataset):
+        return build_clip_data(config, info)
     if config.head is not None:
         raise ValueError(f"head={config.head!r} is for semantic segmentation datasets ({', '.join(SEGMENTATION_DATASETS)}); "
                          f"{config.dataset!r} is not one (leave head unset)")

@@ -36,6 +36,7 @@ from ..models import create_model
 from ..models.segmentation import SegmentationModel
 from .checkpoint import (RunDirBusy, RunDirLock, find_checkpoint, load_training_state, remove_stale_temporaries,
                          save_checkpoint, write_text_atomic)
+from .clip import ClipData
 from .config import TrainConfig, config_to_dict
 from .data import TrainData, build_data
 from .distributed import DistInfo, all_reduce_sum, setup_distributed, teardown_distributed, wrap_model
@@ -50,7 +51,8 @@ _FREE_ON_RESUME = {"max_steps", "progress", "tensorboard", "log_every", "num_wor
                    "download", "out_dir", "compile", "grad_checkpointing"}
 
 
-_BEST_FIELD = {"top1": "best_top1", "eval_loss": "best_loss", "miou": "best_miou"}  # primary metric → RunState
+_BEST_FIELD = {"top1": "best_top1", "eval_loss": "best_loss", "miou": "best_miou",
+               "zeroshot_top1": "best_zeroshot_top1"}  # primary metric → RunState
 
 
 class TrainingDiverged(RuntimeError):
@@ -68,6 +70,7 @@ class RunState:
     best_top1: float = -1.0
     best_loss: float = math.inf  # language models: best/ keeps the lowest evaluation loss
     best_miou: float = -1.0  # semantic segmentation: best/ keeps the highest mIoU
+    best_zeroshot_top1: float = -1.0  # CLIP with a zero-shot task: best/ keeps the highest zero-shot top-1
     pending_eval: bool = False  # checkpointed because this step's evaluation failed: a resume evaluates it first
 
 
@@ -100,7 +103,7 @@ def build_model(config: TrainConfig, data=None) -> nn.Module:
     kwargs = dict(config.model_kwargs)
     if data is not None:
         _check_family(config, data)
-        kwargs = {**data.model_kwargs(), **kwargs}
+        kwargs = _merge_kwargs(data.model_kwargs(), kwargs)
     model = create_model(config.model, pretrained=config.pretrained, **kwargs)
     if config.init == "mimetic":
         mimetic_init_(model, seed=config.seed, **config.init_kwargs)
@@ -110,6 +113,12 @@ def build_model(config: TrainConfig, data=None) -> nn.Module:
         raise ValueError(f"init must be None, 'mimetic' or 'norm_matched', got {config.init!r}")
     if config.checkpoint:
         load_checkpoint(model, config.checkpoint, skip_head="auto", adapt=config.checkpoint_adapt)
+    if isinstance(data, ClipData):
+        data.check_model(model)
+    if config.freeze_text:
+        if not hasattr(model, "text"):
+            raise ValueError(f"freeze_text=true needs a CLIP model with a text tower; {config.model!r} has none")
+        model.text.requires_grad_(False)  # CLIPA: the image tower learns against a fixed text tower
     if config.head is not None:  # the backbone's classifier is pruned; the head is new
         num_classes = data.num_classes if data is not None else model.num_classes
         model = SegmentationModel(model, num_classes, config.head, **config.head_kwargs)
@@ -118,12 +127,26 @@ def build_model(config: TrainConfig, data=None) -> nn.Module:
     return model
 
 
+def _merge_kwargs(from_data: dict, from_user: dict) -> dict:
+    """The data's constructor arguments overridden by the user's; nested dicts (a CLIP model's image_kwargs /
+    text_kwargs) merge key by key."""
+    out = dict(from_data)
+    for key, value in from_user.items():
+        out[key] = {**out[key], **value} if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def _check_family(config: TrainConfig, data) -> None:
     """A language model for text data, an image model for images, a head for segmentation data (and only there):
     said plainly, before anything is built."""
     from ..models import get_pretrained_cfg
 
-    is_lm = get_pretrained_cfg(config.model).get("task") == "lm"
+    task = get_pretrained_cfg(config.model).get("task")
+    is_clip_data = isinstance(data, ClipData)
+    if (task == "clip") != is_clip_data:
+        need = "a CLIP model (e.g. clip, crate_alpha_clipa_l14)" if is_clip_data else "a model that is not a CLIP model"
+        raise ValueError(f"dataset {config.dataset!r} needs {need}; model {config.model!r} has task {task!r}")
+    is_lm = task == "lm"
     if is_lm != (data.unit == "tokens"):
         kind = "a language model (e.g. gpt_char_tiny, crate_lm_char_tiny)" if not is_lm else "an image model"
         raise ValueError(f"dataset {config.dataset!r} needs {kind}; model {config.model!r} is "

@@ -316,3 +316,4 @@ def fashion_mnist_crate_alpha_mimetic() -> TrainConfig:
 
 from . import lm_presets  # noqa: E402,F401  (registers the language-model presets)
 from . import seg_presets  # noqa: E402,F401  (registers the segmentation presets)
+from . import clip_presets  # noqa: E402,F401  (registers the CLIP presets)
