@@ -139,6 +139,14 @@ def _train(args: argparse.Namespace) -> int:
         print(f"test mIoU: {result['miou']:.2f}% (mean accuracy {result['macc']:.2f}%, pixel accuracy "
               f"{result['aacc']:.2f}%; {config.dataset} {config.eval_split}, step {result['step']}; best "
               f"{result['best_miou']:.2f}%); run: {result['out_dir']}")
+    elif "zeroshot_top1" in result:
+        print(f"zero-shot accuracy: {result['zeroshot_top1']:.2f}% top-1, {result['zeroshot_top5']:.2f}% top-5 "
+              f"({config.dataset}, step {result['step']}; best {result['best_zeroshot_top1']:.2f}%); "
+              f"run: {result['out_dir']}")
+    elif "recall_mean" in result:
+        print(f"{config.eval_split} contrastive loss {result['eval_loss']:.4f}, retrieval recall@1 image→text "
+              f"{result['image_to_text_r1']:.2f}%, text→image {result['text_to_image_r1']:.2f}% ({config.dataset}, "
+              f"step {result['step']}); run: {result['out_dir']}")
     elif "perplexity" in result:
         print(f"{config.eval_split} loss {result['eval_loss']:.4f} (perplexity {result['perplexity']:.2f}; "
               f"{config.dataset}, step {result['step']}; best {result['best_eval_loss']:.4f}); "
@@ -160,9 +168,37 @@ def _eval(args: argparse.Namespace) -> int:
               f"{result['eval_loss']:.4f}")
         for name, iou in result["iou_per_class"].items():
             print(f"  IoU {name:24s} " + ("   –  (absent)" if iou is None or iou != iou else f"{iou:6.2f}%"))
+    elif "zeroshot_top1" in result or "recall_mean" in result:
+        print(f"{result['checkpoint']}:")
+        if "eval_loss" in result:
+            print(f"  {result['eval_split']} ({result['images']} image–text pairs): contrastive loss "
+                  f"{result['eval_loss']:.4f}")
+        if "recall_mean" in result:
+            for k in (1, 5, 10):
+                print(f"  retrieval recall@{k}: image→text {result[f'image_to_text_r{k}']:.2f}%, text→image "
+                      f"{result[f'text_to_image_r{k}']:.2f}%")
+        if "zeroshot_top1" in result:
+            print(f"  zero-shot classification: top-1 {result['zeroshot_top1']:.2f}%, top-5 "
+                  f"{result['zeroshot_top5']:.2f}%")
     else:
         print(f"{result['checkpoint']}: {result['eval_split']} ({result['images']} images): top-1 "
               f"{result['top1']:.2f}%, top-5 {result['top5']:.2f}%, loss {result['eval_loss']:.4f}")
+    return 0
+
+
+def _zeroshot(args: argparse.Namespace) -> int:
+    from .data.templates import read_templates
+    from .interpret.zeroshot import load_clip, zero_shot_predict
+
+    names = [c.strip() for c in args.classes.split(",") if c.strip()]
+    bundle = load_clip(args.model, checkpoint=args.checkpoint, tokenizer_path=args.tokenizer_path)
+    templates = read_templates(args.templates) if args.templates else None
+    probs = zero_shot_predict(bundle, args.images, names, templates)  # (N, K)
+    print(f"{bundle.label}: {len(names)} classes × {len(templates or bundle.templates)} templates")
+    for path, row in zip(args.images, probs):
+        order = row.argsort(descending=True)[:args.top]
+        ranked = ", ".join(f"{names[i]} {100 * row[i]:.1f}%" for i in order.tolist())
+        print(f"{path}: {ranked}")
     return 0
 
 
@@ -308,6 +344,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=None)
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="decoding processes")
     p.set_defaults(func=_check_data)
+    p = sub.add_parser("zeroshot", help="classify images with free-text class names through a CLIP: vitlab zeroshot "
+                                        "RUN_OR_MODEL IMAGE... --classes 'a dress,a sneaker,a bag'")
+    p.add_argument("model", help="a CLIP run directory (or a checkpoint in one), or a registered CLIP model name "
+                                 "(e.g. crate_alpha_clipa_l14) with --checkpoint")
+    p.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
+    p.add_argument("--classes", required=True, help="comma-separated class names")
+    p.add_argument("--templates", default=None, help="prompt templates file, one per line with {} (default: the "
+                                                     "run's zero-shot templates, else vitlab's photo templates)")
+    p.add_argument("--checkpoint", default=None, help="weights for a model name (e.g. crate_alpha_CLIPA_L14.pth)")
+    p.add_argument("--tokenizer-path", default=None, help="the vocabulary file or folder of a model name's tokenizer")
+    p.add_argument("--top", type=int, default=3, help="classes shown per image")
+    p.set_defaults(func=_zeroshot)
     p = sub.add_parser("presets", help="list the training presets")
     p.set_defaults(func=_presets)
     p = sub.add_parser("profile", help="parameters, FLOPs and measured throughput of a model")
