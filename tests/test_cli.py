@@ -10,6 +10,9 @@ def test_models_lists_matches_with_aliases_and_weights(capsys):
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 5 and any("crate_alpha_b16" in line and "crate_alpha_B16.pth" in line for line in out)
     assert main(["models", "no_such_*"]) == 1
+    assert main(["models"]) == 0  # every registered model describes itself (image, language and CLIP models)
+    listing = capsys.readouterr().out
+    assert "crate_alpha_clipa_l14" in listing and "CLIP, input 224px, 32 text tokens" in listing
 
 
 def test_profile_prints_params_flops_and_throughput(capsys):

@@ -19,9 +19,14 @@ def _models(args: argparse.Namespace) -> int:
         cfg = get_pretrained_cfg(name)
         alias = short_alias(name) or ""
         weights = "  weights: " + cfg["url"] if cfg.get("url") else ""
-        shape = (f"context {cfg['block_size']}, vocab {cfg['vocab_size']}" if cfg.get("task") == "lm"
-                 else f"input {cfg['input_size'][1]}px")
-        print(f"{name:34s} {alias:18s} {shape}{weights}")
+        if cfg.get("task") == "lm":
+            shape = f"context {cfg['block_size']}, vocab {cfg['vocab_size']}"
+        elif cfg.get("task") == "clip":
+            shape = (f"CLIP, input {cfg['input_size'][1]}px, {cfg['context_length']} text tokens"
+                     if "input_size" in cfg else "CLIP of any image tower (image_model=...)")
+        else:
+            shape = f"input {cfg['input_size'][1]}px"
+        print(f"{name:36s} {alias:22s} {shape}{weights}")
     return 0
 
 
@@ -34,6 +39,12 @@ def _profile(args: argparse.Namespace) -> int:
         from .init import mimetic_init_
 
         print(f"mimetic init: {mimetic_init_(model, seed=0)} attention layers initialised")
+    if model.pretrained_cfg.get("task") == "clip":  # the image tower is what the image pipeline runs
+        text = sum(p.numel() for p in model.text.parameters())
+        print(f"CLIP: profiling its image tower (model.visual); the text tower has {text:,} parameters, "
+              f"{sum(p.numel() for p in model.parameters()):,} in all")
+        model.visual.pretrained_cfg = model.pretrained_cfg
+        model = model.visual
     print(profile(model, batch_size=args.batch_size, device=args.device, train=not args.no_train,
                   iters=args.iters))
     return 0
@@ -347,12 +358,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("zeroshot", help="classify images with free-text class names through a CLIP: vitlab zeroshot "
                                         "RUN_OR_MODEL IMAGE... --classes 'a dress,a sneaker,a bag'")
     p.add_argument("model", help="a CLIP run directory (or a checkpoint in one), or a registered CLIP model name "
-                                 "(e.g. crate_alpha_clipa_l14) with --checkpoint")
+                                 "(e.g. crate_alpha_clipa_l14)")
     p.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
     p.add_argument("--classes", required=True, help="comma-separated class names")
     p.add_argument("--templates", default=None, help="prompt templates file, one per line with {} (default: the "
                                                      "run's zero-shot templates, else vitlab's photo templates)")
-    p.add_argument("--checkpoint", default=None, help="weights for a model name (e.g. crate_alpha_CLIPA_L14.pth)")
+    p.add_argument("--checkpoint", default=None, help="weights for a model name (e.g. crate_alpha_CLIPA_L14.pth; "
+                                                      "default: its published weights, downloaded once)")
     p.add_argument("--tokenizer-path", default=None, help="the vocabulary file or folder of a model name's tokenizer")
     p.add_argument("--top", type=int, default=3, help="classes shown per image")
     p.set_defaults(func=_zeroshot)

@@ -27,7 +27,8 @@ def compare(names: list[str], root: str = "runs/compare", figures: str = "docs/f
     for name in names:
         study = get_study(name)
         records = run_study(study, root, reuse_stale=reuse_stale)
-        ylabel = {"eval_loss": "validation loss", "miou": "test mIoU (%)"}.get(study.metric, "test top-1 (%)")
+        ylabel = {"eval_loss": "validation loss", "miou": "test mIoU (%)",
+                  "accuracy": "test accuracy (%)"}.get(study.metric, "test top-1 (%)")
         figure = plot_curves(records, Path(figures) / f"{study.name}_curves.png", study.title, ylabel=ylabel)
         cited = study_figures(study, records)
         if study.figures is not None:

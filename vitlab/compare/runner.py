@@ -51,7 +51,8 @@ class Study:
     """Plain strings are definitions (true whatever the numbers); interpretations are `Note`s."""
     orderings: list[tuple[str, ...]] = field(default_factory=list)
     """Column orders whose holding is checked per row, best first (e.g. ("GPT", "CRATE-α", "CRATE"))."""
-    metric: str = "top1"  # the result compared: 'top1' or 'miou' (%, higher is better), 'eval_loss' (lower is better)
+    metric: str = "top1"  # the result compared: 'top1', 'miou' or 'accuracy' (top-1 or a CLIP's zero-shot top-1;
+    # %, higher is better), 'eval_loss' (lower is better)
     report: Callable[["Study", list[dict[str, Any]], Path, Path], str] | None = None
     """Optional further section after training: report(study, records, runs root, figures folder) → Markdown."""
     figures: Callable[["Study", list[dict[str, Any]], Path], dict[str, str]] | None = None
@@ -160,12 +161,25 @@ def run_study(study: Study, root: str | Path, log: Callable[[str], None] = print
         curve = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         records.append({"row": cell.row, "col": cell.col, "seed": seed, "run_dir": str(run_dir),
                         "top1": result.get("top1", math.nan), "miou": result.get("miou", math.nan),
+                        "accuracy": _accuracy(result),
                         "eval_loss": result["eval_loss"],
                         "train_loss": result.get("train_loss", float("nan")),
                         "seconds": result.get("seconds", float("nan")), "stale": stale,
                         "commit": _produced_at(run_dir, result),
-                        "curve": [(r["epoch"], r[study.metric]) for r in curve if r.get(study.metric) is not None]})
+                        "curve": [(r["epoch"], _metric(r, study.metric)) for r in curve
+                                  if _metric(r, study.metric) is not None]})
     return records
+
+
+def _accuracy(result: dict) -> float:
+    """A CLIP's zero-shot top-1, else a classifier's top-1 (metric 'accuracy': the two side by side)."""
+    return result.get("zeroshot_top1", result.get("top1", math.nan))
+
+
+def _metric(record: dict, metric: str) -> float | None:
+    if metric == "accuracy":
+        return record.get("zeroshot_top1", record.get("top1"))
+    return record.get(metric)
 
 
 def _clear_checkpoints(run_dir: Path) -> None:
@@ -181,11 +195,12 @@ def _clear_checkpoints(run_dir: Path) -> None:
 
 
 _METRIC_NAMES = {"top1": "Test top-1 (%)", "miou": "Test mIoU (%)",
+                 "accuracy": "Test accuracy (%: a classifier's top-1, a CLIP's zero-shot top-1)",
                  "eval_loss": "Validation loss (nats per token; lower is better)"}
 
 
 def _higher_is_better(study: Study) -> bool:
-    return study.metric in ("top1", "miou")
+    return study.metric in ("top1", "miou", "accuracy")
 
 
 def _cell_text(values: list[float], digits: int = 2) -> str:

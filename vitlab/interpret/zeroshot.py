@@ -1,8 +1,9 @@
 """`vitlab zeroshot`: classify image files with free-text class names through a CLIP model.
 
 A CLIP is loaded from a vitlab CLIP run (its config.json + clip.json: model, preprocessing, tokenizer; weights from
-best/, else last/) or from a registered CLIP model name (e.g. `crate_alpha_clipa_l14`) with an optional weight file
-(its pretrained_cfg gives the preprocessing and the tokenizer, whose vocabulary is read from local files).
+best/, else last/) or from a registered CLIP model name (e.g. `crate_alpha_clipa_l14`) with a weight file, or else
+its published weights (downloaded once); its pretrained_cfg gives the preprocessing and the tokenizer, whose
+vocabulary is read from local files.
 Each image is resized (short side) and centre-cropped to the model's input size, normalised, and scored against
 `template.format(name)` prompts averaged per class (`vitlab.train.zero_shot_classifier`); probabilities are the
 softmax of 100 × cosine similarity, CLIP's zero-shot scale.
@@ -71,10 +72,11 @@ def _from_name(name: str, checkpoint: str | None, tokenizer_path: str | None) ->
         raise ValueError(f"{name!r} is not a CLIP model (its pretrained_cfg task is {cfg.get('task')!r})")
     if "tokenizer" not in cfg:
         raise ValueError(f"{name!r} names no tokenizer in its pretrained_cfg: classify with a trained run directory")
-    model = create_model(name, checkpoint_path=checkpoint) if checkpoint else create_model(name)
+    # no weight file: the published weights (downloaded once, as create_model(pretrained=True))
+    model = create_model(name, checkpoint_path=checkpoint) if checkpoint else create_model(name, pretrained=True)
     tokenizer = load_text_tokenizer(cfg["tokenizer"], tokenizer_path, context_length=cfg.get("context_length"))
     in_chans, size = model.pretrained_cfg["input_size"][0], model.pretrained_cfg["input_size"][-1]
-    label = f"{name} ({Path(checkpoint).name if checkpoint else 'random weights'})"
+    label = f"{name} ({Path(checkpoint).name if checkpoint else Path(model.pretrained_cfg['url']).name})"
     return ClipBundle(model.eval(), tokenizer, tuple(cfg["mean"]), tuple(cfg["std"]), in_chans, size,
                       read_templates(DEFAULT_TEMPLATES_FILE), label)
 
