@@ -164,3 +164,49 @@ def test_clip_configs_are_checked_before_training(tmp_path):
         fashion_run(tmp_path, "augment.random_erasing=0.25")
     with pytest.raises(OverrideError, match="context_length"):
         apply_overrides(get_preset("fashion_mnist_clip_crate_alpha"), ["context_length=-1"])
+
+
+def test_zero_shot_on_an_imagefolder_and_a_higher_resolution_fine_tune(tmp_path, caption_root, capsys):
+    """image_text training evaluated zero-shot on an ImageFolder (class names from its folders), then fine-tuned
+    at a larger image size from those weights (CLIPA's 84 → 224 px step: positions interpolated)."""
+    root, pairs = caption_root
+    folder = tmp_path / "colours"
+    for i, (path, caption) in enumerate(pairs[32:]):
+        colour = caption.split()[1]
+        (folder / "val" / f"{colour}_thing").mkdir(parents=True, exist_ok=True)
+        Image.open(path).save(folder / "val" / f"{colour}_thing" / f"{i}.png")
+    zeroshot = ["zeroshot_dataset=imagefolder", "zeroshot_split=val", f"data_dir={folder}"]
+    config = apply_overrides(get_preset("fashion_mnist_clip_vit"),
+                             CAPTION_RUN + zeroshot + [f"dataset=image_text:{root}", f"out_dir={tmp_path / 'low'}"])
+    low = train(config)
+    assert 0 <= low["zeroshot_top1"] <= 100 and "image_to_text_r1" in low and "best_zeroshot_top1" in low
+    meta = json.loads((tmp_path / "low" / "clip.json").read_text())
+    assert meta["class_names"] == ["blue thing", "green thing", "red thing", "yellow thing"]
+    fine = apply_overrides(get_preset("fashion_mnist_clip_vit"),
+                           CAPTION_RUN + zeroshot + [f"dataset=image_text:{root}", f"out_dir={tmp_path / 'high'}",
+                                                     "image_size=48", f"checkpoint={tmp_path / 'low'}/best",
+                                                     "epochs=1"])
+    high = train(fine)
+    assert np.isfinite(high["eval_loss"]) and json.loads((tmp_path / "high" / "clip.json").read_text())[
+        "image_size"] == 48
+    from safetensors.torch import load_file
+
+    weights = load_file(str(tmp_path / "high" / "last" / "model.safetensors"))
+    assert weights["visual.pos_embed"].shape[1] == 1 + 6 * 6  # 48 px / patch 8, class token first
+
+
+def test_wordnet_id_folders_need_class_names(tmp_path, caption_root):
+    root, pairs = caption_root
+    for i, wnid in enumerate(["n01440764", "n01443537"]):
+        (tmp_path / "inet" / "val" / wnid).mkdir(parents=True)
+        Image.open(pairs[i][0]).save(tmp_path / "inet" / "val" / wnid / "x.png")
+    config = apply_overrides(get_preset("fashion_mnist_clip_vit"),
+                             CAPTION_RUN + ["zeroshot_dataset=imagefolder", f"data_dir={tmp_path / 'inet'}",
+                                            f"dataset=image_text:{root}", f"out_dir={tmp_path / 'run'}"])
+    with pytest.raises(ValueError, match="WordNet ids .* class_names=/path/to/LOC_synset_mapping.txt"):
+        train(config)
+    (tmp_path / "LOC_synset_mapping.txt").write_text("n01440764 tench, Tinca tinca\nn01443537 goldfish, Carassius\n")
+    config.class_names = str(tmp_path / "LOC_synset_mapping.txt")
+    config.epochs = 1
+    train(config)
+    assert json.loads((tmp_path / "run" / "clip.json").read_text())["class_names"] == ["tench", "goldfish"]

@@ -27,6 +27,7 @@ on the training captions and saved in the run (`RUN/tokenizer/`), wrapped in CLI
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -204,6 +205,8 @@ class ClipData:
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, info: DistInfo, autocast) -> dict:
+        """Whatever the data has: contrastive loss and retrieval recall on image–caption pairs, zero-shot top-1 /
+        top-5 on a labelled split (both summed across ranks)."""
         metrics: dict = {}
         if self.eval_pairs is not None:
             metrics.update(self._evaluate_pairs(model, info, autocast))
@@ -407,6 +410,9 @@ def _image_text(config, info, per_rank, context, templates) -> ClipData:
         images = images.subset(config.eval_subset)
         names = class_names_from_file(config.class_names) if config.class_names else \
             [str(c).replace("_", " ") for c in images.classes]
+        if all(re.fullmatch(r"n\d{8}", name) for name in names):
+            raise ValueError(f"{config.zeroshot_dataset}'s classes are WordNet ids ({names[0]}, ...), not names a text "
+                             "tower can read: pass class_names=/path/to/LOC_synset_mapping.txt (ImageNet's)")
         if len(names) != images.num_classes:
             raise ValueError(f"class_names {config.class_names} lists {len(names)} names, {config.zeroshot_dataset} "
                              f"has {images.num_classes} classes")

@@ -32,8 +32,8 @@ class TrainConfig:
 
     - ints (a bool is not one): `batch_size`, `grad_accum_steps` (a divisor of batch_size), `block_size`, `log_every`
       >= 1; `train_subset`, `eval_subset`, `num_workers`, `shuffle_buffer`, `seed`, `max_steps`, `steps`,
-      `warmup_steps` (<= steps when both are set), `eval_interval` >= 0; `eval_stride` >= 1; `image_size` None or
-      >= 1.
+      `warmup_steps` (<= steps when both are set), `eval_interval`, `context_length`, `heldout_templates` >= 0;
+      `eval_stride` >= 1; `image_size` None or >= 1.
     - finite numbers: `lr`, `epochs`, `eval_every` > 0; `min_lr` in [0, lr]; `weight_decay`, `grad_clip`,
       `peak_tflops` >= 0; `warmup_epochs` in [0, epochs]; `crop_pct` in (0, 1]; `layer_decay` in (0, 1]; `betas` two numbers in [0, 1).
     - choices: `optimizer` adamw | adam | lion; `schedule` cosine | piecewise; `precision` auto | fp32 | bf16;
@@ -42,8 +42,9 @@ class TrainConfig:
       without a head); `eval_mode` whole | slide; `data_errors` raise | skip; `device` auto | cpu | cuda | cuda:N | mps; `tokenizer`
       char | bpe | bpe:N (N >= 257) | gpt2, and for CLIP data clip | bert.
     - strings: `model` a registered model that `model_kwargs` can build (checked on the meta device); `dataset`,
-      `train_split`, `eval_split`, `out_dir` (`{preset}` its one placeholder) non-empty; `data_dir`, `checkpoint`
-      None or a path. Booleans are booleans (`progress` may be None); `augment` passes `AugmentConfig.validate`.
+      `train_split`, `eval_split`, `zeroshot_split`, `out_dir` (`{preset}` its one placeholder) non-empty;
+      `data_dir`, `checkpoint`, `tokenizer_path`, `templates`, `class_names` None or a path; `zeroshot_dataset` None
+      or a dataset name. Booleans are booleans (`progress` may be None); `augment` passes `AugmentConfig.validate`.
     """
 
     # -- model ------------------------------------------------------------------------------------------------
@@ -51,7 +52,8 @@ class TrainConfig:
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # constructor overrides (img_size, depth, ...)
     init: str | None = None  # None (the family's default), 'mimetic' or 'norm_matched'
     init_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. alpha_qk, beta_qk, alpha_vo, beta_vo
-    checkpoint: str | None = None  # weights to start from (ours, timm ViT, or an official CRATE / CRATE-α file)
+    checkpoint: str | None = None  # weights to start from: a file (ours, timm ViT, official CRATE / CRATE-α /
+    # CRATE-α-CLIPA) or a run directory (its best/, else last/)
     checkpoint_adapt: bool = True  # resize the stem kernel and interpolate positions when the patch grid differs
     pretrained: bool = False  # the model's published weights (pretrained_cfg url)
     # -- semantic segmentation (datasets ade20k, ade20k_shards, fashion_mnist_scenes): `model` is the backbone -----
@@ -85,7 +87,7 @@ class TrainConfig:
     heldout_templates: int = 0  # class-captioned data: the last N templates caption nothing in training (zero-shot)
     zeroshot_dataset: str | None = None  # image_text data: a labelled dataset classified zero-shot at each evaluation
     zeroshot_split: str = "val"
-    class_names: str | None = None  # a class-names file for zero-shot (one per line, or ImageNet's LOC_synset_mapping)
+    class_names: str | None = None  # zero-shot class names file (one per line, or ImageNet's LOC_synset_mapping)
     # -- optimisation -----------------------------------------------------------------------------------------
     optimizer: str = "adamw"  # 'adamw', 'adam' (decoupled weight decay, as the JAX recipes) or 'lion'
     lr: float = 1e-3
@@ -147,13 +149,14 @@ _CHOICES: dict[str, tuple] = {
     "head": (None, "linear", "upernet"),
     "eval_mode": ("whole", "slide"),
 }
-_INT_MINIMUM = {"context_length": 0, "heldout_templates": 0, "batch_size": 1, "grad_accum_steps": 1, "block_size": 1, "log_every": 1, "train_subset": 0,
-                "eval_subset": 0, "num_workers": 0, "shuffle_buffer": 0, "seed": 0, "max_steps": 0, "steps": 0,
+_INT_MINIMUM = {"batch_size": 1, "grad_accum_steps": 1, "block_size": 1, "log_every": 1, "train_subset": 0,
+                "context_length": 0, "heldout_templates": 0, "eval_subset": 0, "num_workers": 0, "shuffle_buffer": 0, "seed": 0, "max_steps": 0, "steps": 0,
                 "warmup_steps": 0, "eval_interval": 0, "eval_stride": 1}
 _POSITIVE = ("lr", "epochs", "eval_every")  # finite numbers > 0
 _NON_NEGATIVE = ("min_lr", "weight_decay", "grad_clip", "peak_tflops", "warmup_epochs")  # finite numbers >= 0
-_BOOLS = ("checkpoint_adapt", "freeze_text", "pretrained", "download", "compile", "grad_checkpointing", "tensorboard")
-_NON_EMPTY = ("model", "dataset", "train_split", "eval_split", "out_dir", "tokenizer")
+_BOOLS = ("checkpoint_adapt", "freeze_text", "pretrained", "download", "compile", "grad_checkpointing",
+          "tensorboard")
+_NON_EMPTY = ("model", "dataset", "train_split", "eval_split", "zeroshot_split", "out_dir", "tokenizer")
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 

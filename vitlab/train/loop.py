@@ -40,6 +40,7 @@ from .clip import ClipData
 from .config import TrainConfig, config_to_dict
 from .data import TrainData, build_data
 from .distributed import DistInfo, all_reduce_sum, setup_distributed, teardown_distributed, wrap_model
+from .evaluate import resolve_checkpoint
 from .logger import RunLogger
 from .optim import build_optimizer, build_scheduler
 
@@ -111,8 +112,11 @@ def build_model(config: TrainConfig, data=None) -> nn.Module:
         norm_matched_init_(model, seed=config.seed, **config.init_kwargs)
     elif config.init is not None:
         raise ValueError(f"init must be None, 'mimetic' or 'norm_matched', got {config.init!r}")
-    if config.checkpoint:
-        load_checkpoint(model, config.checkpoint, skip_head="auto", adapt=config.checkpoint_adapt)
+    if config.checkpoint:  # a weight file, or a run / checkpoint directory (its best/, else last/ weights)
+        weights = Path(config.checkpoint)
+        if weights.is_dir():
+            weights, _ = resolve_checkpoint(weights)
+        load_checkpoint(model, weights, skip_head="auto", adapt=config.checkpoint_adapt)
     if isinstance(data, ClipData):
         data.check_model(model)
     if config.freeze_text:
