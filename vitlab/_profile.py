@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, flop_registry, register_flop_formula, sdpa_flop_count
 from torch.utils.flop_counter import sdpa_backward_flop_count
 
-__all__ = ["Profile", "profile", "count_flops", "time_per_call"]
+__all__ = ["Profile", "profile", "count_flops", "time_per_call", "example_inputs"]
 
 _aten = torch.ops.aten
 if _aten._scaled_dot_product_flash_attention_for_cpu.default not in flop_registry:
@@ -35,14 +35,15 @@ class Profile:
     name: str
     params: int
     trainable_params: int
-    input_size: tuple[int, int, int]
-    forward_flops: int  # per image
-    train_flops: int  # forward + backward, per image
+    input_size: tuple[int, ...]  # one sample: (C, H, W) for images, (T,) for token sequences
+    forward_flops: int  # per sample (an image, a token sequence, or an image-text pair: `unit`)
+    train_flops: int  # forward + backward, per sample
     batch_size: int
     device: str
     infer_images_per_s: float
     train_images_per_s: float | None
     peak_memory_bytes: int  # CUDA: max allocated; CPU: peak resident set size of the process
+    unit: str = "image"  # what one sample is: 'image', 'sequence' (language models), 'image-text pair' (CLIP)
 
     @property
     def forward_gmacs(self) -> float:
@@ -51,12 +52,13 @@ class Profile:
     def __str__(self) -> str:
         train = f"{self.train_images_per_s:.1f}" if self.train_images_per_s is not None else "-"
         memory = "peak CUDA memory" if self.device.startswith("cuda") else "peak RSS"
+        rate = {"image": "img/s", "sequence": "seq/s"}.get(self.unit, "pairs/s")
         return (f"{self.name}: {self.params / 1e6:.3f}M params ({self.trainable_params / 1e6:.3f}M trainable), "
                 f"input {self.input_size}\n"
-                f"  forward {self.forward_flops / 1e9:.2f} GFLOPs = {self.forward_gmacs:.2f} GMACs per image; "
-                f"train step {self.train_flops / 1e9:.2f} GFLOPs per image\n"
-                f"  {self.device}, batch {self.batch_size}: inference {self.infer_images_per_s:.1f} img/s, "
-                f"training {train} img/s, {memory} {self.peak_memory_bytes / 2**20:.0f} MiB")
+                f"  forward {self.forward_flops / 1e9:.2f} GFLOPs = {self.forward_gmacs:.2f} GMACs per {self.unit}; "
+                f"train step {self.train_flops / 1e9:.2f} GFLOPs per {self.unit}\n"
+                f"  {self.device}, batch {self.batch_size}: inference {self.infer_images_per_s:.1f} {rate}, "
+                f"training {train} {rate}, {memory} {self.peak_memory_bytes / 2**20:.0f} MiB")
 
 
 def count_flops(model: nn.Module, x: torch.Tensor | tuple, backward: bool = False) -> int:
@@ -90,35 +92,69 @@ def time_per_call(fn, device: torch.device, warmup: int, iters: int) -> float:
     return (time.perf_counter() - start) / iters
 
 
-def profile(model: nn.Module, input_size: tuple[int, int, int] | None = None, batch_size: int = 8,
-            device: str | torch.device = "cpu", train: bool = True, warmup: int = 2, iters: int = 5,
-            dtype: torch.dtype | None = None) -> Profile:
-    """Counts parameters and FLOPs (per image) and measures inference (and training step) throughput.
+def example_inputs(model: nn.Module, batch_size: int, input_size: tuple[int, ...] | None = None,
+                   device: str | torch.device = "cpu") -> tuple[tuple[torch.Tensor, ...], tuple[int, ...], str]:
+    """Random inputs of the kind the model takes: (inputs, the shape of one sample, the sample's unit).
 
-    `input_size` defaults to the model's pretrained_cfg['input_size']; `dtype` (e.g. torch.bfloat16) runs the
-    timed passes under autocast on CUDA.
+    * a language model (`vocab_size` and `block_size`): token ids (B, block_size), or (B, input_size[0]);
+    * a CLIP model (`visual` and `text` towers): images (B, C, H, W) and token ids (B, context_length);
+    * an image model: images (B, C, H, W) of `input_size`, default the pretrained_cfg's input_size.
     """
     cfg = getattr(model, "pretrained_cfg", {})
-    input_size = tuple(input_size or cfg.get("input_size", (3, 224, 224)))
+    if hasattr(model, "vocab_size") and hasattr(model, "block_size"):
+        length = input_size[0] if input_size else model.block_size
+        tokens = torch.randint(0, model.vocab_size, (batch_size, length), device=device)  # (B, T)
+        return (tokens,), (length,), "sequence"
+    if hasattr(model, "visual") and hasattr(model, "text"):
+        visual_cfg = getattr(model.visual, "pretrained_cfg", {})
+        embed = model.visual.patch_embed
+        size = tuple(input_size or cfg.get("input_size") or visual_cfg.get("input_size")
+                     or (embed.in_chans, *embed.img_hw))
+        text = torch.randint(0, model.text.vocab_size, (batch_size, model.text.context_length), device=device)
+        return (torch.randn(batch_size, *size, device=device), text), size, "image-text pair"
+    embed = getattr(model, "patch_embed", None)
+    native = (embed.in_chans, *embed.img_hw) if embed is not None else (3, 224, 224)
+    size = tuple(input_size or cfg.get("input_size", native))
+    return (torch.randn(batch_size, *size, device=device),), size, "image"
+
+
+def _training_loss(out) -> torch.Tensor:
+    """A scalar from any output (logits, or a tuple of tensors such as CLIP's features and scale) to back-propagate
+    through, with the cost of a cross-entropy's logsumexp."""
+    outputs = out if isinstance(out, tuple) else (out,)
+    return sum(o.float().logsumexp(-1).mean() if o.ndim else o.float() for o in outputs if torch.is_tensor(o))
+
+
+def profile(model: nn.Module, input_size: tuple[int, ...] | None = None, batch_size: int = 8,
+            device: str | torch.device = "cpu", train: bool = True, warmup: int = 2, iters: int = 5,
+            dtype: torch.dtype | None = None) -> Profile:
+    """Counts parameters and FLOPs (per sample) and measures inference (and training step) throughput.
+
+    Any vitlab model: an image model (samples are images of `input_size`, default the pretrained_cfg's
+    input_size), a language model (token sequences of block_size; `input_size=(T,)` for another length) or a
+    CLIP model (an image and a text of context_length). `dtype` (e.g. torch.bfloat16) runs the timed passes under
+    autocast on CUDA.
+    """
+    cfg = getattr(model, "pretrained_cfg", {})
     device = torch.device(device)
     model = model.to(device)
     params = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    one = torch.randn(1, *input_size, device=device)
+    one, input_size, unit = example_inputs(model, 1, input_size, device)
     forward_flops = count_flops(model.eval(), one)
     train_flops = count_flops(model.train(), one, backward=True)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    x = torch.randn(batch_size, *input_size, device=device)
+    x, _, _ = example_inputs(model, batch_size, input_size, device)
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
     def infer():
         with torch.no_grad(), autocast:
-            model(x)
+            model(*x)
 
     def train_step():
         with autocast:
-            loss = model(x).float().logsumexp(-1).mean()
+            loss = _training_loss(model(*x))
         loss.backward()
         model.zero_grad(set_to_none=True)
 
@@ -130,4 +166,5 @@ def profile(model: nn.Module, input_size: tuple[int, int, int] | None = None, ba
     return Profile(name=cfg.get("architecture", type(model).__name__), params=params, trainable_params=trainable,
                    input_size=input_size, forward_flops=forward_flops, train_flops=train_flops,
                    batch_size=batch_size, device=str(device), infer_images_per_s=batch_size / infer_s,
-                   train_images_per_s=batch_size / train_s if train_s else None, peak_memory_bytes=peak)
+                   train_images_per_s=batch_size / train_s if train_s else None, peak_memory_bytes=peak,
+                   unit=unit)

@@ -6,8 +6,14 @@ The timm model contract: `forward_features`, `forward_head(x, pre_logits=False)`
 `forward_intermediates` / `prune_intermediate_layers` (timm >= 1.0 semantics, for dense prediction); plus
 `forward_attention` for attention maps and `get_blocks` (the `TransformerBlocks` contract of `_contract.py`).
 
-Inputs of any size that is a multiple of the patch are accepted: the position table is rebuilt for the new grid
-(sin-cos: computed exactly; learned: resampled bicubic as timm) and, outside autograd, cached per grid size.
+Inputs of any size that is a multiple of the patch are accepted (timm's `dynamic_img_size=True`, vitlab's default):
+the position table is rebuilt for the new grid (sin-cos: computed exactly; learned: resampled bicubic as timm) and,
+outside autograd, cached per grid size. `dynamic_img_size=False` accepts the native size only (timm's default).
+`img_size` may be (H, W): the position table then covers an H/P × W/P grid.
+
+Regularisation as timm's VisionTransformer: `drop_path_rate` (stochastic depth, per-block probability rising
+linearly from 0 at the first block to the rate at the last, on each residual branch) and `drop_rate` (dropout on
+the pooled features before the head, timm's `head_drop`). Both act in training only and default to 0.
 """
 from __future__ import annotations
 
@@ -18,29 +24,36 @@ import torch
 from torch import nn
 
 from ._contract import run_blocks
-from ._layers import (CratePatchEmbed, PatchEmbed, resample_position_embedding,
-                      sincos_2d_position_embedding)
+from ._layers import (CratePatchEmbed, PatchEmbed, drop_path_rates, resample_position_embedding,
+                      sincos_2d_position_embedding, to_2tuple)
 
 __all__ = ["ImageTransformer"]
 
 
 class ImageTransformer(nn.Module):
     """Args:
-        block_fn: `block_fn(index) -> nn.Module`; each block maps (B, N, d) → (B, N, d) and has
-            `forward_with_attention(x) -> (x, attn (B, H, N, N))`.
+        block_fn: `block_fn(index, drop_path) -> nn.Module`, `drop_path` the block's stochastic-depth probability;
+            each block maps (B, N, d) → (B, N, d) and has `forward_with_attention(x) -> (x, attn (B, H, N, N))`.
+        img_size: the native input size, an int (square) or (H, W).
         patch_embed: 'conv' (timm / CRATE-α) or 'crate' (official CRATE: LN → Linear → LN).
         pos_embed: 'learn' or 'sincos' (fixed 2-D sin-cos, class slot zero, stored but not trained).
         global_pool: 'token' (class token; the final norm runs on every token, as timm) or 'avg' (mean of the patch
             tokens, then the final norm as `fc_norm`, as timm).
+        drop_rate: dropout probability on the pooled features before the head (timm's `head_drop`).
+        drop_path_rate: stochastic depth of the last block; block i gets drop_path_rate · i / (depth − 1).
+        dynamic_img_size: True (default): any input size that is a multiple of the patch; False: the native
+            `img_size` only, anything else is a ValueError.
     """
 
-    def __init__(self, *, block_fn: Callable[[int], nn.Module], img_size: int = 224, patch_size: int = 16,
-                 in_chans: int = 3, num_classes: int = 1000, embed_dim: int = 768, depth: int = 12,
-                 num_heads: int = 12, patch_embed: str = "conv", patch_embed_bias: bool = True,
+    def __init__(self, *, block_fn: Callable[[int, float], nn.Module], img_size: int | tuple[int, int] = 224,
+                 patch_size: int = 16, in_chans: int = 3, num_classes: int = 1000, embed_dim: int = 768,
+                 depth: int = 12, num_heads: int = 12, patch_embed: str = "conv", patch_embed_bias: bool = True,
                  pos_embed: str = "learn", class_token: bool = True, global_pool: str = "token",
-                 norm_eps: float = 1e-6, head_bias: bool = True):
+                 norm_eps: float = 1e-6, head_bias: bool = True, drop_rate: float = 0.0,
+                 drop_path_rate: float = 0.0, dynamic_img_size: bool = True):
         super().__init__()
-        for name, value, minimum in (("img_size", img_size, 1), ("patch_size", patch_size, 1),
+        height, width = to_2tuple(img_size, "img_size")
+        for name, value, minimum in (("img_size", height, 1), ("img_size", width, 1), ("patch_size", patch_size, 1),
                                      ("in_chans", in_chans, 1), ("num_classes", num_classes, 0),
                                      ("embed_dim", embed_dim, 1), ("depth", depth, 1), ("num_heads", num_heads, 1)):
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
@@ -51,12 +64,16 @@ class ImageTransformer(nn.Module):
             raise ValueError("global_pool='token' needs class_token=True")
         if pos_embed not in ("learn", "sincos"):
             raise ValueError(f"pos_embed must be 'learn' or 'sincos', got {pos_embed!r}")
+        if not 0.0 <= drop_rate < 1.0:
+            raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate!r}")
         self.num_classes = num_classes
         self.global_pool = global_pool
         self.num_features = self.embed_dim = embed_dim
         self.num_heads, self.depth = num_heads, depth
         self.num_prefix_tokens = 1 if class_token else 0
         self.pos_embed_type = pos_embed
+        self.dynamic_img_size = bool(dynamic_img_size)
+        self.drop_rate, self.drop_path_rate = drop_rate, drop_path_rate
 
         if patch_embed == "conv":
             self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, bias=patch_embed_bias)
@@ -67,11 +84,13 @@ class ImageTransformer(nn.Module):
         num_tokens = self.patch_embed.num_patches + self.num_prefix_tokens
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
         self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens, embed_dim), requires_grad=pos_embed == "learn")
-        self.blocks = nn.Sequential(*[block_fn(i) for i in range(depth)])
+        rates = drop_path_rates(drop_path_rate, depth)
+        self.blocks = nn.Sequential(*[block_fn(i, rates[i]) for i in range(depth)])
         self.grad_checkpointing = False
         use_fc_norm = global_pool == "avg"
         self.norm = nn.Identity() if use_fc_norm else nn.LayerNorm(embed_dim, eps=norm_eps)
         self.fc_norm = nn.LayerNorm(embed_dim, eps=norm_eps) if use_fc_norm else nn.Identity()
+        self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes, bias=head_bias) if num_classes > 0 else nn.Identity()
         self.feature_info = [dict(num_chs=embed_dim, reduction=patch_size, module=f"blocks.{i}")
                              for i in range(depth)]
@@ -82,7 +101,7 @@ class ImageTransformer(nn.Module):
     def reset_position_embedding(self) -> None:
         """Writes the fixed sin-cos table (pos_embed='sincos'); a learned table is set by the family's init."""
         if self.pos_embed_type == "sincos":
-            table = sincos_2d_position_embedding(self.patch_embed.grid_size, self.embed_dim)  # (N_patches, d)
+            table = sincos_2d_position_embedding(self.patch_embed.grid_hw, self.embed_dim)  # (N_patches, d)
             with torch.no_grad():
                 self.pos_embed.zero_()
                 self.pos_embed[0, self.num_prefix_tokens:] = table
@@ -123,7 +142,7 @@ class ImageTransformer(nn.Module):
         another grid gets the sin-cos table computed for it, or the learned table resampled (bicubic, timm's rule).
         Outside autograd the result is cached per grid, keyed on the stored table's identity and version, so an
         optimiser step or a weight load invalidates it."""
-        native = (self.patch_embed.grid_size, self.patch_embed.grid_size)
+        native = self.patch_embed.grid_hw
         if grid == native:
             return self.pos_embed
         table = self.pos_embed
@@ -144,6 +163,10 @@ class ImageTransformer(nn.Module):
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         grid = self.patch_embed.feat_size(x.shape[-2], x.shape[-1])  # (gh, gw)
+        if not self.dynamic_img_size and grid != self.patch_embed.grid_hw:
+            raise ValueError(f"input size {tuple(x.shape[-2:])} differs from the model's img_size "
+                             f"{self.patch_embed.img_hw}; build it with dynamic_img_size=True to accept any multiple "
+                             f"of the patch size {self.patch_embed.patch_size}")
         x = self.patch_embed(x)  # (B, gh·gw, d)
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, N, d)
@@ -159,7 +182,7 @@ class ImageTransformer(nn.Module):
             x = x[:, self.num_prefix_tokens:].mean(dim=1)  # (B, d)
         else:
             x = x[:, 0]  # (B, d)
-        x = self.fc_norm(x)
+        x = self.head_drop(self.fc_norm(x))  # dropout before the head (timm's head_drop; training only)
         return x if pre_logits else self.head(x)  # (B, d) or (B, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -13,8 +13,18 @@ from torch import nn
 
 __all__ = [
     "PatchEmbed", "CratePatchEmbed", "sincos_2d_position_embedding", "resample_position_embedding",
-    "Attention", "SubspaceAttention", "Mlp", "SparseCoding", "split_fused_qkv",
+    "Attention", "SubspaceAttention", "Mlp", "SparseCoding", "split_fused_qkv", "DropPath", "drop_path_rates",
+    "to_2tuple",
 ]
+
+
+def to_2tuple(size: int | tuple[int, int] | list[int], name: str = "size") -> tuple[int, int]:
+    """`s` → (s, s); a pair (h, w) as is; anything else is a ValueError naming `name`."""
+    if isinstance(size, int) and not isinstance(size, bool):
+        return size, size
+    if isinstance(size, (tuple, list)) and len(size) == 2 and all(isinstance(v, int) for v in size):
+        return int(size[0]), int(size[1])
+    raise ValueError(f"{name} must be an int or a pair (height, width) of ints, got {size!r}")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -22,15 +32,23 @@ __all__ = [
 
 
 class _PatchGrid(nn.Module):
-    """Square images of `img_size` cut into a grid_size × grid_size grid of patch_size patches."""
+    """Images of `img_size` (an int for square images, or (H, W)) cut into a grid of patch_size patches.
 
-    def __init__(self, img_size: int, patch_size: int, in_chans: int):
+    `img_hw` / `grid_hw` are always (height, width) pairs; `img_size` / `grid_size` are ints for square images (what
+    most callers expect) and the pairs otherwise, as they were given.
+    """
+
+    def __init__(self, img_size: int | tuple[int, int], patch_size: int, in_chans: int):
         super().__init__()
-        if img_size % patch_size:
+        self.img_hw = to_2tuple(img_size, "img_size")
+        if self.img_hw[0] % patch_size or self.img_hw[1] % patch_size:
             raise ValueError(f"img_size {img_size} is not divisible by patch_size {patch_size}")
-        self.img_size, self.patch_size, self.in_chans = img_size, patch_size, in_chans
-        self.grid_size = img_size // patch_size
-        self.num_patches = self.grid_size**2
+        self.patch_size, self.in_chans = patch_size, in_chans
+        self.grid_hw = (self.img_hw[0] // patch_size, self.img_hw[1] // patch_size)
+        square = self.img_hw[0] == self.img_hw[1]
+        self.img_size = self.img_hw[0] if square else self.img_hw
+        self.grid_size = self.grid_hw[0] if square else self.grid_hw
+        self.num_patches = self.grid_hw[0] * self.grid_hw[1]
 
     def feat_size(self, height: int, width: int) -> tuple[int, int]:
         """(gh, gw) patch grid of a (height, width) input; any size that is a multiple of the patch."""
@@ -47,7 +65,7 @@ class PatchEmbed(_PatchGrid):
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.proj(x)  # (B, d, g, g)
+        x = self.proj(x)  # (B, d, gh, gw)
         return x.flatten(2).transpose(1, 2)  # (B, N, d)
 
 
@@ -198,6 +216,40 @@ class SubspaceAttention(_MultiHeadAttention):
         B, N, d = x.shape
         w = self.subspace(x).reshape(B, N, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, N, dh) w = U*z
         return w, w, w  # q = k = v
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Stochastic depth
+
+
+def drop_path_rates(drop_path_rate: float, depth: int) -> list[float]:
+    """Per-block stochastic-depth probabilities rising linearly from 0 (first block) to `drop_path_rate` (last
+    block), the schedule of Huang et al. 2016 as timm's ViT uses it."""
+    if not 0.0 <= drop_path_rate < 1.0:
+        raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate!r}")
+    if depth == 1:
+        return [0.0]
+    return [drop_path_rate * i / (depth - 1) for i in range(depth)]
+
+
+class DropPath(nn.Module):
+    """Stochastic depth on a residual branch: in training, each sample's branch output is zeroed with probability
+    `drop_prob` and the kept ones scaled by 1 / (1 − drop_prob), so the expectation is unchanged; in eval (or at 0)
+    the identity."""
+
+    def __init__(self, drop_prob: float = 0.0):
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.drop_prob
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)  # (B, 1, 1) one draw per sample
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob:.3f}"
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -3,6 +3,11 @@ parameter names: token embedding `transformer.wte` + learned positions `transfor
 `transformer.h.{i}` → final LayerNorm `transformer.ln_f` → `lm_head`, whose weight IS `transformer.wte.weight`
 (weight tying: one Parameter under two names). The families differ only in the block they stack and their init.
 
+`model(idx)` returns the logits (B, T, V); `model(idx, targets)` returns nanoGPT's `(logits, loss)`, the loss the
+mean cross-entropy over every position whose target is not -1. The image models' contract names exist too:
+`forward_features`, `forward_head(x, pre_logits=False)`, `get_classifier()` (the tied `lm_head`) and
+`reset_classifier(vocab_size)` (resizes the tied token table and head).
+
 Shapes: B batch, T tokens (T ≤ block_size), V vocab_size, d n_embd, L n_layer, H n_head.
 """
 from __future__ import annotations
@@ -108,9 +113,46 @@ class CausalLM(nn.Module):
         x = run_blocks(self.transformer.h, self._embed(idx), self.grad_checkpointing)  # (B, T, d)
         return self.transformer.ln_f(x)  # (B, T, d)
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """(B, T) token indices → (B, T, V) next-token logits; position t sees tokens 0..t only."""
-        return self.lm_head(self.forward_features(idx))  # (B, T, V)
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """(B, T, d) hidden states after ln_f → (B, T, V) logits (or `x` itself with `pre_logits`)."""
+        return x if pre_logits else self.lm_head(x)  # (B, T, V)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+        """(B, T) token indices → (B, T, V) next-token logits; position t sees tokens 0..t only.
+
+        With `targets` (B, T) (the next token at each position; -1 = ignored, nanoGPT's convention) returns
+        `(logits, loss)`, the loss the mean cross-entropy over the positions not ignored. Without targets it
+        returns the logits alone (not nanoGPT's `(logits, None)`), so `model(idx)` works as any classifier's."""
+        logits = self.forward_head(self.forward_features(idx))  # (B, T, V)
+        if targets is None:
+            return logits
+        if targets.shape != idx.shape:
+            raise ValueError(f"targets must have the shape of idx {tuple(idx.shape)}, got {tuple(targets.shape)}")
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
+                               ignore_index=-1)  # mean over the B·T positions whose target is not -1
+        return logits, loss
+
+    def get_classifier(self) -> nn.Module:
+        """The output layer, `lm_head` (its weight is the token table `transformer.wte.weight`)."""
+        return self.lm_head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Resizes the vocabulary to `num_classes` tokens: the tied token table / head keeps its first
+        min(V, V') rows and new rows are drawn N(0, 0.02) (GPT-2's embedding init). `global_pool` must be None (a
+        language model predicts at every position and pools nothing)."""
+        if global_pool is not None:
+            raise ValueError(f"a language model has no pooling; global_pool must be None, got {global_pool!r}")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1:
+            raise ValueError(f"num_classes (the new vocab_size) must be an int >= 1, got {num_classes!r}")
+        old = self.lm_head.weight.detach()  # (V, d)
+        weight = old.new_empty(num_classes, self.n_embd).normal_(std=0.02)  # (V', d)
+        keep = min(num_classes, old.shape[0])
+        weight[:keep] = old[:keep]
+        self.lm_head = nn.Linear(self.n_embd, num_classes, bias=False, device=old.device, dtype=old.dtype)
+        self.lm_head.weight = nn.Parameter(weight)
+        self.transformer.wte = nn.Embedding(num_classes, self.n_embd, device=old.device, dtype=old.dtype)
+        self.transformer.wte.weight = self.lm_head.weight  # keep the tying
+        self.vocab_size = num_classes
 
     @torch.no_grad()
     def forward_attention(self, idx: torch.Tensor) -> torch.Tensor:

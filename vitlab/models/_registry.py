@@ -15,7 +15,8 @@ from torch import nn
 
 from ._constants import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["register_model", "list_models", "is_model", "create_model", "resolve_model_name", "get_pretrained_cfg"]
+__all__ = ["register_model", "list_models", "is_model", "create_model", "resolve_model_name", "get_pretrained_cfg",
+           "has_pretrained_weights"]
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 _CFGS: dict[str, dict[str, Any]] = {}
@@ -53,9 +54,18 @@ def register_model(fn: Callable[..., nn.Module] | None = None, *, name: str | No
     return wrap(fn) if fn is not None else wrap
 
 
-def list_models(pattern: str | list[str] = "", include_aliases: bool = False) -> list[str]:
-    """Sorted registered names matching a shell-style pattern (or any of several): `list_models('crate_alpha_*')`."""
+def has_pretrained_weights(name: str) -> bool:
+    """Whether the model's pretrained_cfg names published weights (a `url` or a local `file`)."""
+    cfg = _CFGS[resolve_model_name(name)]
+    return bool(cfg.get("url") or cfg.get("file"))
+
+
+def list_models(pattern: str | list[str] = "", include_aliases: bool = False, pretrained: bool = False) -> list[str]:
+    """Sorted registered names matching a shell-style pattern (or any of several): `list_models('crate_alpha_*')`.
+    `pretrained=True` keeps only models with published weights (a cfg `url` or `file`), as timm."""
     names = list(_MODELS) + (list(_ALIASES) if include_aliases else [])
+    if pretrained:
+        names = [n for n in names if has_pretrained_weights(n)]
     patterns = [pattern] if isinstance(pattern, str) else list(pattern)
     if patterns and any(patterns):
         names = [n for n in names if any(fnmatch.fnmatch(n, p) for p in patterns if p)]
@@ -100,7 +110,7 @@ def _fit_cfg_to_model(cfg: dict[str, Any], model: nn.Module) -> dict[str, Any]:
     embed = getattr(model, "patch_embed", None)
     if embed is None:
         return cfg
-    cfg = {**cfg, "input_size": (embed.in_chans, embed.img_size, embed.img_size)}
+    cfg = {**cfg, "input_size": (embed.in_chans, *embed.img_hw)}
     cfg.setdefault("mean", IMAGENET_MEAN)
     cfg.setdefault("std", IMAGENET_STD)
     for key in ("mean", "std"):
@@ -111,7 +121,8 @@ def _fit_cfg_to_model(cfg: dict[str, Any], model: nn.Module) -> dict[str, Any]:
 
 def create_model(name: str, pretrained: bool = False, *, pretrained_cfg_overlay: dict[str, Any] | None = None,
                  checkpoint_path: str | None = None, init: str | None = None,
-                 init_kwargs: dict[str, Any] | None = None, **kwargs) -> nn.Module:
+                 init_kwargs: dict[str, Any] | None = None, features_only: bool = False,
+                 out_indices: int | list[int] | tuple[int, ...] | None = None, **kwargs) -> nn.Module:
     """Builds a registered model: `create_model('crate_alpha_b16', num_classes=10, img_size=32)`.
 
     Args:
@@ -120,16 +131,21 @@ def create_model(name: str, pretrained: bool = False, *, pretrained_cfg_overlay:
         checkpoint_path: a local weight file (safetensors, or a .pth in our or an official layout) to load.
         init: None for the family's default initialisation, or 'mimetic' (Trockman & Kolter 2023).
         init_kwargs: keyword arguments for the chosen init, e.g. `dict(alpha_qk=0.7, beta_qk=0.7, seed=0)`.
+        features_only: return a feature extractor (`FeatureGetterNet`, image models only) whose forward gives the
+            (B, d, H/P, W/P) maps of the blocks `out_indices` selects (an int n: the last n, timm's ViT default 3;
+            or block indices), after any weights are loaded; `.feature_info.channels()` / `.reduction()`.
         **kwargs: constructor overrides (num_classes, img_size, patch_size, embed_dim, depth, num_heads, ...;
             language models: vocab_size, block_size, n_layer, n_head, n_embd, dropout, ...).
     """
+    if out_indices is not None and not features_only:
+        raise ValueError(f"out_indices={out_indices!r} is only used with features_only=True")
     canonical = resolve_model_name(name)
     cfg = {**_CFGS[canonical], **(pretrained_cfg_overlay or {})}
     try:
         model = _MODELS[canonical](**kwargs)
     except TypeError as err:
         raise TypeError(f"create_model({name!r}): {err}") from None
-    model.pretrained_cfg = _fit_cfg_to_model({**cfg, "architecture": canonical}, model)
+    model.pretrained_cfg = model.default_cfg = _fit_cfg_to_model({**cfg, "architecture": canonical}, model)
     if init == "mimetic":
         from ..init import mimetic_init_
 
@@ -142,4 +158,10 @@ def create_model(name: str, pretrained: bool = False, *, pretrained_cfg_overlay:
         from ._pretrained import load_pretrained
 
         load_pretrained(model, checkpoint_path=checkpoint_path)
+    if features_only:
+        from ._features import DEFAULT_OUT_INDICES, FeatureGetterNet
+
+        if cfg.get("task") in ("lm", "clip"):
+            raise ValueError(f"features_only=True needs an image model; {canonical!r} is a {cfg['task']!r} model")
+        return FeatureGetterNet(model, DEFAULT_OUT_INDICES if out_indices is None else out_indices)
     return model

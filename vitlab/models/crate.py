@@ -17,7 +17,7 @@ from torch import nn
 
 from ._base import ImageTransformer
 from ._constants import CIFAR10_MEAN, CIFAR10_STD, model_cfg
-from ._layers import Attention, SparseCoding, SubspaceAttention, init_dictionary_
+from ._layers import Attention, DropPath, SparseCoding, SubspaceAttention, init_dictionary_
 from ._registry import register_model
 
 __all__ = ["CrateBlock", "CRATE", "init_crate_blocks_"]
@@ -38,12 +38,15 @@ class CrateBlock(nn.Module):
             bias-free q / k / v projections (`attn.qkv`, rows q | k | v head-major, scale dh^-0.5), which is what
             the image tower of the official CRATE-α-CLIPA port uses (an `nn.MultiheadAttention(d, H, bias=False)`
             in front of the ODL block). MSSA is the special case q = k = v = U.
+        drop_path: stochastic-depth probability (training only) of the residual branches: MSSA's always, and ODL's
+            when `residual_sparse_coding`. CRATE's ISTA step replaces the stream instead of adding to it, so there
+            is no branch to drop and it always runs.
     """
 
     def __init__(self, dim: int, num_heads: int, overcomplete_ratio: int = 1, decoupled_dictionary: bool = False,
                  residual_sparse_coding: bool = False, attn_proj_bias: bool = True, norm_eps: float = 1e-5,
                  ista_step_size: float = 0.1, ista_lambda: float = 0.1, causal: bool = False,
-                 attention: str = "mssa"):
+                 attention: str = "mssa", drop_path: float = 0.0):
         super().__init__()
         if attention not in ("mssa", "mha"):
             raise ValueError(f"attention must be 'mssa' (CRATE's subspace attention) or 'mha' (separate q/k/v, the "
@@ -55,20 +58,24 @@ class CrateBlock(nn.Module):
             self.attn = SubspaceAttention(dim, num_heads, proj_bias=attn_proj_bias, causal=causal)
         else:
             self.attn = Attention(dim, num_heads, qkv_bias=False, proj_bias=attn_proj_bias, causal=causal)
+        self.drop_path1 = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.ista = SparseCoding(dim, overcomplete_ratio, decoupled_dictionary, ista_step_size, ista_lambda)
+        self.drop_path2 = DropPath(drop_path) if residual_sparse_coding else nn.Identity()
 
     def _sparsify(self, z: torch.Tensor) -> torch.Tensor:
         code = self.ista(self.norm2(z))  # (B, N, d)   ISTA / ODL
-        return z + code if self.residual_sparse_coding else code  # CRATE-α residual, or CRATE's replacement
+        if self.residual_sparse_coding:
+            return z + self.drop_path2(code)  # CRATE-α: residual ODL branch
+        return code  # CRATE: the code replaces the stream
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = x + self.attn(self.norm1(x))  # (B, N, d)   z^{ℓ+1/2} = z^ℓ + MSSA(z^ℓ | U_[K])   (eq. 9; or MHA)
+        z = x + self.drop_path1(self.attn(self.norm1(x)))  # (B, N, d)   z^{ℓ+1/2} = z^ℓ + MSSA(z^ℓ | U_[K])  (eq. 9)
         return self._sparsify(z)  # z^{ℓ+1} = ISTA(z^{ℓ+1/2} | D)   (eq. 11)
 
     def forward_with_attention(self, x: torch.Tensor):
         out, attn = self.attn.forward_with_attention(self.norm1(x))
-        return self._sparsify(x + out), attn
+        return self._sparsify(x + self.drop_path1(out)), attn
 
 
 def init_crate_blocks_(blocks) -> None:
@@ -85,17 +92,22 @@ class CRATE(ImageTransformer):
 
     One opt-in difference: global_pool='avg' averages the patch tokens only, where the official pool='mean' also
     averages the class token.
+
+    `drop_path_rate` drops only the MSSA residual branch of each block (CRATE's ISTA step is not residual; see
+    `CrateBlock`); `drop_rate`, `dynamic_img_size`: see `ImageTransformer`.
     """
 
-    def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, num_classes: int = 1000,
-                 embed_dim: int = 768, depth: int = 12, num_heads: int = 12, global_pool: str = "token",
-                 ista_step_size: float = 0.1, ista_lambda: float = 0.1):
+    def __init__(self, img_size: int | tuple[int, int] = 224, patch_size: int = 16, in_chans: int = 3,
+                 num_classes: int = 1000, embed_dim: int = 768, depth: int = 12, num_heads: int = 12,
+                 global_pool: str = "token", ista_step_size: float = 0.1, ista_lambda: float = 0.1,
+                 drop_rate: float = 0.0, drop_path_rate: float = 0.0, dynamic_img_size: bool = True):
         super().__init__(
-            block_fn=lambda i: CrateBlock(embed_dim, num_heads, ista_step_size=ista_step_size,
-                                          ista_lambda=ista_lambda),
+            block_fn=lambda i, drop_path: CrateBlock(embed_dim, num_heads, ista_step_size=ista_step_size,
+                                                     ista_lambda=ista_lambda, drop_path=drop_path),
             img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
             embed_dim=embed_dim, depth=depth, num_heads=num_heads, patch_embed="crate", pos_embed="learn",
-            class_token=True, global_pool=global_pool, norm_eps=1e-5)
+            class_token=True, global_pool=global_pool, norm_eps=1e-5, drop_rate=drop_rate,
+            drop_path_rate=drop_path_rate, dynamic_img_size=dynamic_img_size)
         self.init_weights()
 
     def init_weights(self) -> None:

@@ -53,23 +53,27 @@ class CRATEAlpha(ImageTransformer):
     Two switches exist for the official CRATE-α-CLIPA image tower (`vitlab.models.clip`): `attention='mha'` puts
     ordinary multi-head attention (separate bias-free q / k / v, key `attn.qkv`) in front of each ODL block instead
     of MSSA, and `patch_embed_bias=False` drops the conv stem's bias (the CLIPA `conv1` has none).
+
+    `drop_path_rate` drops both residual branches (MSSA and ODL; with `residual_sparse_coding=False` only MSSA's);
+    `drop_rate`, `dynamic_img_size`: see `ImageTransformer`.
     """
 
-    def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, num_classes: int = 1000,
-                 embed_dim: int = 768, depth: int = 12, num_heads: int = 12, overcomplete_ratio: int = 4,
-                 decoupled_dictionary: bool = True, residual_sparse_coding: bool = True, pos_embed: str = "learn",
-                 global_pool: str = "token", ista_step_size: float = 0.1, ista_lambda: float = 0.1,
-                 attention: str = "mssa", patch_embed_bias: bool = True):
+    def __init__(self, img_size: int | tuple[int, int] = 224, patch_size: int = 16, in_chans: int = 3,
+                 num_classes: int = 1000, embed_dim: int = 768, depth: int = 12, num_heads: int = 12,
+                 overcomplete_ratio: int = 4, decoupled_dictionary: bool = True, residual_sparse_coding: bool = True,
+                 pos_embed: str = "learn", global_pool: str = "token", ista_step_size: float = 0.1,
+                 ista_lambda: float = 0.1, attention: str = "mssa", patch_embed_bias: bool = True,
+                 drop_rate: float = 0.0, drop_path_rate: float = 0.0, dynamic_img_size: bool = True):
         super().__init__(
-            block_fn=lambda i: CrateBlock(
+            block_fn=lambda i, drop_path: CrateBlock(
                 embed_dim, num_heads, overcomplete_ratio=overcomplete_ratio,
                 decoupled_dictionary=decoupled_dictionary, residual_sparse_coding=residual_sparse_coding,
                 attn_proj_bias=False, norm_eps=1e-6, ista_step_size=ista_step_size, ista_lambda=ista_lambda,
-                attention=attention),
+                attention=attention, drop_path=drop_path),
             img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
             embed_dim=embed_dim, depth=depth, num_heads=num_heads, patch_embed="conv",
             patch_embed_bias=patch_embed_bias, pos_embed=pos_embed, class_token=True, global_pool=global_pool,
-            norm_eps=1e-6)
+            norm_eps=1e-6, drop_rate=drop_rate, drop_path_rate=drop_path_rate, dynamic_img_size=dynamic_img_size)
         self.init_weights()
 
     def init_weights(self) -> None:

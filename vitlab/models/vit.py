@@ -9,7 +9,7 @@ from torch import nn
 
 from ._base import ImageTransformer, trunc_normal_linear_init_
 from ._constants import CIFAR10_MEAN, CIFAR10_STD, INCEPTION_MEAN, INCEPTION_STD, model_cfg
-from ._layers import Attention, Mlp
+from ._layers import Attention, DropPath, Mlp
 from ._registry import register_model
 
 __all__ = ["Block", "VisionTransformer"]
@@ -17,40 +17,47 @@ __all__ = ["Block", "VisionTransformer"]
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: x + attn(norm1 x); x + mlp(norm2 x)."""
+    """Pre-norm transformer block: x + drop_path(attn(norm1 x)); x + drop_path(mlp(norm2 x)).
+
+    `drop_path`: stochastic-depth probability of both residual branches (training only)."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
-                 norm_eps: float = 1e-6):
+                 norm_eps: float = 1e-6, drop_path: float = 0.0):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias)
+        self.drop_path1 = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.drop_path2 = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))  # (B, N, d)
-        return x + self.mlp(self.norm2(x))
+        x = x + self.drop_path1(self.attn(self.norm1(x)))  # (B, N, d)
+        return x + self.drop_path2(self.mlp(self.norm2(x)))
 
     def forward_with_attention(self, x: torch.Tensor):
         out, attn = self.attn.forward_with_attention(self.norm1(x))
-        x = x + out
-        return x + self.mlp(self.norm2(x)), attn
+        x = x + self.drop_path1(out)
+        return x + self.drop_path2(self.mlp(self.norm2(x))), attn
 
 
 class VisionTransformer(ImageTransformer):
     """timm's VisionTransformer contract and keys (`cls_token`, `pos_embed`, `patch_embed.proj`, `blocks.i.*`,
     `norm`, `head`) with timm's default init: Linear trunc-normal std 0.02, learned positions std 0.02, class token
-    std 1e-6, conv stem PyTorch default."""
+    std 1e-6, conv stem PyTorch default. `drop_rate`, `drop_path_rate`, `dynamic_img_size`: see
+    `ImageTransformer`."""
 
-    def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, num_classes: int = 1000,
-                 embed_dim: int = 768, depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0,
-                 qkv_bias: bool = True, pos_embed: str = "learn", class_token: bool = True,
-                 global_pool: str = "token", norm_eps: float = 1e-6):
+    def __init__(self, img_size: int | tuple[int, int] = 224, patch_size: int = 16, in_chans: int = 3,
+                 num_classes: int = 1000, embed_dim: int = 768, depth: int = 12, num_heads: int = 12,
+                 mlp_ratio: float = 4.0, qkv_bias: bool = True, pos_embed: str = "learn", class_token: bool = True,
+                 global_pool: str = "token", norm_eps: float = 1e-6, drop_rate: float = 0.0,
+                 drop_path_rate: float = 0.0, dynamic_img_size: bool = True):
         super().__init__(
-            block_fn=lambda i: Block(embed_dim, num_heads, mlp_ratio, qkv_bias, norm_eps),
+            block_fn=lambda i, drop_path: Block(embed_dim, num_heads, mlp_ratio, qkv_bias, norm_eps, drop_path),
             img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
             embed_dim=embed_dim, depth=depth, num_heads=num_heads, patch_embed="conv", pos_embed=pos_embed,
-            class_token=class_token, global_pool=global_pool, norm_eps=norm_eps)
+            class_token=class_token, global_pool=global_pool, norm_eps=norm_eps, drop_rate=drop_rate,
+            drop_path_rate=drop_path_rate, dynamic_img_size=dynamic_img_size)
         self.init_weights()
 
     def init_weights(self) -> None:
