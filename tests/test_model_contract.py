@@ -252,3 +252,40 @@ def test_profile_every_family(name):
     assert report.unit == {"lm": "sequence", "clip": "image-text pair"}.get(task, "image")
     if task == "lm":
         assert report.input_size == (16,)
+
+
+# -- parity with timm itself ------------------------------------------------------------------------------------------
+def test_drop_path_schedule_and_head_drop_equal_timm():
+    timm = pytest.importorskip("timm")
+    reference = timm.create_model("vit_tiny_patch16_224", depth=5, drop_path_rate=0.2, drop_rate=0.3)
+    model = create_model("vit_tiny_patch16_224", depth=5, drop_path_rate=0.2, drop_rate=0.3)
+    theirs = [getattr(b.drop_path1, "drop_prob", 0.0) for b in reference.blocks]  # timm: Identity at rate 0
+    assert [b.drop_path1.drop_prob for b in model.blocks] == pytest.approx(theirs)
+    assert [b.drop_path2.drop_prob for b in model.blocks] == pytest.approx(theirs)
+    assert model.head_drop.p == reference.head_drop.p == 0.3
+    assert model.state_dict().keys() == reference.state_dict().keys()
+
+
+def test_non_square_img_size_and_features_only_equal_timm():
+    timm = pytest.importorskip("timm")
+    reference = timm.create_model("vit_tiny_patch16_224", depth=3, img_size=(32, 64)).eval()
+    model = create_model("vit_tiny_patch16_224", depth=3, img_size=(32, 64)).eval()
+    model.load_state_dict(reference.state_dict())
+    x = torch.randn(2, 3, 32, 64)
+    torch.testing.assert_close(model(x), reference(x), rtol=1e-5, atol=1e-5)
+    ref_features = timm.create_model("vit_tiny_patch16_224", depth=3, img_size=(32, 64), features_only=True).eval()
+    features = create_model("vit_tiny_patch16_224", depth=3, img_size=(32, 64), features_only=True).eval()
+    assert features.feature_info.channels() == ref_features.feature_info.channels()
+    assert features.feature_info.reduction() == ref_features.feature_info.reduction()
+    features.model.load_state_dict(ref_features.model.state_dict())
+    for ours, theirs in zip(features(x), ref_features(x), strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+def test_adapt_input_conv_equals_timm():
+    timm = pytest.importorskip("timm")
+    from timm.models import adapt_input_conv as timm_adapt
+
+    kernel = torch.randn(8, 3, 4, 4)
+    for in_chans in (1, 2, 4, 7):
+        torch.testing.assert_close(adapt_input_conv(in_chans, kernel), timm_adapt(in_chans, kernel.clone()))

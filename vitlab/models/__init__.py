@@ -2,9 +2,10 @@
 one language-model skeleton; all registered with timm semantics."""
 from ._base import ImageTransformer
 from ._contract import TransformerBlocks, get_blocks
+from ._features import FeatureGetterNet, FeatureInfo
 from ._layers import resample_position_embedding
 from ._lm_base import CausalLM
-from ._registry import create_model, get_pretrained_cfg, is_model, list_models, register_model, resolve_model_name
+from ._registry import create_model, get_pretrained_cfg, has_pretrained_weights, is_model, list_models, register_model, resolve_model_name
 from .crate import CRATE, CrateBlock
 from .crate_alpha import CRATEAlpha
 from .crate_lm import CRATEAlphaLM, CRATELM
@@ -17,4 +18,4 @@ __all__ = ["TransformerBlocks", "get_blocks", "ImageTransformer", "VisionTransfo
            "CRATELM", "CRATEAlphaLM", "create_model",
            "list_models", "register_model", "is_model", "resolve_model_name", "get_pretrained_cfg",
            "resample_position_embedding", "SegmentationModel", "create_segmentation_model",
-           "CLIP", "TextTransformer", "create_clip_model"]
+           "CLIP", "TextTransformer", "create_clip_model", "FeatureGetterNet", "FeatureInfo", "has_pretrained_weights"]

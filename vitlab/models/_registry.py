@@ -141,6 +141,8 @@ def create_model(name: str, pretrained: bool = False, *, pretrained_cfg_overlay:
         raise ValueError(f"out_indices={out_indices!r} is only used with features_only=True")
     canonical = resolve_model_name(name)
     cfg = {**_CFGS[canonical], **(pretrained_cfg_overlay or {})}
+    if features_only and cfg.get("task") in ("lm", "clip"):
+        raise ValueError(f"features_only=True needs an image model; {canonical!r} is a {cfg['task']!r} model")
     try:
         model = _MODELS[canonical](**kwargs)
     except TypeError as err:
@@ -161,7 +163,5 @@ def create_model(name: str, pretrained: bool = False, *, pretrained_cfg_overlay:
     if features_only:
         from ._features import DEFAULT_OUT_INDICES, FeatureGetterNet
 
-        if cfg.get("task") in ("lm", "clip"):
-            raise ValueError(f"features_only=True needs an image model; {canonical!r} is a {cfg['task']!r} model")
         return FeatureGetterNet(model, DEFAULT_OUT_INDICES if out_indices is None else out_indices)
     return model

@@ -90,7 +90,8 @@ class GPTBlock(nn.Module):
 
 
 class GPT(CausalLM):
-    """GPT-2 / nanoGPT language model: `model(idx (B, T)) -> logits (B, T, vocab_size)`.
+    """GPT-2 / nanoGPT language model: `model(idx (B, T)) -> logits (B, T, vocab_size)`;
+    `model(idx, targets) -> (logits, loss)` as nanoGPT (see `CausalLM.forward`).
 
     Args:
         vocab_size: V (GPT-2: 50257; nanoGPT pads to 50304 for speed).
