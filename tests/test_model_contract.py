@@ -186,6 +186,8 @@ def test_checkpoint_loads_across_patch_size_and_in_chans(tmp_path):
     save_file({k: v.contiguous() for k, v in src.state_dict().items()}, path)
     dst = create_model("crate_alpha_tiny_patch4_32", patch_size=8, in_chans=1, checkpoint_path=str(path), **TINY)
     assert dst.patch_embed.proj.weight.shape == (32, 1, 8, 8) and dst.pos_embed.shape == (1, 17, 32)
+    wide = create_model("crate_alpha_tiny_patch4_32", img_size=(32, 64), checkpoint_path=str(path), **TINY).eval()
+    torch.testing.assert_close(wide.pos_embed, src._position_table((8, 16)))  # resampled to the 8 × 16 grid
 
 
 # -- 6. language models ---------------------------------------------------------------------------------------------

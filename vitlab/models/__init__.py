@@ -5,7 +5,8 @@ from ._contract import TransformerBlocks, get_blocks
 from ._features import FeatureGetterNet, FeatureInfo
 from ._layers import resample_position_embedding
 from ._lm_base import CausalLM
-from ._registry import create_model, get_pretrained_cfg, has_pretrained_weights, is_model, list_models, register_model, resolve_model_name
+from ._registry import (create_model, get_pretrained_cfg, has_pretrained_weights, is_model, list_models,
+                        register_model, resolve_model_name)
 from .crate import CRATE, CrateBlock
 from .crate_alpha import CRATEAlpha
 from .crate_lm import CRATEAlphaLM, CRATELM
@@ -14,8 +15,8 @@ from .vit import VisionTransformer
 from .segmentation import SegmentationModel, create_segmentation_model
 from .clip import CLIP, TextTransformer, create_clip_model
 
-__all__ = ["TransformerBlocks", "get_blocks", "ImageTransformer", "VisionTransformer", "CRATE", "CRATEAlpha", "CrateBlock", "CausalLM", "GPT",
-           "CRATELM", "CRATEAlphaLM", "create_model",
-           "list_models", "register_model", "is_model", "resolve_model_name", "get_pretrained_cfg",
-           "resample_position_embedding", "SegmentationModel", "create_segmentation_model",
-           "CLIP", "TextTransformer", "create_clip_model", "FeatureGetterNet", "FeatureInfo", "has_pretrained_weights"]
+__all__ = ["TransformerBlocks", "get_blocks", "ImageTransformer", "VisionTransformer", "CRATE", "CRATEAlpha",
+           "CrateBlock", "CausalLM", "GPT", "CRATELM", "CRATEAlphaLM", "create_model", "list_models", "register_model",
+           "is_model", "resolve_model_name", "get_pretrained_cfg", "has_pretrained_weights",
+           "resample_position_embedding", "SegmentationModel", "create_segmentation_model", "CLIP", "TextTransformer",
+           "create_clip_model", "FeatureGetterNet", "FeatureInfo"]

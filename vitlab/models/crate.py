@@ -70,7 +70,8 @@ class CrateBlock(nn.Module):
         return code  # CRATE: the code replaces the stream
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = x + self.drop_path1(self.attn(self.norm1(x)))  # (B, N, d)   z^{ℓ+1/2} = z^ℓ + MSSA(z^ℓ | U_[K])  (eq. 9)
+        # z^{ℓ+1/2} = z^ℓ + MSSA(z^ℓ | U_[K])   (eq. 9; or MHA); drop_path only while training
+        z = x + self.drop_path1(self.attn(self.norm1(x)))  # (B, N, d)
         return self._sparsify(z)  # z^{ℓ+1} = ISTA(z^{ℓ+1/2} | D)   (eq. 11)
 
     def forward_with_attention(self, x: torch.Tensor):
