@@ -1,11 +1,27 @@
 """vitlab: transformers you can read — ViT, CRATE, CRATE-α, their causal language models beside GPT-2, and mimetic
-initialization."""
-from .convert import CheckpointMismatchError, load_checkpoint
-from .init import UnsupportedAttentionError, mimetic_init_, norm_matched_init_
-from .models import create_model, get_pretrained_cfg, is_model, list_models, register_model
-from ._profile import Profile, count_flops, profile
+initialization.
+
+`import vitlab` is cheap (no torch): the public names below are imported on first use (PEP 562), so
+`vitlab --help` and `vitlab --version` start in a fraction of a second while `vitlab.create_model` works as usual."""
+from importlib import import_module as _import_module
 
 __version__ = "0.1.0"
-__all__ = ["create_model", "list_models", "register_model", "is_model", "get_pretrained_cfg", "mimetic_init_",
-           "norm_matched_init_", "UnsupportedAttentionError", "load_checkpoint", "CheckpointMismatchError",
-           "profile", "Profile", "count_flops", "__version__"]
+_EXPORTS = {  # public name -> the submodule that defines it
+    "create_model": ".models", "list_models": ".models", "register_model": ".models", "is_model": ".models",
+    "get_pretrained_cfg": ".models", "mimetic_init_": ".init", "norm_matched_init_": ".init",
+    "UnsupportedAttentionError": ".init", "load_checkpoint": ".convert", "CheckpointMismatchError": ".convert",
+    "profile": "._profile", "Profile": "._profile", "count_flops": "._profile",
+}
+__all__ = [*_EXPORTS, "__version__"]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(_import_module(_EXPORTS[name], __name__), name)
+        globals()[name] = value  # later look-ups skip this hook
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

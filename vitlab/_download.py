@@ -9,13 +9,25 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-__all__ = ["download", "md5sum", "file_digests", "cache_dir", "ChecksumError", "sha256sum"]
+__all__ = ["download", "md5sum", "file_digests", "cache_dir", "ChecksumError", "DownloadError", "sha256sum"]
 
 _CHUNK = 1 << 20
 
 
 class ChecksumError(ValueError):
     """A file's checksum (sha256 or md5) differs from the expected one."""
+
+
+class DownloadError(OSError):
+    """A download failed (no network, HTTP error, connection dropped); the message names the URL and where to put
+    the file by hand."""
+
+
+def _failed(url: str, dest: Path, reason: object, expected: dict[str, str], resumable: bool = False) -> DownloadError:
+    check = f" (it is checked against {', '.join(f'{k} {v}' for k, v in expected.items())})" if expected else ""
+    again = f"; run again to resume from {dest.name}.part" if resumable else ""
+    return DownloadError(f"download of {url} failed: {reason}{again}. Without network access here, fetch that URL on "
+                         f"a machine that has it and copy the file to {dest}{check}; vitlab uses it from there")
 
 
 def cache_dir() -> Path:
@@ -79,15 +91,19 @@ def download(url: str, dest: str | os.PathLike, sha256: str | None = None, timeo
         response = urllib.request.urlopen(request, timeout=timeout)
     except urllib.error.HTTPError as err:
         if err.code != 416:  # 416: the part file is already complete
-            raise OSError(f"download of {url} failed: HTTP {err.code} {err.reason}") from None
+            raise _failed(url, dest, f"HTTP {err.code} {err.reason}", expected) from None
         response = None
-    except urllib.error.URLError as err:
-        raise OSError(f"download of {url} failed: {err.reason}") from None
+    except (urllib.error.URLError, OSError) as err:  # no network, DNS failure, refused, timed out
+        raise _failed(url, dest, getattr(err, "reason", None) or err, expected) from None
     if response is not None:
         with response:
             resumed = response.status == 206
             total = response.length + (offset if resumed else 0) if response.length is not None else None
-            _stream(response, part, "ab" if resumed else "wb", offset if resumed else 0, total, dest.name, progress)
+            try:
+                _stream(response, part, "ab" if resumed else "wb", offset if resumed else 0, total, dest.name,
+                        progress)
+            except (urllib.error.URLError, ConnectionError, TimeoutError) as err:  # dropped mid-way: .part stays
+                raise _failed(url, dest, getattr(err, "reason", None) or err, expected, resumable=True) from None
     if (problem := _mismatch(part, expected)) is not None:
         part.unlink()
         raise ChecksumError(f"downloaded {url} to {dest}, but its {problem}; the corrupt file was removed, try again")

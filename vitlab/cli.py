@@ -5,10 +5,15 @@ import argparse
 import os
 import sys
 
-from .models import create_model, get_pretrained_cfg, list_models
+from ._cli_errors import check_device as _check_device, describe_error
+
+# Only the standard library at import time: `vitlab --help` / `--version` must not pay for torch. Each command
+# imports what it needs.
 
 
 def _models(args: argparse.Namespace) -> int:
+    from .models import get_pretrained_cfg, list_models
+
     names = list_models(args.pattern or "")
     if not names:
         print(f"no model matches {args.pattern!r}", file=sys.stderr)
@@ -32,7 +37,9 @@ def _models(args: argparse.Namespace) -> int:
 
 def _profile(args: argparse.Namespace) -> int:
     from ._profile import profile
+    from .models import create_model
 
+    _check_device(args.device)
     overrides = {"img_size": args.img_size} if args.img_size else {}
     model = create_model(args.model, **overrides)
     if args.init == "mimetic":
@@ -139,6 +146,7 @@ def _train(args: argparse.Namespace) -> int:
     from .train import apply_overrides, get_preset, train
 
     config = apply_overrides(get_preset(args.preset), args.overrides)
+    _check_device(config.device)
     result = train(config, preset=args.preset, argv=sys.argv)
     if os.environ.get("RANK", "0") != "0":
         return 0
@@ -216,6 +224,7 @@ def _zeroshot(args: argparse.Namespace) -> int:
 def _generate(args: argparse.Namespace) -> int:
     from .train.generate import generate_text
 
+    _check_device(args.device)
     texts = generate_text(args.checkpoint, args.prompt, max_new_tokens=args.max_new_tokens,
                           temperature=args.temperature, top_k=args.top_k or None, seed=args.seed,
                           num_samples=args.num_samples, device=args.device)
@@ -297,7 +306,12 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="vitlab", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"vitlab {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error (also: "
+                                                             "VITLAB_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("models", help="list registered models (shell-style PATTERN, e.g. 'crate_alpha_*')")
     p.add_argument("pattern", nargs="?")
@@ -436,16 +450,54 @@ def _add_map_commands(sub) -> None:
     p.set_defaults(func=_segment)
 
 
+_IMAGES_AFTER_OPTIONS = ("attention", "segment", "zeroshot")  # commands whose IMAGE... may follow the options
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    """Parses like argparse, except that image paths may also come after options (`vitlab attention W --model NAME
+    photo.jpg`): argparse fills a `nargs='*'` positional before the options and leaves later paths unrecognised."""
+    parser = build_parser()
+    args, extras = parser.parse_known_args(argv)
+    if extras and getattr(args, "command", None) in _IMAGES_AFTER_OPTIONS:
+        options = [e for e in extras if e.startswith("-")]
+        if not options:
+            args.images = [*args.images, *extras]
+            extras = []
+    if extras:
+        parser.error(f"unrecognized arguments: {' '.join(extras)}")
+    return args
+
+
+def _debug(args: argparse.Namespace | None) -> bool:
+    return bool(getattr(args, "debug", False)) or os.environ.get("VITLAB_DEBUG", "").strip() not in ("", "0")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Runs one command. A user-facing error prints one `vitlab: error: ...` message on stderr (no traceback) and
+    returns nonzero; `--debug` or VITLAB_DEBUG=1 lets the exception propagate with its traceback."""
+    args = _parse(argv)
     try:
-        return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as err:
-        print(f"vitlab: error: {err}", file=sys.stderr)
-        return 2
-    except RuntimeError as err:  # e.g. TrainingDiverged: the message says what happened and what to try
-        print(f"vitlab: {type(err).__name__}: {err}", file=sys.stderr)
-        return 3
+        code = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows up here rather than at interpreter exit
+        return code
+    except BrokenPipeError:  # `vitlab models | head`: the reader left; exit quietly (Python docs, signal / SIGPIPE)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    except KeyboardInterrupt:
+        if _debug(args):
+            raise
+        print("vitlab: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - sorted into user errors (one line) and bugs (traceback) below
+        if _debug(args):
+            raise
+        described = describe_error(err, args)
+        if described is None:
+            raise  # a bug, not a user error: the traceback is what a report needs
+        message, code = described
+        print(f"vitlab: error: {message}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from .._download import ChecksumError, download, file_digests
 from ._archive import extract_archive
 from ._sources import DATASETS, Checksum, DatasetInfo
 
-__all__ = ["DatasetNotFoundError", "MissingFileError", "DatasetFormatError", "find_data_root", "locate_file",
+__all__ = ["UnknownDatasetError", "all_dataset_names", "DatasetNotFoundError", "MissingFileError", "DatasetFormatError", "find_data_root", "locate_file",
            "verify_file", "ensure_downloaded", "dataset_info", "resolve_split", "search_places", "download_dir",
            "DataDirMismatchError", "not_in_data_dir", "dataset_files"]
 
@@ -26,6 +26,37 @@ _REPO_ROOT = Path(__file__).resolve().parents[2]
 _SYSTEM_DATA = Path("/usr/share/datasets")  # Debian's dataset-* packages
 _VERIFIED: set[tuple[str, int, int]] = set()  # (path, size, mtime_ns) of files whose checksum matched
 _DIGESTS: dict[tuple[str, int, int], str] = {}  # the same key -> "md5 <hex>" / "sha256 <hex>" that matched
+
+
+class UnknownDatasetError(KeyError):
+    """A dataset name vitlab does not know; the message lists every name it does (image, text, segmentation, CLIP)."""
+
+    def __str__(self) -> str:  # KeyError would print the message in quotes
+        return str(self.args[0])
+
+
+def all_dataset_names() -> list[str]:
+    """Every dataset name `vitlab train dataset=...` takes, by kind: image classification, language modelling,
+    semantic segmentation, image-text (CLIP); `textfile:PATH` and `image_text:ROOT` are patterns."""
+    from ..text._registry import TEXT_DATASETS
+    from .image_text import IMAGE_TEXT_PREFIX
+    from .segmentation import SEGMENTATION_DATASETS
+
+    try:  # the class-captioned CLIP datasets are defined with CLIP training
+        from ..train.clip import CLIP_CLASS_CAPTIONED
+    except ImportError:  # pragma: no cover
+        CLIP_CLASS_CAPTIONED = {}
+    text = [n for n in TEXT_DATASETS if n != "textfile"] + ["textfile:PATH"]
+    return [*sorted(DATASETS), *text, *SEGMENTATION_DATASETS, *CLIP_CLASS_CAPTIONED, f"{IMAGE_TEXT_PREFIX}ROOT"]
+
+
+def _unknown_dataset(name: str) -> UnknownDatasetError:
+    import difflib
+
+    names = all_dataset_names()
+    close = difflib.get_close_matches(name, names, n=3)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    return UnknownDatasetError(f"unknown dataset {name!r}.{hint} Known: {', '.join(names)}")
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -54,9 +85,10 @@ class DatasetFormatError(ValueError):
 
 
 def dataset_info(name: str) -> DatasetInfo:
-    """`DATASETS[name]`, with an error listing the known names."""
+    """`DATASETS[name]` (the image-classification datasets); any other name raises `UnknownDatasetError` listing
+    every dataset name vitlab knows."""
     if name not in DATASETS:
-        raise KeyError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
+        raise _unknown_dataset(name)
     return DATASETS[name]
 
 
@@ -129,7 +161,8 @@ def _not_found_message(info: DatasetInfo, places: list[tuple[Path | None, str]],
     lines += [f"  {folder}  ({why})" if folder is not None else f"  {why}" for folder, why in places]
     if info.remote is not None:
         urls = ", ".join(f.url for f in info.remote)
-        lines.append(f"To get it: load_dataset({info.name!r}, download=True) downloads {urls} into "
+        lines.append(f"To get it: add download=true (vitlab train / eval ... download=true, vitlab shards ... "
+                     f"--download; in Python load_dataset({info.name!r}, download=True)); it downloads {urls} into "
                      f"{download_dir(data_dir)} (md5-verified).")
     if info.how_to_get:
         lines.append(info.how_to_get)

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-__all__ = ["load_model", "parse_model_kwargs"]
+__all__ = ["load_model", "parse_model_kwargs", "LanguageModelRunError"]
 
 
 def parse_model_kwargs(items: Sequence[str] | None) -> dict[str, Any]:
@@ -58,13 +58,28 @@ def _shape_kwargs(state_dict: dict[str, torch.Tensor], name: str, given: dict[st
     return {k: v for k, v in found.items() if k not in given}
 
 
+class LanguageModelRunError(ValueError):
+    """Attention maps, segmentation and weight plots are for image models; this checkpoint is a language model."""
+
+
+def _refuse_language_model(name: str, source: str | os.PathLike) -> None:
+    """Raises `LanguageModelRunError` when model `name` is a language model (task 'lm')."""
+    from ..models import get_pretrained_cfg
+
+    if get_pretrained_cfg(name).get("task") == "lm":
+        raise LanguageModelRunError(
+            f"{source}: {name!r} is a language model; `vitlab attention`, `segment` and `plot-weights` are for image "
+            f"models (ViT, CRATE, CRATE-α). For a language-model run try `vitlab generate {source}` or `vitlab eval "
+            f"{source}`")
+
+
 def _build_and_load(name: str, kwargs: dict[str, Any], weights: Path) -> nn.Module:
     """create_model(name, **kwargs) with the shapes the weights imply (vitlab/timm layout) filled in, then a strict
     `load_checkpoint` (layout auto: vitlab, timm ViT, official CRATE / CRATE-α)."""
     from ..convert import detect_layout, load_checkpoint, read_weights, unwrap_state_dict
     from ..models import create_model, resolve_model_name
 
-    resolve_model_name(name)  # an unknown name fails before the file is read
+    _refuse_language_model(resolve_model_name(name), weights)  # an unknown name fails before the file is read
     state_dict = unwrap_state_dict(read_weights(weights), str(weights))
     if detect_layout(state_dict) == "vitlab":
         kwargs = {**kwargs, **_shape_kwargs(state_dict, name, kwargs)}
@@ -92,6 +107,7 @@ def load_model(checkpoint: str | os.PathLike, model: str | None = None,
     from ..train import config_from_dict
 
     config = config_from_dict(json.loads(config_file.read_text())["config"])
+    _refuse_language_model(config.model, checkpoint)
     net = _build_and_load(config.model, {**config.model_kwargs, **(model_kwargs or {})}, weights)
     return _with_run_preprocessing(net, config), label
 

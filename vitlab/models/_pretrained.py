@@ -62,7 +62,8 @@ def load_pretrained(model: nn.Module, checkpoint_path: str | None = None) -> nn.
         path = fetch_weights(url, cache_dir() / "weights" / name, sha256=cfg.get("sha256"))
     else:
         raise ValueError(f"no pretrained weights are published for {cfg.get('architecture', type(model).__name__)}; "
-                         "pass checkpoint_path=... (our safetensors, a timm ViT state dict, an official CRATE / "
+                         "pass a weight file: checkpoint=FILE (vitlab train), --checkpoint FILE (vitlab zeroshot), "
+                         "checkpoint_path=FILE in Python (our safetensors, a timm ViT state dict, an official CRATE / "
                          "CRATE-α .pth, a Hugging Face GPT-2 file or a nanoGPT ckpt.pt)")
     num_classes = getattr(model, "num_classes", None)  # language models have none
     skip_head = checkpoint_path is None and num_classes != cfg.get("num_classes", num_classes)

@@ -98,8 +98,9 @@ def find_gpt2_files(gpt2_files: str | os.PathLike | None = None,
 
 def _how_to_get() -> str:
     urls = " and ".join(url for url, _ in GPT2_FILES.values())
-    return (f"To get them, fetch {urls} on a machine with network access into a folder and pass it as gpt2_files= "
-            "or set VITLAB_GPT2_BPE to it, or put them in <data root>/gpt2/ (e.g. $VITLAB_DATA/gpt2/).")
+    return (f"To get them, fetch {urls} on a machine with network access into a folder and set VITLAB_GPT2_BPE to "
+            "it, or put them in <data root>/gpt2/ (e.g. $VITLAB_DATA/gpt2/, or DIR/gpt2/ with data_dir=DIR); in "
+            "Python, gpt2_files=FOLDER also works.")
 
 
 @contextmanager

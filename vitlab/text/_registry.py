@@ -72,7 +72,8 @@ TEXT_DATASETS: dict[str, TextDatasetInfo] = {
         url="https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
         sha256=_SHAKESPEARE_SHA256, checksums={"input.txt": _SHAKESPEARE_SHA256},
         homepage="https://github.com/karpathy/char-rnn",
-        how_to_get="prepare_text('tinyshakespeare', download=True) fetches it (1.1 MB, sha256-verified)."),
+        how_to_get=("download=true fetches it (vitlab train ... download=true; in Python prepare_text("
+                    "'tinyshakespeare', download=True); 1.1 MB, sha256-verified).")),
     "wikitext2": _wikitext("wikitext2", "wikitext-2", "2", _WIKITEXT2_SHA256),
     "wikitext103": _wikitext("wikitext103", "wikitext-103", "103"),
     "openwebtext": TextDatasetInfo(
@@ -83,7 +84,8 @@ TEXT_DATASETS: dict[str, TextDatasetInfo] = {
                     "folder of .txt documents works too. Archives are read in memory, never extracted.")),
     "textfile": TextDatasetInfo(
         name="textfile", layout="single", folders=(), splits=("train", "val"),
-        how_to_get="Any UTF-8 text file: prepare_text('textfile:/path/to/file.txt')."),
+        how_to_get=("Any UTF-8 text file: dataset=textfile:/path/to/file.txt (in Python "
+                    "prepare_text('textfile:/path/to/file.txt')).")),
 }
 
 
