@@ -14,9 +14,10 @@ from ._cli_errors import check_device as _check_device, describe_error
 def _models(args: argparse.Namespace) -> int:
     from .models import get_pretrained_cfg, list_models
 
-    names = list_models(args.pattern or "")
+    names = list_models(args.pattern or "", pretrained=args.pretrained)
     if not names:
-        print(f"no model matches {args.pattern!r}", file=sys.stderr)
+        print(f"no {'model with published weights' if args.pretrained else 'model'} matches {args.pattern!r}",
+              file=sys.stderr)
         return 1
     from .models._registry import short_alias
 
@@ -46,12 +47,6 @@ def _profile(args: argparse.Namespace) -> int:
         from .init import mimetic_init_
 
         print(f"mimetic init: {mimetic_init_(model, seed=0)} attention layers initialised")
-    if model.pretrained_cfg.get("task") == "clip":  # the image tower is what the image pipeline runs
-        text = sum(p.numel() for p in model.text.parameters())
-        print(f"CLIP: profiling its image tower (model.visual); the text tower has {text:,} parameters, "
-              f"{sum(p.numel() for p in model.parameters()):,} in all")
-        model.visual.pretrained_cfg = model.pretrained_cfg
-        model = model.visual
     print(profile(model, batch_size=args.batch_size, device=args.device, train=not args.no_train,
                   iters=args.iters))
     return 0
@@ -315,6 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("models", help="list registered models (shell-style PATTERN, e.g. 'crate_alpha_*')")
     p.add_argument("pattern", nargs="?")
+    p.add_argument("--pretrained", action="store_true", help="only models with published weights (timm's "
+                                                              "list_models(pretrained=True))")
     p.set_defaults(func=_models)
     p = sub.add_parser("train", help="train a preset: vitlab train PRESET [key=value ...]")
     p.add_argument("preset")

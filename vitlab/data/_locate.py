@@ -39,15 +39,11 @@ def all_dataset_names() -> list[str]:
     """Every dataset name `vitlab train dataset=...` takes, by kind: image classification, language modelling,
     semantic segmentation, image-text (CLIP); `textfile:PATH` and `image_text:ROOT` are patterns."""
     from ..text._registry import TEXT_DATASETS
-    from .image_text import IMAGE_TEXT_PREFIX
+    from .image_text import CLASS_CAPTIONED_DATASETS, IMAGE_TEXT_PREFIX
     from .segmentation import SEGMENTATION_DATASETS
 
-    try:  # the class-captioned CLIP datasets are defined with CLIP training
-        from ..train.clip import CLIP_CLASS_CAPTIONED
-    except ImportError:  # pragma: no cover
-        CLIP_CLASS_CAPTIONED = {}
     text = [n for n in TEXT_DATASETS if n != "textfile"] + ["textfile:PATH"]
-    return [*sorted(DATASETS), *text, *SEGMENTATION_DATASETS, *CLIP_CLASS_CAPTIONED, f"{IMAGE_TEXT_PREFIX}ROOT"]
+    return [*sorted(DATASETS), *text, *SEGMENTATION_DATASETS, *CLASS_CAPTIONED_DATASETS, f"{IMAGE_TEXT_PREFIX}ROOT"]
 
 
 def _unknown_dataset(name: str) -> UnknownDatasetError:

@@ -32,12 +32,15 @@ from .encoded import EncodedImageDataset
 from .shards import SHARD_IMAGE_EXTENSIONS, _sniff_extension, expand_shard_urls, scan_tar_members
 
 __all__ = ["CsvImageTextDataset", "read_caption_table", "CaptionShardDataset", "CaptionShardIndex",
-           "index_caption_shard", "caption_shard_urls", "write_caption_shards", "caption_table_to_shards",
+           "CLASS_CAPTIONED_DATASETS", "index_caption_shard", "caption_shard_urls", "write_caption_shards", "caption_table_to_shards",
            "load_image_text_dataset", "is_image_text_dataset", "IMAGE_TEXT_PREFIX", "CAPTION_EXTENSION"]
 
 Tokenizer = Callable[[list[str]], torch.Tensor]  # list of N captions -> (N, L) token ids
 IMAGE_TEXT_PREFIX = "image_text:"
 CAPTION_EXTENSION = "txt"
+# Class-captioned CLIP datasets: name → the labelled image dataset whose class names caption it (on the device,
+# with prompt templates; vitlab/train/clip.py).
+CLASS_CAPTIONED_DATASETS = {"fashion_mnist_captions": "fashion_mnist"}
 
 
 def read_caption_table(path: str | os.PathLike, image_key: str = "filepath", caption_key: str = "title",

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import load_dataset
-from ..data.image_text import is_image_text_dataset, load_image_text_dataset
+from ..data.image_text import CLASS_CAPTIONED_DATASETS, is_image_text_dataset, load_image_text_dataset
 from ..data.loader import DeviceLoader, EncodedLoader
 from ..data.templates import DEFAULT_TEMPLATES_FILE, class_names_from_file, read_templates
 from ..text import BPETokenizer, CaptionTokenizer, load_text_tokenizer, load_tokenizer, parse_tokenizer_spec
@@ -51,7 +51,7 @@ from .zeroshot import retrieval_recall, zero_shot_classifier
 __all__ = ["ClipData", "ClipDeviceTransform", "ZeroShotTask", "build_clip_data", "is_clip_dataset",
            "CLIP_CLASS_CAPTIONED", "build_clip_tokenizer", "load_run_tokenizer", "CLIP_ASSET"]
 
-CLIP_CLASS_CAPTIONED = {"fashion_mnist_captions": "fashion_mnist"}  # dataset → the labelled images it captions
+CLIP_CLASS_CAPTIONED = CLASS_CAPTIONED_DATASETS  # dataset → the labelled images it captions (vitlab.data)
 CLIP_ASSET = "clip.json"  # what `vitlab zeroshot RUN` needs to rebuild the run's preprocessing and tokenizer
 
 
