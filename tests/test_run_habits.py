@@ -100,15 +100,14 @@ def test_sigusr1_on_one_ddp_rank_stops_every_rank_at_the_same_step(tmp_path):
         if line.startswith("step 8 "):
             break
     workers = [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
-    rank1 = [p for p in workers if b"RANK=1\0" in Path(f"/proc/{p}/environ").read_bytes().split(b"LOCAL_")[0]
-             or b"\0RANK=1\0" in Path(f"/proc/{p}/environ").read_bytes()]
+    rank1 = [p for p in workers if b"RANK=1" in Path(f"/proc/{p}/environ").read_bytes().split(b"\0")]
     assert len(rank1) == 1
     os.kill(rank1[0], signal.SIGUSR1)  # only rank 1 is told; rank 0 must learn it at the step boundary
     rest, err = proc.communicate(timeout=180)
     assert "stopped by a signal on another rank after step" in rest, (rest[-2000:], err[-3000:])
     stopped = int(rest.split("after step ")[1].split(":")[0])
     assert meta_step(out) == stopped
-    assert "exitcode  : 75" in err or "exit code 75" in err.lower() or proc.returncode != 0
+    assert proc.returncode != 0 and "exitcode  : 75" in err  # torchrun reports the workers' status 75
 
 
 def test_resume_false_moves_the_previous_run_aside(tmp_path, capsys):
