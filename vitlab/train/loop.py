@@ -21,12 +21,10 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
 import platform
 import signal
 import subprocess
 import sys
-import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -43,12 +41,13 @@ from ..convert import load_checkpoint
 from ..init import mimetic_init_, norm_matched_init_
 from ..models import create_model
 from ..models.segmentation import SegmentationModel
-from .checkpoint import (RunDirBusy, RunDirLock, find_checkpoint, load_training_state, remove_stale_temporaries,
-                         save_checkpoint, write_text_atomic)
+from .checkpoint import (RunDirBusy, RunDirLock, find_checkpoint, load_training_state, move_run_aside,
+                         remove_stale_temporaries, save_checkpoint, write_text_atomic)
 from .clip import ClipData
 from .config import TrainConfig, config_to_dict
 from .data import TrainData, build_data, config_plan
-from .distributed import DistInfo, all_reduce_sum, setup_distributed, teardown_distributed, wrap_model
+from .distributed import (STOP_SIGNALS, DistInfo, StopSignals, all_reduce_sum, setup_distributed, teardown_distributed,
+                          wrap_model)
 from .evaluate import resolve_checkpoint
 from .logger import RunLogger, check_wandb
 from .optim import build_optimizer, build_scheduler
@@ -63,7 +62,6 @@ _FREE_ON_RESUME = {"max_steps", "progress", "tensorboard", "log_every", "num_wor
                    "download", "out_dir", "compile", "grad_checkpointing", "resume", "checkpoint_every_steps",
                    "checkpoint_every_minutes", "wandb", "wandb_project", "epochs", "steps"}
 EXIT_INTERRUPTED = 75  # sysexits.h EX_TEMPFAIL: stopped by a signal with last/ written; run the same command again
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
 _BEST_FIELD = {"top1": "best_top1", "eval_loss": "best_loss", "miou": "best_miou",
@@ -286,22 +284,12 @@ class _Run:
 
     # -- checkpoints ----------------------------------------------------------------------------------------------
     def _move_aside(self) -> None:
-        """resume=false: everything a previous run left in out_dir moves into out_dir/previous-<time>/ (said, never
-        deleted), so this run starts at step 0 with an empty log."""
-        if not self.out_dir.is_dir():
-            return
-        entries = sorted(p for p in self.out_dir.iterdir() if p.name != ".lock" and not p.name.startswith("previous-"))
-        if not entries:
-            return
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        dest, n = self.out_dir / f"previous-{stamp}", 1
-        while dest.exists():
-            dest, n = self.out_dir / f"previous-{stamp}-{n}", n + 1
-        dest.mkdir()
-        for entry in entries:
-            os.replace(entry, dest / entry.name)
-        print(f"resume=false: moved the previous run in {self.out_dir} ({', '.join(e.name for e in entries)}) to "
-              f"{dest}; nothing was deleted. This run starts at step 0.", flush=True)
+        """resume=false: what a previous run left in out_dir is moved aside (said, never deleted)."""
+        moved = move_run_aside(self.out_dir)
+        if moved is not None:
+            dest, names = moved
+            print(f"resume=false: moved the previous run in {self.out_dir} ({', '.join(names)}) to {dest}; nothing "
+                  "was deleted. This run starts at step 0.", flush=True)
 
     def _resume(self) -> bool:
         if self.info.is_main and self.out_dir.is_dir():
@@ -326,7 +314,10 @@ class _Run:
         """A resume with other `epochs` / `steps`: the schedule is rebuilt for the new length at the current step
         (so the learning rate jumps to the new curve's value there); said on rank 0. Shortening below the step
         already reached is refused."""
-        saved = {**config_to_dict(TrainConfig()), **(self._saved_config(state) or {})}
+        saved = self._saved_config(state)
+        if saved is None:  # nothing to compare with (a checkpoint older than the config copy, no config.json)
+            return
+        saved = {**config_to_dict(TrainConfig()), **saved}
         old_total = saved["steps"] or max(1, math.ceil(saved["epochs"] * self.steps_per_epoch))
         if old_total == self.total_steps:
             return
@@ -467,7 +458,8 @@ class _Run:
         self.first_step = self.state.step
         self.model.train()
         batches = self._batches()
-        previous_handlers = self._catch_stop_signals()
+        self.stop = StopSignals(info.rank)
+        self.stop.install()
         try:
             if self.state.pending_eval:  # the evaluation that failed before the resume
                 metrics = self._evaluate_and_save(logger)
@@ -495,8 +487,7 @@ class _Run:
             if self.data.primary[0] not in metrics:  # resumed at its last step: nothing trained; where it stands
                 metrics = evaluate(self.wrapped, self.data, self.info, self.autocast)
         finally:
-            for signum, handler in previous_handlers.items():
-                signal.signal(signum, handler)
+            self.stop.restore()
             logger.close()
             self._unlock()
         name = self.data.primary[0]
@@ -540,28 +531,12 @@ class _Run:
         logger.say(f"step {self.state.step}: first step done in {time.perf_counter() - started:.2f} s (loss "
                    f"{value:.4g} on rank 0, warm-up included); a log line every {self.config.log_every} steps")
 
-    def _catch_stop_signals(self) -> dict:
-        """SIGTERM / SIGUSR1 set a flag that the loop reads at the next step boundary (main thread only: Python
-        signal handlers live there). Returns the previous handlers, restored when the run ends."""
-        self.stop_signal = 0
-        if threading.current_thread() is not threading.main_thread():
-            return {}
-
-        def on_signal(signum, frame):
-            self.stop_signal = signum
-            os.write(2, f"[rank {self.info.rank}] received {signal.Signals(signum).name}: finishing this optimiser "
-                        f"step, then writing last/ and exiting\n".encode())
-
-        return {signum: signal.signal(signum, on_signal) for signum in STOP_SIGNALS}
-
     def _step_boundary(self, logger: RunLogger) -> None:
         """Between two optimiser steps: a signal (on any rank) writes last/ and stops the run; a due periodic
         checkpoint writes last/. Under DDP / FSDP one all-reduce makes every rank take the same decision."""
         config = self.config
         minutes = config.checkpoint_every_minutes
-        flags = [float(self.stop_signal), float(minutes > 0 and time.monotonic() - self.saved_at >= 60 * minutes)]
-        if self.info.enabled:
-            flags = all_reduce_sum(torch.tensor(flags, device=self.info.device), self.info).tolist()
+        flags = self.stop.agree(self.info, minutes > 0 and time.monotonic() - self.saved_at >= 60 * minutes)
         step = self.state.step
         every = config.checkpoint_every_steps
         due = flags[1] > 0 or bool(every and step % every == 0)
@@ -569,7 +544,7 @@ class _Run:
             self._check_loss_finite()
             self._save({}, is_best=False)
         if flags[0] > 0:
-            name = signal.Signals(self.stop_signal).name if self.stop_signal else "a signal on another rank"
+            name = signal.Signals(self.stop.received).name if self.stop.received else "a signal on another rank"
             message = (f"stopped by {name} after step {step}: the run is checkpointed in {self.out_dir / 'last'}; run "
                        f"the same command again to resume at step {step} (exit status {EXIT_INTERRUPTED})")
             logger.say(message)
