@@ -109,10 +109,8 @@ def test_sigusr1_on_one_ddp_rank_stops_every_rank_at_the_same_step(tmp_path):
     assert proc.returncode != 0 and "exitcode  : 75" in err  # torchrun reports the workers' status 75
 
 
+@needs_fashion
 def test_resume_false_moves_the_previous_run_aside(tmp_path, capsys):
-    pytest.importorskip("torch")
-    if not (FASHION / "train-images-idx3-ubyte.gz").is_file():
-        pytest.skip("../shared/data/fashion-mnist not present")
     train(tiny_run(tmp_path, max_steps=4))
     first = read_metrics(tmp_path / "run")
     capsys.readouterr()
@@ -170,3 +168,26 @@ def test_periodic_checkpoint_keys_are_checked():
         apply_overrides(TrainConfig(), ["checkpoint_every_minutes=-1"])
     with pytest.raises(OverrideError, match="checkpoint_every_steps"):
         apply_overrides(TrainConfig(), ["checkpoint_every_steps=-5"])
+
+
+def test_the_start_up_summary_states_the_decode_size_of_encoded_images(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from vitlab.train import TrainConfig
+
+    for split in ("train", "val"):
+        for name in ("cat", "dog"):
+            (tmp_path / "images" / split / name).mkdir(parents=True)
+            for i in range(4):
+                pixels = np.random.default_rng(i).integers(0, 255, (40, 48, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(tmp_path / "images" / split / name / f"{i}.png")
+    config = TrainConfig(dataset="imagefolder", data_dir=str(tmp_path / "images"), eval_split="val", batch_size=4,
+                         model_kwargs=dict(patch_size=16, embed_dim=32, depth=1, num_heads=2), epochs=1,
+                         num_workers=0, progress=False, device="cpu", out_dir=str(tmp_path / "run"))
+    train(config)
+    out = capsys.readouterr().out
+    assert "IMAGES ARE DECODED AT 224 x 224 px (image_size not set" in out
+    assert '"num_classes": 2, "in_chans": 3, "img_size": 224, "patch_size": 16' in out and "input per sample (3, 224, 224)" in out
+    assert "batch: 4 global = 1 process(es) x 1 accumulation step(s) x 4 per device" in out
+    assert "8 train / 8 eval images" in out and "step 1: first step done" in out
