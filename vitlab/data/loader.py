@@ -9,6 +9,7 @@ Augmentation is separate (:class:`vitlab.data.augment.DeviceAugment`), applied t
 """
 from __future__ import annotations
 
+import os
 import warnings
 from typing import Any, Iterator
 
@@ -19,7 +20,19 @@ from torch import Tensor
 from ._locate import DatasetFormatError
 from .encoded import DecodedOrFailure, DecodeFailure
 
-__all__ = ["DeviceLoader", "EncodedLoader", "epoch_seed", "sample_seed"]
+__all__ = ["DeviceLoader", "EncodedLoader", "epoch_seed", "sample_seed", "default_num_workers"]
+
+
+def default_num_workers(cap: int = 8) -> int:
+    """DataLoader workers per training process: the CPUs this process may use (its affinity mask, which SLURM and
+    taskset narrow; else `os.cpu_count()`) shared among the processes torchrun started on this node
+    (`LOCAL_WORLD_SIZE`), at most `cap` and at least 1."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # macOS, Windows
+        cpus = os.cpu_count() or 1
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    return max(1, min(cap, cpus // local))
 
 _GOLDEN = 0x9E3779B97F4A7C15  # odd 64-bit constant: (seed, epoch) pairs map to distinct generator seeds
 

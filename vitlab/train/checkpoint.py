@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 __all__ = ["write_text_atomic", "save_checkpoint", "find_checkpoint", "load_training_state", "remove_stale_temporaries", "RunDirLock",
-           "RunDirBusy", "strict_json", "WEIGHTS", "STATE"]
+           "RunDirBusy", "strict_json", "move_run_aside", "WEIGHTS", "STATE"]
 
 WEIGHTS, STATE = "model.safetensors", "state.pt"
 _NO_SPACE_SIGNS = ("no space left on device", "os error 28", "file write failed", "enforce fail at inline_container")
@@ -114,6 +114,25 @@ def remove_stale_temporaries(out_dir: Path) -> list[Path]:
     for path in stale:
         shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
     return stale
+
+
+def move_run_aside(out_dir: Path) -> tuple[Path, list[str]] | None:
+    """Moves everything in `out_dir` but its lock and earlier `previous-*` folders into a new
+    `out_dir/previous-<YYYYmmdd-HHMMSS>[-N]/` (call only while holding the run's lock); returns (that folder, the
+    names moved), or None when there was nothing to move. Nothing is deleted."""
+    if not out_dir.is_dir():
+        return None
+    entries = sorted(p for p in out_dir.iterdir() if p.name != ".lock" and not p.name.startswith("previous-"))
+    if not entries:
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    dest, n = out_dir / f"previous-{stamp}", 1
+    while dest.exists():
+        dest, n = out_dir / f"previous-{stamp}-{n}", n + 1
+    dest.mkdir()
+    for entry in entries:
+        os.replace(entry, dest / entry.name)
+    return dest, [e.name for e in entries]
 
 
 def find_checkpoint(directory: str | os.PathLike) -> Path | None:

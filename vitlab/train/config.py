@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from ..data.augment import AugmentConfig
+from ..data.loader import default_num_workers
 
 __all__ = ["TrainConfig", "apply_overrides", "config_to_dict", "config_from_dict", "OverrideError"]
 
@@ -32,17 +33,19 @@ class TrainConfig:
 
     - ints (a bool is not one): `batch_size`, `grad_accum_steps` (a divisor of batch_size), `block_size`, `log_every`
       >= 1; `train_subset`, `eval_subset`, `num_workers`, `shuffle_buffer`, `seed`, `max_steps`, `steps`,
-      `warmup_steps` (<= steps when both are set), `eval_interval`, `context_length`, `heldout_templates` >= 0;
+      `warmup_steps` (<= steps when both are set), `eval_interval`, `context_length`, `heldout_templates`,
+      `checkpoint_every_steps` >= 0;
       `eval_stride` >= 1; `image_size` None or >= 1.
     - finite numbers: `lr`, `epochs`, `eval_every` > 0; `min_lr` in [0, lr]; `weight_decay`, `grad_clip`,
-      `peak_tflops` >= 0; `warmup_epochs` in [0, epochs]; `crop_pct` in (0, 1]; `layer_decay` in (0, 1]; `betas` two numbers in [0, 1).
+      `peak_tflops`, `checkpoint_every_minutes` >= 0; `warmup_epochs` in [0, epochs]; `crop_pct` in (0, 1]; `layer_decay` in (0, 1]; `betas` two numbers in [0, 1).
     - choices: `optimizer` adamw | adam | lion; `schedule` cosine | piecewise; `precision` auto | fp32 | bf16;
       `distributed` ddp | fsdp; `init` None | mimetic | norm_matched (`init_kwargs`: that init's keyword arguments,
       empty without an init); `head` None | linear | upernet (`head_kwargs`: the head's keyword arguments, empty
       without a head); `eval_mode` whole | slide; `data_errors` raise | skip; `device` auto | cpu | cuda | cuda:N | mps; `tokenizer`
       char | bpe | bpe:N (N >= 257) | gpt2, and for CLIP data clip | bert.
     - strings: `model` a registered model that `model_kwargs` can build (checked on the meta device); `dataset`,
-      `train_split`, `eval_split`, `zeroshot_split`, `out_dir` (`{preset}` its one placeholder) non-empty;
+      `train_split`, `eval_split`, `zeroshot_split`, `wandb_project`, `out_dir` (`{preset}` its one placeholder)
+      non-empty;
       `data_dir`, `checkpoint`, `tokenizer_path`, `templates`, `class_names` None or a path; `zeroshot_dataset` None
       or a dataset name. Booleans are booleans (`progress` may be None); `augment` passes `AugmentConfig.validate`.
     """
@@ -70,7 +73,9 @@ class TrainConfig:
     image_size: int | None = None  # None: the dataset's own size (ImageFolder datasets need one)
     train_subset: int = 0  # N training images (0: all): the first N; ImageFolder: N drawn with a fixed seed
     eval_subset: int = 0  # images, or for text the first N windows of block_size tokens (0: the whole split)
-    num_workers: int = 4  # DataLoader workers for encoded datasets: ImageFolder, shards (in-memory ones need none)
+    # DataLoader workers per process for encoded datasets (ImageFolder, shards; in-memory ones need none). Default:
+    # this process's CPUs / processes on the node (LOCAL_WORLD_SIZE), capped at 8 (`default_num_workers`)
+    num_workers: int = field(default_factory=default_num_workers)
     crop_pct: float = 0.875  # encoded datasets: eval decode resizes the short side to image_size / crop_pct, crops
     shuffle_buffer: int = 10000  # shards: the shuffle buffer of the streamed order (shard order + buffer); 0: none
     data_errors: str = "raise"  # encoded datasets: 'raise' (stop, naming the file) or 'skip' (counted, logged)
@@ -114,6 +119,12 @@ class TrainConfig:
     tensorboard: bool = False
     progress: bool | None = None  # None: a progress bar when stdout is a terminal
     max_steps: int = 0  # stop after this many optimiser steps of the schedule (0: run to the end); resumable
+    # -- run directory: resume, extra checkpoints, preemption (docs/clusters.md) ----------------------------------
+    resume: bool = True  # False: start afresh; a previous run in out_dir is moved aside into out_dir/previous-<time>/
+    checkpoint_every_steps: int = 0  # also write last/ (no evaluation, no best/) every N steps; 0: off
+    checkpoint_every_minutes: float = 30.0  # also write last/ when this much wall time passed since the last write; 0: off
+    wandb: bool = False  # also log to Weights & Biases (pip install wandb; WANDB_MODE=offline works without a network)
+    wandb_project: str = "vitlab"
     # -- step-based budgets (nanoGPT style; 0: use the epoch-based fields above) --------------------------------
     steps: int = 0  # total optimiser steps of the schedule (instead of epochs)
     warmup_steps: int = 0  # instead of warmup_epochs
@@ -151,12 +162,12 @@ _CHOICES: dict[str, tuple] = {
 }
 _INT_MINIMUM = {"batch_size": 1, "grad_accum_steps": 1, "block_size": 1, "log_every": 1, "train_subset": 0,
                 "context_length": 0, "heldout_templates": 0, "eval_subset": 0, "num_workers": 0, "shuffle_buffer": 0, "seed": 0, "max_steps": 0, "steps": 0,
-                "warmup_steps": 0, "eval_interval": 0, "eval_stride": 1}
+                "warmup_steps": 0, "eval_interval": 0, "eval_stride": 1, "checkpoint_every_steps": 0}
 _POSITIVE = ("lr", "epochs", "eval_every")  # finite numbers > 0
-_NON_NEGATIVE = ("min_lr", "weight_decay", "grad_clip", "peak_tflops", "warmup_epochs")  # finite numbers >= 0
+_NON_NEGATIVE = ("min_lr", "weight_decay", "grad_clip", "peak_tflops", "warmup_epochs", "checkpoint_every_minutes")  # finite numbers >= 0
 _BOOLS = ("checkpoint_adapt", "freeze_text", "pretrained", "download", "compile", "grad_checkpointing",
-          "tensorboard")
-_NON_EMPTY = ("model", "dataset", "train_split", "eval_split", "zeroshot_split", "out_dir", "tokenizer")
+          "tensorboard", "resume", "wandb")
+_NON_EMPTY = ("model", "dataset", "train_split", "eval_split", "zeroshot_split", "out_dir", "tokenizer", "wandb_project")
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 

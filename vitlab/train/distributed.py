@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -10,7 +12,10 @@ from torch import nn
 
 from ..models import get_blocks
 
-__all__ = ["sync_batchnorm", "DistInfo", "setup_distributed", "teardown_distributed", "wrap_model", "all_reduce_sum"]
+__all__ = ["sync_batchnorm", "DistInfo", "setup_distributed", "teardown_distributed", "wrap_model", "all_reduce_sum",
+           "StopSignals", "STOP_SIGNALS"]
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # preemption; SLURM's --signal
 
 
 @dataclass(frozen=True)
@@ -81,3 +86,34 @@ def all_reduce_sum(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
     if info.enabled:
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
     return values
+
+
+class StopSignals:
+    """SIGTERM / SIGUSR1 caught as a flag (`received`: the signal number, 0 if none) that the training loop reads at
+    its next step boundary, instead of dying mid-step. Python handlers live in the main thread only: elsewhere
+    `install` does nothing. `agree` all-reduces the flag (and other per-rank decisions) so every rank acts alike."""
+
+    def __init__(self, rank: int = 0):
+        self.rank, self.received, self.previous = rank, 0, {}
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {signum: signal.signal(signum, self._on_signal) for signum in STOP_SIGNALS}
+
+    def restore(self) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        self.previous = {}
+
+    def _on_signal(self, signum, frame) -> None:
+        self.received = signum
+        os.write(2, f"[rank {self.rank}] received {signal.Signals(signum).name}: finishing this optimiser step, then "
+                    "writing last/ and exiting\n".encode())  # os.write: safe inside a handler, unlike print
+
+    def agree(self, info: DistInfo, *flags: bool) -> list[float]:
+        """[any rank signalled, then each of `flags` set on any rank] (> 0 means yes); one all-reduce under
+        torchrun, none in a single process."""
+        values = [float(self.received > 0), *map(float, flags)]
+        if info.enabled:
+            values = all_reduce_sum(torch.tensor(values, device=info.device), info).tolist()
+        return values

@@ -1,16 +1,40 @@
-"""Run logging: stdout and `metrics.jsonl` always, TensorBoard when asked for and installed, a progress bar on a
-terminal. Only rank 0 writes. A run that starts (or resumes) at step S first cuts `metrics.jsonl` back to the records
+"""Run logging: stdout and `metrics.jsonl` always, TensorBoard and Weights & Biases when asked for and installed, a
+progress bar on a terminal. Only rank 0 writes. A run that starts (or resumes) at step S first cuts `metrics.jsonl` back to the records
 of steps <= S, so the steps it trains again are not logged twice."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
 from .checkpoint import strict_json, write_text_atomic
 
-__all__ = ["RunLogger", "truncate_metrics"]
+__all__ = ["RunLogger", "truncate_metrics", "check_wandb"]
+
+WANDB_MISSING = "wandb=true needs the wandb package: pip install wandb (or leave wandb=false)"
+
+
+def check_wandb() -> None:
+    """Raises at once, before any data is read, when `wandb=true` cannot be honoured."""
+    if importlib.util.find_spec("wandb") is None:
+        raise RuntimeError(WANDB_MISSING)
+
+
+def _start_wandb(out_dir: Path, project: str, config: dict[str, Any] | None):
+    """A W&B run for out_dir: its id is kept in `out_dir/wandb_id`, so a resumed run continues the same W&B run.
+    WANDB_MODE=offline (read by wandb itself) writes under out_dir/wandb/ for a later `wandb sync`."""
+    try:
+        import wandb
+    except ImportError:
+        raise RuntimeError(WANDB_MISSING) from None
+    id_file = out_dir / "wandb_id"
+    run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:12]
+    write_text_atomic(id_file, run_id + "\n")
+    return wandb.init(project=project, id=run_id, resume="allow", name=out_dir.name, dir=str(out_dir),
+                      config=config)
 
 
 def truncate_metrics(path: Path, step: int) -> int:
@@ -36,7 +60,8 @@ def truncate_metrics(path: Path, step: int) -> int:
 
 class RunLogger:
     def __init__(self, out_dir: Path, enabled: bool, total_steps: int, start_step: int, tensorboard: bool,
-                 progress: bool | None):
+                 progress: bool | None, wandb_project: str | None = None, config: dict[str, Any] | None = None):
+        """`wandb_project`: also log to that Weights & Biases project (None: no W&B); `config` is recorded there."""
         self.enabled = enabled
         if enabled:
             truncate_metrics(out_dir / "metrics.jsonl", start_step)
@@ -48,6 +73,7 @@ class RunLogger:
             except ImportError:
                 raise RuntimeError("tensorboard=true needs the tensorboard package: pip install tensorboard") from None
             self.writer = SummaryWriter(str(out_dir / "tensorboard"))
+        self.wandb = _start_wandb(out_dir, wandb_project, config) if enabled and wandb_project else None
         show = sys.stdout.isatty() if progress is None else progress
         self.bar = None
         if enabled and show:
@@ -65,10 +91,26 @@ class RunLogger:
             for key, value in record.items():
                 if isinstance(value, (int, float)) and key not in ("step", "epoch"):
                     self.writer.add_scalar(f"{prefix}/{key}", value, record["step"])
+        if self.wandb is not None:
+            prefix = "eval" if "eval_loss" in record else "train"
+            self.wandb.log({f"{prefix}/{k}": v for k, v in record.items() if isinstance(v, (int, float))
+                            and k != "step"}, step=record["step"])
         if echo:
-            text = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()
-                             if not isinstance(v, (dict, list)))  # per-class tables go to metrics.jsonl only
+            self.echo(record)
+
+    def echo(self, record: dict[str, Any]) -> None:
+        """Prints `record` as one line (rank 0 only; through the progress bar when there is one)."""
+        if not self.enabled:
+            return
+        text = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()
+                         if not isinstance(v, (dict, list)))  # per-class tables go to metrics.jsonl only
+        self.say(text)
+
+    def say(self, text: str) -> None:
+        """Prints a line of text on rank 0, flushed at once (a batch job's log file shows it immediately)."""
+        if self.enabled:
             (self.bar.write if self.bar is not None else print)(text)
+            sys.stdout.flush()
 
     def advance(self, steps: int = 1) -> None:
         if self.bar is not None:
@@ -81,3 +123,5 @@ class RunLogger:
             self.metrics.close()
         if self.writer is not None:
             self.writer.close()
+        if self.wandb is not None:
+            self.wandb.finish()

@@ -9,6 +9,11 @@ an atomic checkpoint (`best/` on a new best, then `last/`). A run started again 
 Failures (docs/training.md, "Checkpoints and failures"): rank 0 holds a lock on out_dir for the whole run; `best/` is
 written before `last/`, so `last/` never records a best that `best/` does not hold; nothing non-finite (training
 loss, evaluation metrics, weights) is ever checkpointed; an evaluation that raises first checkpoints the training.
+
+Between evaluations `last/` is also written every `checkpoint_every_steps` steps / `checkpoint_every_minutes` minutes,
+and on SIGTERM or SIGUSR1 (preemption; SLURM's --signal) the run finishes its optimiser step, writes `last/` and exits
+with `RunInterrupted` (exit status 75, EX_TEMPFAIL: "try again"); under DDP the ranks agree at each step boundary
+(docs/clusters.md).
 """
 from __future__ import annotations
 
@@ -17,9 +22,11 @@ import dataclasses
 import json
 import math
 import platform
+import signal
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,22 +41,27 @@ from ..convert import load_checkpoint
 from ..init import mimetic_init_, norm_matched_init_
 from ..models import create_model
 from ..models.segmentation import SegmentationModel
-from .checkpoint import (RunDirBusy, RunDirLock, find_checkpoint, load_training_state, remove_stale_temporaries,
-                         save_checkpoint, write_text_atomic)
+from .checkpoint import (RunDirBusy, RunDirLock, find_checkpoint, load_training_state, move_run_aside,
+                         remove_stale_temporaries, save_checkpoint, write_text_atomic)
 from .clip import ClipData
 from .config import TrainConfig, config_to_dict
-from .data import TrainData, build_data
-from .distributed import DistInfo, all_reduce_sum, setup_distributed, teardown_distributed, wrap_model
+from .data import TrainData, build_data, config_plan
+from .distributed import (STOP_SIGNALS, DistInfo, StopSignals, all_reduce_sum, setup_distributed, teardown_distributed,
+                          wrap_model)
 from .evaluate import resolve_checkpoint
-from .logger import RunLogger
+from .logger import RunLogger, check_wandb
 from .optim import build_optimizer, build_scheduler
 
-__all__ = ["train", "evaluate", "build_model", "TrainingDiverged", "EvaluationFailed", "peak_flops", "git_commit"]
+__all__ = ["train", "evaluate", "build_model", "TrainingDiverged", "EvaluationFailed", "RunInterrupted", "peak_flops",
+           "git_commit", "EXIT_INTERRUPTED", "STOP_SIGNALS"]
 
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
-# Settings a resumed run may change: they do not alter the results.
+# Settings a resumed run may change: they do not alter the results (`epochs` / `steps` extend or shorten the schedule:
+# said when it happens, see _Run._schedule_change).
 _FREE_ON_RESUME = {"max_steps", "progress", "tensorboard", "log_every", "num_workers", "device", "data_dir",
-                   "download", "out_dir", "compile", "grad_checkpointing"}
+                   "download", "out_dir", "compile", "grad_checkpointing", "resume", "checkpoint_every_steps",
+                   "checkpoint_every_minutes", "wandb", "wandb_project", "epochs", "steps"}
+EXIT_INTERRUPTED = 75  # sysexits.h EX_TEMPFAIL: stopped by a signal with last/ written; run the same command again
 
 
 _BEST_FIELD = {"top1": "best_top1", "eval_loss": "best_loss", "miou": "best_miou",
@@ -62,6 +74,18 @@ class TrainingDiverged(RuntimeError):
 
 class EvaluationFailed(RuntimeError):
     """An evaluation raised; the training state of that step was checkpointed in `last/` first."""
+
+
+class RunInterrupted(SystemExit):
+    """SIGTERM / SIGUSR1 stopped the run at a step boundary after `last/` was written. A SystemExit with status
+    `EXIT_INTERRUPTED` (75), so the command line exits with it and no traceback; `str()` is the message."""
+
+    def __init__(self, message: str, step: int):
+        super().__init__(EXIT_INTERRUPTED)
+        self.message, self.step = message, step
+
+    def __str__(self) -> str:
+        return self.message
 
 
 @dataclass
@@ -247,7 +271,9 @@ class _Run:
         self.state = RunState()
         self.autocast = _autocast(config, info.device)
         self.tied = _tied_names(self.model)  # e.g. lm_head.weight → transformer.wte.weight: stored once
-        self.resumed = self._resume()
+        if not config.resume and info.is_main:
+            self._move_aside()
+        self.resumed = config.resume and self._resume()
         if info.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             provenance = {**_provenance(config, preset, argv), "data_files": [list(f) for f in self.data.files]}
@@ -257,6 +283,14 @@ class _Run:
             self.wrapped.compile()
 
     # -- checkpoints ----------------------------------------------------------------------------------------------
+    def _move_aside(self) -> None:
+        """resume=false: what a previous run left in out_dir is moved aside (said, never deleted)."""
+        moved = move_run_aside(self.out_dir)
+        if moved is not None:
+            dest, names = moved
+            print(f"resume=false: moved the previous run in {self.out_dir} ({', '.join(names)}) to {dest}; nothing "
+                  "was deleted. This run starts at step 0.", flush=True)
+
     def _resume(self) -> bool:
         if self.info.is_main and self.out_dir.is_dir():
             remove_stale_temporaries(self.out_dir)  # under the lock: left by a writer that died
@@ -273,7 +307,35 @@ class _Run:
         self.augment_rng.set_state(state["augment_rng"][self.info.rank])
         torch.set_rng_state(state["torch_rng"])
         self.state = RunState(**state["run"])
+        self._schedule_change(state)
         return True
+
+    def _schedule_change(self, state: dict[str, Any]) -> None:
+        """A resume with other `epochs` / `steps`: the schedule is rebuilt for the new length at the current step
+        (so the learning rate jumps to the new curve's value there); said on rank 0. Shortening below the step
+        already reached is refused."""
+        saved = self._saved_config(state)
+        if saved is None:  # nothing to compare with (a checkpoint older than the config copy, no config.json)
+            return
+        saved = {**config_to_dict(TrainConfig()), **saved}
+        old_total = saved["steps"] or max(1, math.ceil(saved["epochs"] * self.steps_per_epoch))
+        if old_total == self.total_steps:
+            return
+        step = self.state.step
+        if self.total_steps < step:
+            raise ValueError(f"{self.out_dir} is at step {step}; epochs/steps now give {self.total_steps} steps, fewer "
+                             "than already trained. Give at least as many, or start afresh with resume=false")
+        old_lr = self.scheduler.get_last_lr()[0]
+        self.scheduler.last_epoch = step - 1
+        with warnings.catch_warnings():  # "step() before optimizer.step()": a re-evaluation, not a training step
+            warnings.simplefilter("ignore")
+            self.scheduler.step()  # the rebuilt schedule's value at this step
+        if self.info.is_main:
+            print(f"schedule changed on resume: {old_total} → {self.total_steps} steps (epochs {saved['epochs']} → "
+                  f"{self.config.epochs}, steps {saved['steps']} → {self.config.steps}). The {self.config.schedule} "
+                  f"schedule is rebuilt for the new length: at step {step} the learning rate moves from "
+                  f"{old_lr:.4g} to {self.scheduler.get_last_lr()[0]:.4g}, so this run is not the run a "
+                  f"{self.total_steps}-step schedule from step 0 would give.", flush=True)
 
     def _saved_config(self, state: dict[str, Any]) -> dict[str, Any] | None:
         """The config the run began with: the copy in `last/state.pt`, else (older checkpoints) `config.json`."""
@@ -344,6 +406,7 @@ class _Run:
         if is_best:
             save_checkpoint(self.out_dir / "best", weights, {"run": run}, metadata)
         save_checkpoint(self.out_dir / "last", weights, state, metadata)
+        self.saved_step, self.saved_at = self.state.step, time.monotonic()
 
     # -- steps ----------------------------------------------------------------------------------------------------
     def _optimizer_step(self, micro_batches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
@@ -380,59 +443,127 @@ class _Run:
         config, info = self.config, self.info
         stop = min(self.total_steps, config.max_steps or self.total_steps)
         logger = RunLogger(self.out_dir, info.is_main, self.total_steps, self.state.step, config.tensorboard,
-                           config.progress)
+                           config.progress, config.wandb_project if config.wandb else None,
+                           config_to_dict(self.config))
         peak = config.peak_tflops * 1e12 or peak_flops(info.device)  # MFU on known (or given) peaks only
         flops = count_flops(self.model, self.data.example_input(info.device), backward=True) if peak else 0
         if info.is_main:
-            resumed = f"resumed at step {self.state.step}" if self.resumed else "new run"
-            print(f"{self.out_dir}: {resumed}; {self.total_steps} steps ({self.steps_per_epoch}/epoch), "
-                  f"{self.data.describe()}, {info.world_size} process(es) on {info.device}")
-            for path, digest in self.data.files:  # which files were read, and what they were verified against
-                print(f"data: {path} ({digest})")
+            self._summary()
         metrics: dict[str, Any] = {}
-        window_loss = torch.zeros((), device=info.device)
-        nonfinite = torch.zeros((), dtype=torch.bool, device=info.device)
-        window_steps, window_start = 0, time.perf_counter()
+        self.window_loss = torch.zeros((), device=info.device)
+        self.nonfinite = torch.zeros((), dtype=torch.bool, device=info.device)
+        self.window_steps, window_start = 0, time.perf_counter()
         self.started = window_start  # for `elapsed_s` in the log (wall time of this process, evaluations included)
+        self.saved_step, self.saved_at = self.state.step, time.monotonic()
+        self.first_step = self.state.step
         self.model.train()
         batches = self._batches()
+        self.stop = StopSignals(info.rank)
+        self.stop.install()
         try:
             if self.state.pending_eval:  # the evaluation that failed before the resume
                 metrics = self._evaluate_and_save(logger)
             while self.state.step < stop:
                 loss = self._optimizer_step(next(batches))
-                nonfinite |= ~torch.isfinite(loss)
-                window_loss += loss
-                window_steps += 1
+                self.nonfinite |= ~torch.isfinite(loss)
+                self.window_loss += loss
+                self.window_steps += 1
                 self.state.step += 1
                 logger.advance()
                 step = self.state.step
+                if step == self.first_step + 1:
+                    self._first_step_line(logger, loss, window_start)
                 evaluating = step % self.eval_interval == 0 or step in (stop, self.total_steps)
                 if step % config.log_every == 0 or evaluating:
-                    if bool(nonfinite):
-                        raise TrainingDiverged(f"the training loss became NaN/inf within steps "
-                                               f"{step - window_steps + 1}..{step} (lr {self.scheduler.get_last_lr()[0]:.3g}); "
-                                               f"{self._last_good()}. Lower lr, add warmup or set grad_clip.")
-                    metrics = self._log(logger, window_loss, window_steps, window_start, flops, peak)
-                    window_loss.zero_()
-                    window_steps, window_start = 0, time.perf_counter()
+                    self._check_loss_finite()
+                    metrics = self._log(logger, window_start, flops, peak, echo=not evaluating)
+                    self.window_loss.zero_()
+                    self.window_steps, window_start = 0, time.perf_counter()
                 if evaluating:
-                    metrics.update(self._evaluate_and_save(logger))
+                    metrics.update(self._evaluate_and_save(logger, metrics.get("train_loss")))
                     window_start = time.perf_counter()
+                if step < stop:
+                    self._step_boundary(logger)
             if self.data.primary[0] not in metrics:  # resumed at its last step: nothing trained; where it stands
                 metrics = evaluate(self.wrapped, self.data, self.info, self.autocast)
         finally:
+            self.stop.restore()
             logger.close()
             self._unlock()
         name = self.data.primary[0]
         best = {f"best_{name}": getattr(self.state, _BEST_FIELD[name])}
         return {**metrics, "step": self.state.step, **best, "out_dir": str(self.out_dir)}
 
-    def _log(self, logger, window_loss, window_steps, window_start, flops, peak) -> dict[str, Any]:
+    # -- start-up summary, first step, signals and checkpoints between evaluations --------------------------------
+    def _summary(self) -> None:
+        """Rank 0's start-up lines: the run, the model, the input, the data, the batch, the checkpoints."""
+        config, info = self.config, self.info
+        resumed = f"resumed at step {self.state.step}" if self.resumed else "new run"
+        print(f"{self.out_dir}: {resumed}; {self.total_steps} steps ({self.steps_per_epoch}/epoch), "
+              f"{self.data.describe()}, {info.world_size} process(es) on {info.device}")
+        kwargs = _merge_kwargs(self.data.model_kwargs(), config.model_kwargs)
+        params = sum(p.numel() for p in self.model.parameters())
+        example = self.data.example_input(torch.device("meta"))
+        shape = " + ".join(str(tuple(t.shape[1:])) for t in (example if isinstance(example, tuple) else (example,)))
+        print(f"model: {config.model} {json.dumps(kwargs, default=str)}; {params:,} parameters "
+              f"({sum(p.numel() for p in self.model.parameters() if p.requires_grad):,} trained); input per sample "
+              f"{shape}")
+        if isinstance(self.data, TrainData) and config_plan(config).train_decode is not None:
+            how = (f"image_size={config.image_size}" if config.image_size else
+                   "image_size not set: the 224 px default for encoded images; set image_size=N to change it")
+            print(f"IMAGES ARE DECODED AT {self.data.image_size} x {self.data.image_size} px ({how})")
+        per_device = config.batch_size // (info.world_size * config.grad_accum_steps)
+        print(f"batch: {config.batch_size} global = {info.world_size} process(es) x {config.grad_accum_steps} "
+              f"accumulation step(s) x {per_device} per device; workers per process {config.num_workers}")
+        every = [f"every {self.eval_interval} steps (with evaluation)"]
+        every += [f"every {config.checkpoint_every_steps} steps"] if config.checkpoint_every_steps else []
+        every += [f"every {config.checkpoint_every_minutes:g} min"] if config.checkpoint_every_minutes else []
+        print(f"checkpoints: {self.out_dir / 'last'} {', '.join(every)}, and on SIGTERM / SIGUSR1 (then exit "
+              f"{EXIT_INTERRUPTED})")
+        for path, digest in self.data.files:  # which files were read, and what they were verified against
+            print(f"data: {path} ({digest})")
+        sys.stdout.flush()
+
+    def _first_step_line(self, logger: RunLogger, loss: torch.Tensor, started: float) -> None:
+        """A line after this process's first optimiser step (its loss and time, warm-up included), so a batch job's
+        log shows within seconds that training runs, long before the first `log_every` line."""
+        value = loss.item()  # waits for the device
+        logger.say(f"step {self.state.step}: first step done in {time.perf_counter() - started:.2f} s (loss "
+                   f"{value:.4g} on rank 0, warm-up included); a log line every {self.config.log_every} steps")
+
+    def _step_boundary(self, logger: RunLogger) -> None:
+        """Between two optimiser steps: a signal (on any rank) writes last/ and stops the run; a due periodic
+        checkpoint writes last/. Under DDP / FSDP one all-reduce makes every rank take the same decision."""
+        config = self.config
+        minutes = config.checkpoint_every_minutes
+        flags = self.stop.agree(self.info, minutes > 0 and time.monotonic() - self.saved_at >= 60 * minutes)
+        step = self.state.step
+        every = config.checkpoint_every_steps
+        due = flags[1] > 0 or bool(every and step % every == 0)
+        if (due or flags[0] > 0) and self.saved_step != step:
+            self._check_loss_finite()
+            self._save({}, is_best=False)
+        if flags[0] > 0:
+            name = signal.Signals(self.stop.received).name if self.stop.received else "a signal on another rank"
+            message = (f"stopped by {name} after step {step}: the run is checkpointed in {self.out_dir / 'last'}; run "
+                       f"the same command again to resume at step {step} (exit status {EXIT_INTERRUPTED})")
+            logger.say(message)
+            raise RunInterrupted(message, step)
+
+    def _check_loss_finite(self) -> None:
+        """The training-loss window is finite (else nothing is checkpointed and the run stops)."""
+        if bool(self.nonfinite):
+            step = self.state.step
+            raise TrainingDiverged(f"the training loss became NaN/inf within steps "
+                                   f"{step - self.window_steps + 1}..{step} (lr {self.scheduler.get_last_lr()[0]:.3g}); "
+                                   f"{self._last_good()}. Lower lr, add warmup or set grad_clip.")
+
+    def _log(self, logger, window_start, flops, peak, echo: bool = True) -> dict[str, Any]:
         if self.info.device.type == "cuda":
             torch.cuda.synchronize(self.info.device)
         seconds = time.perf_counter() - window_start
-        loss = all_reduce_sum(window_loss.clone(), self.info).item() / (window_steps * self.info.world_size)
+        window_steps = self.window_steps
+        loss = all_reduce_sum(self.window_loss.clone(), self.info).item() / (window_steps * self.info.world_size)
         samples_per_s = window_steps * self.config.batch_size / seconds  # images, or windows of block_size tokens
         record = {"step": self.state.step, "epoch": round(self.state.step / self.steps_per_epoch, 3),
                   "elapsed_s": round(time.perf_counter() - self.started, 3),
@@ -440,7 +571,7 @@ class _Run:
                   f"{self.data.unit}_per_s": window_steps * self.data.samples_per_batch(self.config.batch_size) / seconds}
         if peak:
             record["mfu"] = samples_per_s * flops / peak / self.info.world_size
-        logger.log(record)
+        logger.log(record, echo=echo)
         return record
 
     def _evaluate_or_checkpoint(self) -> dict[str, float]:
@@ -456,10 +587,16 @@ class _Run:
                                    f"checkpointed at step {step} in {self.out_dir / 'last'}: fix the cause and run the "
                                    f"same command again to resume there (step {step} is evaluated first).") from err
 
-    def _evaluate_and_save(self, logger) -> dict[str, float]:
+    def _evaluate_and_save(self, logger, train_loss: float | None = None) -> dict[str, float]:
+        """Evaluates, logs (one printed line with the train loss of the window that ends here beside the evaluation),
+        updates the best metric and checkpoints."""
         result = self._evaluate_or_checkpoint()
-        logger.log({"step": self.state.step, "epoch": round(self.state.step / self.steps_per_epoch, 3),
-                    "elapsed_s": round(time.perf_counter() - self.started, 3), **result})
+        record = {"step": self.state.step, "epoch": round(self.state.step / self.steps_per_epoch, 3),
+                  "elapsed_s": round(time.perf_counter() - self.started, 3), **result}
+        logger.log(record, echo=False)
+        logger.echo({"step": record["step"], "epoch": record["epoch"],
+                     **({"train_loss": train_loss} if train_loss is not None else {}), **result,
+                     "lr": self.scheduler.get_last_lr()[0], "elapsed_s": record["elapsed_s"]})
         nonfinite = [k for k, v in result.items() if isinstance(v, float) and not math.isfinite(v)]
         if nonfinite:
             raise TrainingDiverged(f"the evaluation at step {self.state.step} gave non-finite {', '.join(nonfinite)}; "
@@ -476,6 +613,8 @@ class _Run:
 def train(config: TrainConfig, preset: str | None = None, argv: list[str] | None = None) -> dict[str, Any]:
     """Trains (or resumes) the configured run; returns the last evaluation, best top-1, step and out_dir."""
     config.validate()
+    if config.wandb:
+        check_wandb()
     info = setup_distributed(config.device)
     try:
         return _Run(config, preset, info, argv).run()
