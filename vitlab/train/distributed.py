@@ -41,6 +41,9 @@ def setup_distributed(device: str = "auto") -> DistInfo:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device} needs a CUDA GPU, but torch {torch.__version__} sees none; use device=cpu "
+                         "or device=auto")
     if dev.type == "cuda":
         dev = torch.device("cuda", local_rank if world_size > 1 else (dev.index or 0))
         torch.cuda.set_device(dev)
