@@ -62,19 +62,19 @@ def test_unknown_dataset_lists_every_kind(capsys):
         assert name in err, name
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="tests the machine without CUDA")
-def test_cuda_without_cuda_is_a_clear_error(capsys):
+def test_cuda_without_cuda_is_a_clear_error(capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a machine without CUDA, on any machine
     assert main(["profile", "vit_tiny_patch4_32", "--device", "cuda", "--iters", "1"]) == 2
     assert "device=cuda needs a CUDA GPU" in capsys.readouterr().err
     assert main(["train", "fashion_mnist_vit", "device=cuda", "steps=1"]) == 2
     assert "use device=cpu" in capsys.readouterr().err
     from vitlab._cli_errors import describe_error
 
-    try:  # torch's own failure deep inside (e.g. `vitlab eval` of a run trained on a GPU) is recognised too
-        torch.zeros(1, device="cuda")
-    except Exception as err:  # noqa: BLE001 - whatever this torch build raises
+    # torch's own failure deep inside (e.g. `vitlab eval` of a run trained on a GPU), as a CPU-only build raises it
+    for err in (AssertionError("Torch not compiled with CUDA enabled"),
+                RuntimeError("CUDA driver initialization failed, you might not have a CUDA gpu.")):
         message, code = describe_error(err)
-        assert code == 2 and "asks for a CUDA device" in message and "device=cpu" in message
+        assert code == 2 and "asks for a CUDA device" in message and "device=cpu" in message, err
 
 
 def test_failed_download_names_the_url_and_where_to_put_the_file(tmp_path, capsys):
