@@ -26,7 +26,7 @@ from ..data.segmentation import is_segmentation_dataset, load_segmentation_datas
 from ..models import create_model
 from ..models.segmentation import SegmentationModel
 from ..train.seg_eval import predict_logits
-from .._figures import figure_format, legend_below, new_figure, save_figure, styled
+from .._figures import figure_format, new_figure, save_figure, styled
 
 __all__ = ["SegmentationRun", "load_segmentation_run", "load_segmentation_inputs", "plot_predictions"]
 
@@ -130,7 +130,7 @@ def _colour(mask: np.ndarray, palette: np.ndarray, ignore_index: int) -> np.ndar
 def plot_predictions(run: SegmentationRun, inputs, out_dir: str | os.PathLike, alpha: float = 0.55,
                      save_masks: bool = False, dpi: int | None = None, fmt: str = "png") -> list[Path]:
     """One figure per input, `<out_dir>/<name>_semantic.<fmt>` (png, pdf or svg): the image, the predicted classes
-    over it, the ground truth (dataset items), and a legend of the classes present below the panels. `save_masks`:
+    over it, the ground truth (dataset items), and a legend of the classes present beside the panels. `save_masks`:
     also `<name>_classes.png`, the predicted class index per pixel (8-bit) at the input's own resolution."""
     from matplotlib.patches import Patch
     from PIL import Image
@@ -153,13 +153,13 @@ def plot_predictions(run: SegmentationRun, inputs, out_dir: str | os.PathLike, a
             t = truth.numpy().astype(np.int64)
             panels.append(("ground truth", (1 - alpha) * base + alpha * _colour(t, palette, meta["ignore_index"])))
             present |= set(np.unique(t).tolist()) - {meta["ignore_index"]}
-        fig = new_figure((2.2 * len(panels), 2.9))
+        fig = new_figure((2.2 * len(panels) + 1.8, 2.4))
         for ax, (title, rgb) in zip(fig.subplots(1, len(panels)), panels):
             ax.imshow(np.clip(rgb, 0, 1), interpolation="nearest")
             ax.set_title(title, fontsize=8)
             ax.axis("off")
         handles = [Patch(color=palette[c], label=meta["classes"][c]) for c in sorted(present)]
-        legend_below(fig, handles, [h.get_label() for h in handles], ncols=min(len(handles), 4))
+        fig.legend(handles=handles, loc="outside right center", frameon=False)  # beside the panels, off the data
         fig.suptitle(f"{run.label}: {name}", fontsize=8)
         paths.append(save_figure(fig, figure_path, dpi))
         if save_masks:
