@@ -137,8 +137,8 @@ def _weight_section(names: list[str], root: Path, figures: Path, page: Path) -> 
     init = plot_init_comparison("vit_tiny_patch2_32", figures / "weights_init_vit_tiny.png", seed=0)
     lines += ["ViT-Tiny/2 (the paper's CIFAR model) at initialization, default (left) vs mimetic (right); "
               f"`vitlab plot-weights init:vit_tiny_patch2_32 --out {figures / 'weights_init_vit_tiny.png'}`:", "",
-              f"![init]({_figure_link(figures / 'weights_init_vit_tiny.png', page)})", "", "```", format_stats(init["mimetic"]),
-              "```"]
+              f"![init]({_figure_link(figures / 'weights_init_vit_tiny.png', page)})", "", "```",
+              format_stats(init["mimetic"]), "```"]
     if "mimetic_fashion" in names:
         for col in ("default", "mimetic"):
             run = run_dir(root / "mimetic_fashion", Cell("60k images, 0.5 epoch", col, None), 0)

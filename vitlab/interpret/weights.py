@@ -188,7 +188,8 @@ def _heads_shown(products: Sequence[LayerProducts], max_heads: int | None) -> in
 def plot_weight_products(products: Sequence[LayerProducts], path: str | os.PathLike, title: str | None = None,
                          layers: Sequence[int] | None = None, max_dim: int = 64, max_heads: int | None = _MAX_HEADS,
                          shared_limits: bool = False, dpi: int = WEIGHTS_DPI) -> Path:
-    """One figure (PNG, PDF or SVG by `path`'s suffix): a row per layer (`layers`, default all, or 12 evenly spaced for deeper models), columns = the
+    """One figure (PNG, PDF or SVG by `path`'s suffix): a row per layer (`layers`, default all, or 12 evenly
+    spaced for deeper models), columns = the
     W_q⁽ʰ⁾W_k⁽ʰ⁾ᵀ heatmap of each head (the first `max_heads`) + the W_v W_proj heatmap, each showing the top-left
     `max_dim` × `max_dim` block as in the paper's Figure 1. Diverging colormap centred at 0; limits per panel
     (±m in the title) unless `shared_limits`. Returns the path."""
@@ -231,10 +232,12 @@ def init_products(model_name: str, seed: int = 0, **model_kwargs) -> dict[str, l
 @styled
 def plot_init_comparison(model_name: str, path: str | os.PathLike, seed: int = 0,
                          layers: Sequence[int] | None = None, max_dim: int = 64, max_heads: int | None = _MAX_HEADS,
-                         dpi: int = WEIGHTS_DPI, title: str | None = None, **model_kwargs) -> dict[str, list[LayerProducts]]:
+                         dpi: int = WEIGHTS_DPI, title: str | None = None,
+                         **model_kwargs) -> dict[str, list[LayerProducts]]:
     """The paper's Figure 1 side by side: the same architecture at its default init (left) and after mimetic init
     (right), rows = `layers` (default first, middle and last), columns = per-head W_q W_kᵀ + W_v W_proj (top-left
-    `max_dim` block, limits per panel). Writes one figure to `path` (format by suffix); returns the products of both models."""
+    `max_dim` block, limits per panel). Writes one figure to `path` (format by suffix); returns the products of
+    both models."""
     from matplotlib.figure import Figure
 
     products = init_products(model_name, seed, **model_kwargs)
