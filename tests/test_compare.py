@@ -67,12 +67,12 @@ def test_grid_runs_resumes_and_writes_the_page(tmp_path, monkeypatch):
     with Image.open(png) as figure:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and figure.size[0] > 300
     # a finished grid is not retrained; a deleted result is
-    (tmp_path / "runs" / "tiny" / "256_images__mimetic" / "seed1" / "result.json").unlink()
+    (tmp_path / "runs" / "tiny" / "256-images__mimetic" / "seed1" / "result.json").unlink()
     compare(["tiny"], root=str(tmp_path / "runs"), figures=str(tmp_path / "figures"))
     assert len(calls) == 5
     records = run_study(study, tmp_path / "runs")
     assert len(records) == 4 and all(len(r["curve"]) == 2 for r in records)
-    result = json.loads((tmp_path / "runs" / "tiny" / "256_images__default" / "seed0" / "result.json").read_text())
+    result = json.loads((tmp_path / "runs" / "tiny" / "256-images__default" / "seed0" / "result.json").read_text())
     assert result["step"] == 8 and 0 <= result["top1"] <= 100
 
 
@@ -99,7 +99,7 @@ def test_segmentation_report_scores_trained_and_untrained_models_and_caches(tmp_
         assert row in page
     with Image.open(tmp_path / "figures" / "seg_examples.png") as figure:
         assert figure.size[0] > 500
-    run = tmp_path / "runs" / "seg" / "r__CRATE" / "seed1"
+    run = tmp_path / "runs" / "seg" / "r__CRATE" / "seed1"  # slugified names: nothing to change here
     cached = json.loads((run / "segmentation.json").read_text())
     fresh = evaluate_fashion_mnist(load_model(run)[0], "test", limit=48)
     assert cached["maskcut"] == fresh["maskcut"] and cached["attention"] == fresh["attention"]

@@ -73,9 +73,9 @@ def test_cli_attention_and_segment_on_official_weights(family, tmp_path, capsys)
     out = capsys.readouterr().out
     assert "photo_attention.png" in out and "photo_segment.png" in out
     assert_png(tmp_path / "maps" / "photo_segment.png", min_size=(300, 100))
-    for kind in ("attention", "maskcut"):
-        with Image.open(tmp_path / "maps" / f"photo_mask_{kind}.png") as mask:
-            assert mask.size == (32, 32) and mask.mode == "L"
+    for kind in ("attention", "rollout", "maskcut0", "maskcut1"):  # one file per mask, at the photo's size
+        with Image.open(tmp_path / "maps" / f"photo_mask_{kind}.png") as mask, Image.open(picture) as photo:
+            assert mask.size == photo.size and mask.mode == "L"
             assert set(np.unique(np.asarray(mask))) <= {0, 255}
 
 

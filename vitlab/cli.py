@@ -93,7 +93,7 @@ def _segment_with_head(args: argparse.Namespace) -> int:
     specs = [s for s in (args.checkpoint, *args.images) if s]  # with --head RUN every positional is an image
     run = load_segmentation_run(args.head)
     inputs = load_segmentation_inputs(specs, run.meta, data_dir=args.data_dir)
-    for path in plot_predictions(run, inputs, args.out, save_masks=args.save_masks):
+    for path in plot_predictions(run, inputs, args.out, save_masks=args.save_masks, fmt=args.format):
         print(path)
     return 0
 
@@ -112,7 +112,7 @@ def _segment(args: argparse.Namespace) -> int:
     if args.images:
         inputs = load_inputs(args.images, model.pretrained_cfg, data_dir=args.data_dir)
         for path in plot_segmentation(model, inputs, args.out, mass=args.mass, tau=args.tau,
-                                      num_masks=args.num_masks, save_masks=args.save_masks):
+                                      num_masks=args.num_masks, save_masks=args.save_masks, fmt=args.format):
             print(path)
         if args.masks:
             _print_scores(f"{label} on {len(inputs.names)} images vs {args.masks}",
@@ -291,13 +291,34 @@ def _check_data(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     from .compare import STUDIES, compare
 
-    if args.list or not args.studies:
-        for name, fn in sorted(STUDIES.items()):
-            print(f"{name:24s} {(fn.__doc__ or '').strip().splitlines()[0]}")
+    names = [n for n in args.studies if "=" not in n]
+    overrides = [n for n in args.studies if "=" in n]
+    if args.list or not names:
+        print(_study_listing(STUDIES))
         return 0
-    names = sorted(STUDIES) if args.studies == ["all"] else args.studies
-    print(compare(names, root=args.root, figures=args.figures, results=args.results, reuse_stale=args.reuse_stale))
+    names = sorted(STUDIES) if names == ["all"] else names
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()] if args.seeds else None
+    formats = tuple(f.strip().lstrip(".").lower() for f in args.figure_format.split(",") if f.strip())
+    print(compare(names, root=args.root, figures=args.figures, results=args.results, reuse_stale=args.reuse_stale,
+                  seeds=seeds, overrides=overrides, formats=formats))
     return 0
+
+
+def _study_listing(studies: dict) -> str:
+    """Each study's name, title and full description (its docstring), for `vitlab compare --list`."""
+    import textwrap
+
+    from .compare import get_study
+
+    blocks = []
+    for name in sorted(studies):
+        study = get_study(name)
+        doc = textwrap.dedent((studies[name].__doc__ or "").strip("\n")).strip()
+        doc = " ".join(line.strip() for line in doc.splitlines())
+        blocks.append(f"{name}\n  {study.title}\n" + textwrap.fill(doc, 110, initial_indent="  ",
+                                                                  subsequent_indent="  ")
+                      + (f"\n  budget: {study.budget}" if study.budget else ""))
+    return "\n\n".join(blocks)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -333,10 +354,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_generate)
     p = sub.add_parser("compare", help="run comparison studies (grid × seeds) and write tables and curves: "
                                        "vitlab compare all --results docs/results.md")
-    p.add_argument("studies", nargs="*", help="study names, or 'all'; none: list them")
-    p.add_argument("--list", action="store_true")
+    p.add_argument("studies", nargs="*", metavar="STUDY|key=value",
+                   help="study names, or 'all' (none: list them with their descriptions); key=value items override "
+                        "every run's TrainConfig (e.g. epochs=1 device=cuda: another config hash, so other results)")
+    p.add_argument("--list", action="store_true", help="list the studies with their full descriptions")
+    p.add_argument("--seeds", default=None, metavar="0,1,2", help="comma-separated seeds instead of each study's")
     p.add_argument("--root", default="runs/compare", help="where the runs live (finished runs are reused)")
-    p.add_argument("--figures", default="docs/figures")
+    p.add_argument("--figures", default=None, help="folder for the figures (default: figures/ beside --results, "
+                                                   "else ROOT/figures)")
+    p.add_argument("--figure-format", default="png", metavar="png[,pdf,svg]",
+                   help="learning-curve formats (the page links the first): png at 300 dpi, pdf / svg vector")
     p.add_argument("--results", default=None, help="also write the whole results page (Markdown) here")
     p.add_argument("--reuse-stale", action="store_true", help="reuse finished runs produced by other code (marked "
                                                                "stale on the page with their commit) instead of "
@@ -437,8 +464,11 @@ def _add_map_commands(sub) -> None:
     p.add_argument("--mass", type=float, default=0.6, help="attention mass a mask keeps (DINO: 0.6)")
     p.add_argument("--tau", type=float, default=0.15, help="MaskCut affinity threshold on cosine similarity")
     p.add_argument("--num-masks", type=int, default=1, help="MaskCut masks per image")
-    p.add_argument("--save-masks", action="store_true", help="also write the masks as 8-bit PNGs (with --head: the "
-                   "predicted class index per pixel)")
+    p.add_argument("--save-masks", action="store_true", help="also write the masks as 8-bit PNGs at each input "
+                   "image's own resolution, one file per mask: NAME_mask_attention, _mask_rollout, _mask_maskcutK "
+                   "(with --head: NAME_classes, the predicted class index per pixel)")
+    p.add_argument("--format", default="png", choices=("png", "pdf", "svg"),
+                   help="figure format: png (300 dpi) or vector pdf / svg (masks stay PNG)")
     p.add_argument("--masks", default=None, help="folder of ground-truth masks named like the images (<stem>.png, "
                                                   "nonzero = foreground): print mIoU on the given images")
     p.add_argument("--evaluate", default=None, metavar="fashion_mnist[:SPLIT]",
@@ -455,9 +485,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     photo.jpg`): argparse fills a `nargs='*'` positional before the options and leaves later paths unrecognised."""
     parser = build_parser()
     args, extras = parser.parse_known_args(argv)
-    if extras and getattr(args, "command", None) in _IMAGES_AFTER_OPTIONS:
+    command = getattr(args, "command", None)
+    if extras and command in (*_IMAGES_AFTER_OPTIONS, "compare"):
         options = [e for e in extras if e.startswith("-")]
-        if not options:
+        if not options and command == "compare":  # `vitlab compare STUDY --seeds 0,1 epochs=1`
+            args.studies = [*args.studies, *extras]
+            extras = []
+        elif not options:
             args.images = [*args.images, *extras]
             extras = []
     if extras:

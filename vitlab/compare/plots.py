@@ -1,5 +1,7 @@
-"""Learning curves of a study: one panel per table row, one line per column (mean over seeds, band = min–max).
-Each curve is a list of (x, value) pairs, x the step or epoch its record names; seeds are averaged at equal x."""
+"""Learning curves of a study: one panel per table row, one line per column (mean over seeds), and a shaded band:
+the 95% confidence interval of that mean (Student t over the seeds; no band with one seed). Each curve is a list of
+(x, value) pairs, x the step or epoch its record names; seeds are averaged at equal x. Drawn in vitlab's shared
+figure style (`vitlab._figures`): the legend below the panels, PNG at 300 dpi or PDF / SVG by the file name."""
 from __future__ import annotations
 
 import textwrap
@@ -8,7 +10,11 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["plot_curves"]
+from .._figures import legend_below, new_figure, save_figure, styled
+
+__all__ = ["plot_curves", "curve_band", "BAND_CAPTION"]
+
+BAND_CAPTION = "shaded: 95% confidence interval of the mean over seeds (Student t)"
 
 
 def _align(curves: list[list[tuple[float, float]]]) -> tuple[np.ndarray, np.ndarray]:
@@ -19,35 +25,54 @@ def _align(curves: list[list[tuple[float, float]]]) -> tuple[np.ndarray, np.ndar
     return np.array(xs, dtype=float), np.array([[c[x] for x in xs] for c in by_x], dtype=float).reshape(len(by_x), -1)
 
 
-def plot_curves(records: list[dict[str, Any]], path: str | Path, title: str, ylabel: str = "test top-1 (%)",
-                xlabel: str = "epoch") -> Path:
-    import matplotlib
+def curve_band(values: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray] | None:
+    """(low, high) per point of the mean over seeds (rows of `values`): mean ± t_{(1+level)/2, n−1} · s / √n; None
+    with fewer than two seeds."""
+    from scipy.stats import t
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    n = values.shape[0]
+    if n < 2:
+        return None
+    half = t.ppf((1 + level) / 2, n - 1) * values.std(axis=0, ddof=1) / np.sqrt(n)
+    mean = values.mean(axis=0)
+    return mean - half, mean + half
+
+
+@styled
+def plot_curves(records: list[dict[str, Any]], path: str | Path, title: str, ylabel: str = "test top-1 (%)",
+                xlabel: str = "epoch", dpi: int | None = None) -> Path:
+    """Writes the figure to `path` (format by suffix) and returns it. `xlabel`: what the curves' x is ("epoch",
+    or "optimiser step" for step-budgeted studies)."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
     rows = list(dict.fromkeys(r["row"] for r in records))
     cols = list(dict.fromkeys(r["col"] for r in records))
-    fig, axes = plt.subplots(1, len(rows), figsize=(4.2 * len(rows), 3.4), squeeze=False, sharey=False)
-    for ax, row in zip(axes[0], rows):
+    fig = new_figure((max(3.0 * len(rows), 4.0), 2.9 + 0.18 * (len(cols) // 4)))
+    axes = fig.subplots(1, len(rows), squeeze=False, sharey=False)[0]
+    colours = {col: f"C{i % 10}" for i, col in enumerate(cols)}
+    seeds = max((len({r["seed"] for r in records if (r["row"], r["col"]) == (row, col)})
+                 for row in rows for col in cols), default=0)
+    for ax, row in zip(axes, rows):
         for col in cols:
             curves = [r["curve"] for r in records if r["row"] == row and r["col"] == col and r["curve"]]
             if not curves:
                 continue
-            epochs, values = _align(curves)  # (evals,), (seeds, evals)
-            if not len(epochs):
+            xs, values = _align(curves)  # (points,), (seeds, points)
+            if not len(xs):
                 continue
-            (line,) = ax.plot(epochs, values.mean(0), marker="o", markersize=3, label=col)
-            ax.fill_between(epochs, values.min(0), values.max(0), color=line.get_color(), alpha=0.15)
-        ax.set_title(row)
+            ax.plot(xs, values.mean(0), marker="o", color=colours[col], label=col)
+            if (band := curve_band(values)) is not None:
+                ax.fill_between(xs, *band, color=colours[col], alpha=0.18, linewidth=0)
+        ax.set_title(textwrap.fill(row, 40))
         ax.set_xlabel(xlabel)
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel(ylabel)
-    axes[0][-1].legend(fontsize=8, loc="best")
-    fig.suptitle(textwrap.fill(title, width=55 * len(rows)), fontsize=10)  # wrapped to the figure's width
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+        ax.grid(True)
+    axes[0].set_ylabel(ylabel)
+    handles = [Line2D([], [], color=colours[c], marker="o") for c in cols]
+    labels = list(cols)
+    if seeds >= 2:
+        handles.append(Patch(color="0.5", alpha=0.3))
+        labels.append(f"shaded: 95% CI of the mean over {seeds} seeds")
+    legend_below(fig, handles, labels, ncols=min(len(handles), 4))
+    fig.suptitle(textwrap.fill(title, width=int(45 * max(len(rows), 1.4))))  # wrapped to the figure's width
+    return save_figure(fig, path, dpi)

@@ -17,6 +17,7 @@ import functools
 import hashlib
 import json
 import math
+import re
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from typing import Any, Callable
 from ..train import TrainConfig, config_to_dict, git_commit, train
 
 __all__ = ["Cell", "Study", "Note", "run_study", "summarise", "confidence_interval", "config_hash", "code_version",
-           "study_figures", "render_notes"]
+           "study_figures", "render_notes", "slugify", "run_dir", "curve_axis"]
 
 
 @dataclass
@@ -81,8 +82,37 @@ def confidence_interval(values: list[float], level: float = 0.95) -> tuple[float
     return mean - half, mean + half
 
 
-def _run_dir(root: Path, cell: Cell, seed: int) -> Path:
+def slugify(label: str) -> str:
+    """A label as a path component without spaces, commas or slashes: every run of other characters than letters,
+    digits, '.', '+' and '-' becomes one '-' (`60k images, 3 epochs` → `60k-images-3-epochs`)."""
+    return re.sub(r"-{2,}", "-", re.sub(r"[^\w.+-]+|_+", "-", label)).strip("-") or "-"
+
+
+def run_dir(root: str | Path, cell: Cell, seed: int) -> Path:
+    """`<root>/<slug(row)>__<slug(col)>/seed<seed>`, root being the study's folder."""
+    return Path(root) / f"{slugify(cell.row)}__{slugify(cell.col)}" / f"seed{seed}"
+
+
+def _old_run_dir(root: Path, cell: Cell, seed: int) -> Path:
+    """The name runs had before `slugify` (spaces as '_', commas kept): still found and renamed."""
     return root / f"{cell.row}__{cell.col}".replace(" ", "_").replace("/", "-") / f"seed{seed}"
+
+
+def _migrate(root: Path, cell: Cell, seed: int, log: Callable[[str], None]) -> Path:
+    """The run's directory; a run under its old name (and none under the new) is renamed, so it is reused."""
+    new, old = run_dir(root, cell, seed), _old_run_dir(root, cell, seed)
+    if old != new and old.is_dir() and not new.exists():
+        new.parent.mkdir(parents=True, exist_ok=True)
+        old.rename(new)
+        log(f"renamed {old} -> {new} (run directories no longer contain spaces or commas)")
+        if old.parent.is_dir() and not any(old.parent.iterdir()):
+            old.parent.rmdir()
+    return new
+
+
+def curve_axis(study: "Study") -> str:
+    """'step' when every cell is budgeted in optimiser steps (`steps` > 0), else 'epoch': the curves' x."""
+    return "step" if study.cells and all(c.config.steps > 0 for c in study.cells) else "epoch"
 
 
 def config_hash(config: TrainConfig) -> str:
@@ -131,29 +161,56 @@ def _reuse(done: Path, wanted_config: str, code: dict[str, str | None], reuse_st
     return reuse_stale, stale
 
 
+def _check_unique_names(study: Study) -> None:
+    names: dict[str, tuple[str, str]] = {}
+    for cell in study.cells:
+        name = f"{slugify(cell.row)}__{slugify(cell.col)}"
+        if names.setdefault(name, (cell.row, cell.col)) != (cell.row, cell.col):
+            raise ValueError(f"study {study.name}: cells {names[name]} and {(cell.row, cell.col)} share the run "
+                             f"directory name {name!r}; rename one")
+
+
+def _eta(durations: list[float], left: int) -> str:
+    """', ETA …' from the mean duration of the runs trained so far in this invocation."""
+    if not durations:
+        return ""
+    seconds = statistics.fmean(durations) * left
+    return f", ETA {seconds / 60:.1f} min for {left} run{'s' if left != 1 else ''}" if left else ""
+
+
 def run_study(study: Study, root: str | Path, log: Callable[[str], None] = print,
               reuse_stale: bool = False) -> list[dict[str, Any]]:
     """Trains every (cell, seed) without a current result under `root/<study>/`; returns one record per run.
-    `reuse_stale`: keep results of other code (or without provenance) instead of retraining; they are marked."""
+    `reuse_stale`: keep results of other code (or without provenance) instead of retraining; they are marked.
+    Progress lines count the runs to train and give an ETA from the durations of those already trained here."""
     root = Path(root) / study.name
+    _check_unique_names(study)
     records = []
-    total = len(study.cells) * len(study.seeds)
     code = code_version()  # once per study: hashing the package source per run would repeat the same work
-    for i, (seed, cell) in enumerate((s, c) for s in study.seeds for c in study.cells):
-        run_dir = _run_dir(root, cell, seed)
-        done = run_dir / "result.json"
-        config = dataclasses.replace(cell.config, seed=seed, out_dir=str(run_dir), progress=False, log_every=10**9)
+    plan = []
+    for seed, cell in ((s, c) for s in study.seeds for c in study.cells):
+        directory = _migrate(root, cell, seed, log)
+        config = dataclasses.replace(cell.config, seed=seed, out_dir=str(directory), progress=False,
+                                     log_every=10**9)
         wanted = config_hash(config)
-        reuse, stale = _reuse(done, wanted, code, reuse_stale)
+        plan.append((seed, cell, directory, config, wanted, *_reuse(directory / "result.json", wanted, code,
+                                                                     reuse_stale)))
+    total = sum(not reuse for *_, reuse, _ in plan)
+    durations: list[float] = []
+    axis = curve_axis(study)
+    for seed, cell, run_dir, config, wanted, reuse, stale in plan:
+        done = run_dir / "result.json"
         if not reuse:
             if done.is_file():
                 log(f"{done}: {stale or 'produced by another config'}; retraining")
                 done.unlink()
                 _clear_checkpoints(run_dir)
-            log(f"[{i + 1}/{total}] {study.name}: {cell.row} / {cell.col}, seed {seed}")
+            log(f"[{len(durations) + 1}/{total}] {study.name}: {cell.row} / {cell.col}, seed {seed}"
+                f"{_eta(durations, total - len(durations))}")
             start = time.perf_counter()
             result = train(config, preset=f"{study.name}:{cell.row}/{cell.col}")
             result["seconds"] = time.perf_counter() - start
+            durations.append(result["seconds"])
             result["provenance"] = {"config_hash": wanted, "code": code}
             done.write_text(json.dumps(result))
             stale = None
@@ -166,8 +223,8 @@ def run_study(study: Study, root: str | Path, log: Callable[[str], None] = print
                         "train_loss": result.get("train_loss", float("nan")),
                         "seconds": result.get("seconds", float("nan")), "stale": stale,
                         "commit": _produced_at(run_dir, result),
-                        "curve": [(r["epoch"], _metric(r, study.metric)) for r in curve
-                                  if _metric(r, study.metric) is not None]})
+                        "curve": [(r[axis], _metric(r, study.metric)) for r in curve
+                                  if _metric(r, study.metric) is not None and r.get(axis) is not None]})
     return records
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._figures import new_figure, save_figure, styled, value_colorbar
 from .runner import Study, confidence_interval
 
 __all__ = ["segmentation_report", "segmentation_figures", "run_scores"]
@@ -152,15 +153,13 @@ def segmentation_figures(study: Study, records: list[dict[str, Any]], root: Path
     return out
 
 
+@styled
 @torch.no_grad()
 def _example_figure(models: dict, path: Path, count: int = 6) -> Path:
-    from matplotlib.figure import Figure
-
     from ..data import load_dataset
     from ..interpret.attention import cls_attention, grid_shape, record_attention
     from ..interpret.render import _show, _smooth, _tint
     from ..interpret.segment import fashion_mnist_foreground, unsupervised_masks
-    from ..interpret.weights import _save
 
     data = load_dataset("fashion_mnist", "test")
     pixels = data.images[:count]  # (B, 1, 28, 28) uint8
@@ -168,7 +167,7 @@ def _example_figure(models: dict, path: Path, count: int = 6) -> Path:
     truth = fashion_mnist_foreground(pixels)
     colours = np.array([[1.0, 0.2, 0.2]])
     columns = 2 + 3 * len(models)
-    fig = Figure(figsize=(0.85 * columns, 0.95 * count + 0.5), layout="constrained")
+    fig = new_figure((0.85 * columns + 0.5, 0.95 * count + 0.5))
     axes = fig.subplots(count, columns, squeeze=False)
     base = (display.float() / 255).repeat(1, 1, 1, 3).numpy()
     for b in range(count):
@@ -189,4 +188,5 @@ def _example_figure(models: dict, path: Path, count: int = 6) -> Path:
                   rgb=_tint(base[b], [attention_mask[b].numpy()], colours))
             _show(axes[b, col + 2], display[b], f"{name}\nMaskCut" if b == 0 else "",
                   rgb=_tint(base[b], [cut[b].numpy()], colours))
-    return _save(fig, path, 110)
+    value_colorbar(fig, axes, "inferno", 0, 1, "attention (÷ panel max)")
+    return save_figure(fig, path, palette=True)

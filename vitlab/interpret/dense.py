@@ -1,10 +1,12 @@
 """`vitlab segment --head RUN`: what a trained semantic-segmentation run predicts, as coloured overlays with a
-legend (PNG), for image files or dataset items (with their ground truth beside the prediction).
+legend (PNG at 300 dpi, or PDF / SVG: vitlab's shared figure style), for image files or dataset items (with their
+ground truth beside the prediction).
 
 A run is rebuilt from its directory: `config.json` (backbone, head) and `segmentation.json` (class names, palette,
 mean / std, input size) written by the training run; the weights load strictly. Image files are resized so their
 short side is the training crop size (aspect ratio kept), then predicted as the run evaluates (whole image, or
-sliding windows).
+sliding windows); saved class masks are resized (nearest neighbour) to the image's own resolution (its original
+size for a file, its mask's size for a dataset item), so they match the input pixel for pixel.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from ..data.segmentation import is_segmentation_dataset, load_segmentation_datas
 from ..models import create_model
 from ..models.segmentation import SegmentationModel
 from ..train.seg_eval import predict_logits
-from .weights import _save
+from .._figures import figure_format, new_figure, save_figure, styled
 
 __all__ = ["SegmentationRun", "load_segmentation_run", "load_segmentation_inputs", "plot_predictions"]
 
@@ -62,38 +64,43 @@ def load_segmentation_run(run: str | os.PathLike) -> SegmentationRun:
                            f"{run_dir.parent.name}/{run_dir.name} ({weights.parent.name}/)")
 
 
-def _file_image(path: Path, channels: int, short_side: int) -> torch.Tensor:
+def _file_image(path: Path, channels: int, short_side: int) -> tuple[torch.Tensor, tuple[int, int]]:
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
             image = image.convert("L" if channels == 1 else "RGB")
+            original = (image.size[1], image.size[0])  # (H, W)
             scale = short_side / min(image.size)
             size = (max(1, round(image.size[0] * scale)), max(1, round(image.size[1] * scale)))
             array = np.asarray(image.resize(size, Image.Resampling.BILINEAR))
     except (UnidentifiedImageError, OSError) as err:
         raise ValueError(f"{path}: not an image Pillow can read ({err})") from None
-    return torch.from_numpy(array.reshape(array.shape[0], array.shape[1], channels).copy()).permute(2, 0, 1)
+    image = torch.from_numpy(array.reshape(array.shape[0], array.shape[1], channels).copy()).permute(2, 0, 1)
+    return image, original
 
 
 def load_segmentation_inputs(specs: Sequence[str], meta: dict[str, Any], data_dir: str | os.PathLike | None = None
-                             ) -> list[tuple[str, torch.Tensor, torch.Tensor | None]]:
-    """(name, uint8 image (C, H, W), ground-truth mask (H0, W0) or None) per spec: an image file, or a segmentation
-    dataset item `DATASET[:SPLIT]:INDEX` (e.g. `fashion_mnist_scenes:test:3`; split defaults to test)."""
+                             ) -> list[tuple[str, torch.Tensor, torch.Tensor | None, tuple[int, int]]]:
+    """(name, uint8 image (C, H, W), ground-truth mask (H0, W0) or None, the source's (H0, W0)) per spec: an image
+    file (resized for the model; H0, W0 its original size), or a segmentation dataset item `DATASET[:SPLIT]:INDEX`
+    (e.g. `fashion_mnist_scenes:test:3`; split defaults to test)."""
     if not specs:
         raise ValueError("no images given: pass image files or items such as fashion_mnist_scenes:test:0")
     out = []
     for spec in specs:
         path = Path(spec)
         if path.is_file():
-            out.append((path.stem, _file_image(path, meta["in_chans"], meta["image_size"]), None))
+            image, original = _file_image(path, meta["in_chans"], meta["image_size"])
+            out.append((path.stem, image, None, original))
         elif (match := _ITEM.match(spec)) is not None and is_segmentation_dataset(match["dataset"]):
             name, split, index = match["dataset"], match["split"] or "test", int(match["index"])
             data = load_segmentation_dataset(name, split, data_dir=data_dir)
             if index >= len(data):
                 raise ValueError(f"{spec}: index {index} out of range, {name} {split} has {len(data)} images")
             image, mask = data[index]
-            out.append((f"{name}_{split}_{index}", image, torch.as_tensor(mask)))
+            mask = torch.as_tensor(mask)
+            out.append((f"{name}_{split}_{index}", image, mask, tuple(mask.shape[-2:])))
         else:
             raise FileNotFoundError(f"{spec}: no such image file, and not a segmentation dataset item "
                                     "DATASET[:SPLIT]:INDEX")
@@ -119,19 +126,21 @@ def _colour(mask: np.ndarray, palette: np.ndarray, ignore_index: int) -> np.ndar
     return rgb
 
 
+@styled
 def plot_predictions(run: SegmentationRun, inputs, out_dir: str | os.PathLike, alpha: float = 0.55,
-                     save_masks: bool = False, dpi: int = 110) -> list[Path]:
-    """One PNG per input, `<out_dir>/<name>_semantic.png`: the image, the predicted classes over it, the ground truth
-    (dataset items), and a legend of the classes present. `save_masks`: also `<name>_classes.png`, the predicted class
-    index per pixel (8-bit)."""
-    from matplotlib.figure import Figure
+                     save_masks: bool = False, dpi: int | None = None, fmt: str = "png") -> list[Path]:
+    """One figure per input, `<out_dir>/<name>_semantic.<fmt>` (png, pdf or svg): the image, the predicted classes
+    over it, the ground truth (dataset items), and a legend of the classes present beside the panels. `save_masks`:
+    also `<name>_classes.png`, the predicted class index per pixel (8-bit) at the input's own resolution."""
     from matplotlib.patches import Patch
     from PIL import Image
 
     meta = run.meta
     palette = np.asarray(meta["palette"], dtype=np.float64) / 255
     paths = []
-    for name, image, truth in inputs:
+    for name, image, truth, original in inputs:
+        figure_path = Path(out_dir) / f"{name}_semantic.{fmt.lstrip('.').lower()}"
+        figure_format(figure_path)
         out_size = tuple(truth.shape) if truth is not None else None
         pred = predict_mask(run, image, out_size).numpy()  # (H0, W0)
         shown = torch.nn.functional.interpolate(image[None].float(), size=pred.shape, mode="bilinear",
@@ -144,15 +153,18 @@ def plot_predictions(run: SegmentationRun, inputs, out_dir: str | os.PathLike, a
             t = truth.numpy().astype(np.int64)
             panels.append(("ground truth", (1 - alpha) * base + alpha * _colour(t, palette, meta["ignore_index"])))
             present |= set(np.unique(t).tolist()) - {meta["ignore_index"]}
-        fig = Figure(figsize=(2.2 * len(panels) + 1.8, 2.4), layout="constrained")
+        fig = new_figure((2.2 * len(panels) + 1.8, 2.4))
         for ax, (title, rgb) in zip(fig.subplots(1, len(panels)), panels):
             ax.imshow(np.clip(rgb, 0, 1), interpolation="nearest")
             ax.set_title(title, fontsize=8)
             ax.axis("off")
         handles = [Patch(color=palette[c], label=meta["classes"][c]) for c in sorted(present)]
-        fig.legend(handles=handles, loc="outside right center", fontsize=7, frameon=False)
+        fig.legend(handles=handles, loc="outside right center", frameon=False)  # beside the panels, off the data
         fig.suptitle(f"{run.label}: {name}", fontsize=8)
-        paths.append(_save(fig, Path(out_dir) / f"{name}_semantic.png", dpi))
+        paths.append(save_figure(fig, figure_path, dpi))
         if save_masks:
-            Image.fromarray(pred.astype(np.uint8)).save(Path(out_dir) / f"{name}_classes.png")
+            classes = Image.fromarray(pred.astype(np.uint8))  # class per pixel at the model's resolution
+            if classes.size != (original[1], original[0]):
+                classes = classes.resize((original[1], original[0]), Image.Resampling.NEAREST)
+            classes.save(Path(out_dir) / f"{name}_classes.png")
     return paths

@@ -1,9 +1,11 @@
 """Pictures of what a model attends to and segments: inputs from image files or dataset items, preprocessed with the
-model's `pretrained_cfg`, and PNG figures (`vitlab attention`, `vitlab segment`).
+model's `pretrained_cfg`, and figures (`vitlab attention`, `vitlab segment`) in vitlab's shared style
+(`vitlab._figures`: PNG at 300 dpi, or PDF / SVG with `fmt`; colour bars where colour encodes a value).
 
 Maps live on the patch grid; for display, attention maps are upsampled bilinearly and scaled to [0, 1] per panel
 (the colour shows where a head looks, the title its peak weight), masks and PCA colours by nearest neighbour.
-matplotlib drives an off-screen `Figure` (Agg), never pyplot's global state.
+matplotlib drives an off-screen `Figure` (Agg), never pyplot's global state. Saved masks (`save_masks`) are mapped
+back to each input image's own resolution (the crop the model saw, resized back; outside it: background).
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from torch import nn
 from ..models import get_blocks
 from .attention import attention_rollout, cls_attention, grid_shape, patch_features, pca_rgb, record_attention
 from .segment import _as_dicts, attention_scores, mass_threshold, maskcut, score_batch, upsample_mask
-from .weights import _save
+from .._figures import figure_format, new_figure, save_figure, styled, value_colorbar
 
 __all__ = ["Inputs", "load_inputs", "plot_attention", "plot_segmentation", "save_mask", "evaluate_mask_files"]
 
@@ -31,15 +33,22 @@ _ITEM = re.compile(r"^(?P<dataset>[a-z0-9_]+):(?:(?P<split>[a-z]+):)?(?P<index>\
 @dataclass
 class Inputs:
     """Model-ready images and what to show: `images` float (B, C, S, S) normalised with the model's mean / std;
-    `display` uint8 (B, S, S, C), the same crop before normalisation; `names` one file-name stem per image."""
+    `display` uint8 (B, S, S, C), the same crop before normalisation; `names` one file-name stem per image;
+    `sources` per image (width, height, crop box (left, top, right, bottom) in its pixels), or None when unknown."""
     images: torch.Tensor
     display: torch.Tensor
     names: list[str]
+    sources: list[tuple[int, int, tuple[float, float, float, float]]] | None = None
 
 
 def _preprocess(image, cfg: dict) -> np.ndarray:
+    return _preprocess_with_box(image, cfg)[0]
+
+
+def _preprocess_with_box(image, cfg: dict) -> tuple[np.ndarray, tuple[int, int, tuple[float, float, float, float]]]:
     """Pillow image → uint8 (S, S, C): resize the short side to S / crop_pct, centre-crop S × S (timm's eval
-    transform) with the cfg's interpolation, in the model's channels (L for 1, RGB for 3)."""
+    transform) with the cfg's interpolation, in the model's channels (L for 1, RGB for 3); also the source's
+    (width, height, crop box)."""
     from PIL import Image
 
     from ..data.decode import center_crop_box
@@ -52,7 +61,7 @@ def _preprocess(image, cfg: dict) -> np.ndarray:
                 "nearest": Image.Resampling.NEAREST}.get(cfg.get("interpolation", "bicubic"), Image.Resampling.BICUBIC)
     box = center_crop_box(*image.size, size, cfg.get("crop_pct", 1.0))
     array = np.asarray(image.resize((size, size), resample, box=box))
-    return array.reshape(size, size, channels)
+    return array.reshape(size, size, channels), (image.size[0], image.size[1], box)
 
 
 def _dataset_item(spec: re.Match, data_dir: str | os.PathLike | None):
@@ -75,29 +84,31 @@ def load_inputs(specs: Sequence[str], cfg: dict, data_dir: str | os.PathLike | N
 
     if not specs:
         raise ValueError("no images given: pass image files or dataset items such as fashion_mnist:test:0")
-    arrays, names = [], []
+    arrays, names, sources = [], [], []
     for spec in specs:
         path = Path(spec)
         if path.is_file():
             try:
                 with Image.open(path) as image:
-                    arrays.append(_preprocess(image, cfg))
+                    array, source = _preprocess_with_box(image, cfg)
             except (UnidentifiedImageError, OSError) as err:
                 raise ValueError(f"{path}: not an image Pillow can read ({err})") from None
-            names.append(path.stem)
+            name = path.stem
         elif (match := _ITEM.match(spec)) is not None:
             image, name = _dataset_item(match, data_dir)
-            arrays.append(_preprocess(image, cfg))
-            names.append(name)
+            array, source = _preprocess_with_box(image, cfg)
         else:
             raise FileNotFoundError(f"{spec}: no such image file, and not a dataset item DATASET[:SPLIT]:INDEX")
+        arrays.append(array)
+        names.append(name)
+        sources.append(source)
     display = torch.from_numpy(np.stack(arrays))  # (B, S, S, C) uint8
     mean = torch.tensor(cfg["mean"], dtype=torch.float32).view(1, -1, 1, 1)
     std = torch.tensor(cfg["std"], dtype=torch.float32).view(1, -1, 1, 1)
     if mean.shape[1] != display.shape[-1]:
         raise ValueError(f"pretrained_cfg mean has {mean.shape[1]} channels, the model takes {display.shape[-1]}")
     images = (display.permute(0, 3, 1, 2).float() / 255 - mean) / std  # (B, C, S, S)
-    return Inputs(images, display, _unique(names))
+    return Inputs(images, display, _unique(names), sources)
 
 
 def _unique(names: list[str]) -> list[str]:
@@ -149,14 +160,18 @@ def _select(n: int, chosen: Sequence[int] | None, what: str) -> list[int]:
     return out
 
 
+_HEAT_LABEL = "attention (÷ panel max)"
+
+
+@styled
 @torch.no_grad()
 def plot_attention(model: nn.Module, inputs: Inputs, out_dir: str | os.PathLike, layers: Sequence[int] | None = None,
-                   heads: Sequence[int] | None = None, pca_layer: int = -1, dpi: int = 110) -> list[Path]:
-    """One PNG per image, `<out_dir>/<name>_attention.png`: the class token's attention for each chosen layer (rows)
-    and head (columns, plus their mean), then the input, the attention rollout and the PCA of the patch tokens of
-    block `pca_layer` as RGB (components fitted over all given images, so colours compare across them)."""
-    from matplotlib.figure import Figure
-
+                   heads: Sequence[int] | None = None, pca_layer: int = -1, dpi: int | None = None,
+                   fmt: str = "png") -> list[Path]:
+    """One figure per image, `<out_dir>/<name>_attention.<fmt>` (png, pdf or svg): the class token's attention for
+    each chosen layer (rows) and head (columns, plus their mean), then the input, the attention rollout and the PCA
+    of the patch tokens of block `pca_layer` as RGB (components fitted over all given images, so colours compare
+    across them). A colour bar reads the heat maps (each scaled to its panel's maximum, written in its title)."""
     grid, prefix = grid_shape(model), model.num_prefix_tokens
     attn = record_attention(model, inputs.images)  # (B, L, H, N, N)
     maps = cls_attention(attn, grid, prefix)  # (B, L, H, h, w)
@@ -168,7 +183,7 @@ def plot_attention(model: nn.Module, inputs: Inputs, out_dir: str | os.PathLike,
     paths = []
     for b, name in enumerate(inputs.names):
         ncols = max(len(cols) + 1, 3)
-        fig = Figure(figsize=(1.25 * ncols, 1.3 * (len(rows) + 1) + 0.4), layout="constrained")
+        fig = new_figure((1.25 * ncols + 0.6, 1.3 * (len(rows) + 1) + 0.4))
         axes = fig.subplots(len(rows) + 1, ncols, squeeze=False)
         for r, layer in enumerate(rows):
             for c, head in enumerate(cols):
@@ -188,30 +203,57 @@ def plot_attention(model: nn.Module, inputs: Inputs, out_dir: str | os.PathLike,
         for c in range(3, ncols):
             last[c].axis("off")
         architecture = getattr(model, "pretrained_cfg", {}).get("architecture", type(model).__name__)
+        value_colorbar(fig, axes, "inferno", 0, 1, _HEAT_LABEL)
         fig.suptitle(f"{architecture}: class-token attention, {name}", fontsize=8)
-        paths.append(_save(fig, Path(out_dir) / f"{name}_attention.png", dpi))
+        paths.append(save_figure(fig, _figure_path(out_dir, f"{name}_attention", fmt), dpi))
     return paths
 
 
-def save_mask(mask: torch.Tensor, path: str | os.PathLike) -> Path:
-    """A boolean (H, W) mask as an 8-bit PNG (255 foreground, 0 background)."""
+def _figure_path(out_dir: str | os.PathLike, stem: str, fmt: str) -> Path:
+    path = Path(out_dir) / f"{stem}.{fmt.lstrip('.').lower()}"
+    figure_format(path)  # an unknown format is an error before anything is drawn
+    return path
+
+
+def to_source_resolution(mask: torch.Tensor, source: tuple[int, int, tuple[float, float, float, float]]
+                         ) -> torch.Tensor:
+    """A boolean (S, S) mask on the model's crop → (height, width) of the source image: the crop box resized by
+    nearest neighbour and pasted at its place; pixels outside the crop are background."""
     from PIL import Image
 
+    width, height, (left, top, right, bottom) = source
+    left, top, right, bottom = (round(v) for v in (left, top, right, bottom))
+    resized = Image.fromarray(mask.numpy().astype(np.uint8) * 255, mode="L").resize(
+        (max(1, right - left), max(1, bottom - top)), Image.Resampling.NEAREST)
+    canvas = Image.new("L", (width, height), 0)
+    canvas.paste(resized, (left, top))
+    return torch.from_numpy(np.asarray(canvas) > 0)  # (height, width)
+
+
+def save_mask(mask: torch.Tensor, path: str | os.PathLike,
+              source: tuple[int, int, tuple[float, float, float, float]] | None = None) -> Path:
+    """A boolean (H, W) mask as an 8-bit PNG (255 foreground, 0 background); with `source` (an `Inputs.sources`
+    entry) at that image's resolution (`to_source_resolution`)."""
+    from PIL import Image
+
+    if source is not None:
+        mask = to_source_resolution(mask, source)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(mask.numpy().astype(np.uint8) * 255, mode="L").save(path)
     return path
 
 
+@styled
 @torch.no_grad()
 def plot_segmentation(model: nn.Module, inputs: Inputs, out_dir: str | os.PathLike, mass: float = 0.6,
                       tau: float = 0.15, num_masks: int = 1, layer: int = -1, save_masks: bool = False,
-                      dpi: int = 110) -> list[Path]:
-    """One PNG per image, `<out_dir>/<name>_segment.png`: the input, the class-token attention (heads averaged) and
-    its mass-thresholded mask, the rollout mask, and MaskCut's masks (one colour each). With `save_masks`, also
-    `<name>_mask_attention.png` and `<name>_mask_maskcut.png` (8-bit, 255 = foreground)."""
-    from matplotlib.figure import Figure
-
+                      dpi: int | None = None, fmt: str = "png") -> list[Path]:
+    """One figure per image, `<out_dir>/<name>_segment.<fmt>`: the input, the class-token attention (heads
+    averaged, with a colour bar) and its mass-thresholded mask, the rollout mask, and MaskCut's masks (one colour
+    each). With `save_masks`, also one 8-bit PNG per mask (255 = foreground) at the input image's own resolution:
+    `<name>_mask_attention.png`, `<name>_mask_rollout.png` and `<name>_mask_maskcut<k>.png` for k = 0 … M − 1 (the
+    masks `save_masks` returns are not in the returned figure list)."""
     grid, prefix = grid_shape(model), model.num_prefix_tokens
     size = inputs.display.shape[1]
     attn = record_attention(model, inputs.images)
@@ -223,7 +265,7 @@ def plot_segmentation(model: nn.Module, inputs: Inputs, out_dir: str | os.PathLi
     colours = np.array([[1.0, 0.2, 0.2], [0.2, 0.6, 1.0], [0.2, 0.9, 0.3], [1.0, 0.8, 0.1], [0.8, 0.3, 1.0]])
     paths = []
     for b, name in enumerate(inputs.names):
-        fig = Figure(figsize=(6.4, 1.6), layout="constrained")
+        fig = new_figure((7.2, 1.75))
         axes = fig.subplots(1, 5)
         base = inputs.display[b].float().numpy() / 255
         base = np.repeat(base, 3, axis=-1) if base.shape[-1] == 1 else base
@@ -235,11 +277,18 @@ def plot_segmentation(model: nn.Module, inputs: Inputs, out_dir: str | os.PathLi
         _show(axes[4], inputs.display[b], f"MaskCut (τ={tau})", rgb=_tint(base, list(cuts[b].numpy()), colours))
         fig.suptitle(f"{getattr(model, 'pretrained_cfg', {}).get('architecture', type(model).__name__)}: "
                      f"unsupervised masks, {name}", fontsize=8)
-        paths.append(_save(fig, Path(out_dir) / f"{name}_segment.png", dpi))
+        value_colorbar(fig, axes[1], "inferno", 0, 1, "÷ max", ticks=(0, 0.5, 1))
+        paths.append(save_figure(fig, _figure_path(out_dir, f"{name}_segment", fmt), dpi))
         if save_masks:
-            save_mask(attention_mask[b], Path(out_dir) / f"{name}_mask_attention.png")
-            save_mask(cuts[b].any(dim=0), Path(out_dir) / f"{name}_mask_maskcut.png")
+            _save_masks(inputs, b, Path(out_dir), {"attention": attention_mask[b], "rollout": rollout_mask[b],
+                                                   **{f"maskcut{k}": cut for k, cut in enumerate(cuts[b])}})
     return paths
+
+
+def _save_masks(inputs: Inputs, b: int, out_dir: Path, masks: dict[str, torch.Tensor]) -> None:
+    source = inputs.sources[b] if inputs.sources is not None else None
+    for kind, mask in masks.items():
+        save_mask(mask, out_dir / f"{inputs.names[b]}_mask_{kind}.png", source)
 
 
 def _tint(base: np.ndarray, masks: list[np.ndarray], colours: np.ndarray) -> np.ndarray:

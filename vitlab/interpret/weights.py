@@ -12,14 +12,14 @@ Figures use a diverging colormap centred at 0 with SYMMETRIC LIMITS PER PANEL by
 [−m, m] with m = max |entry| of the block it shows (written in its title as ±m), because the magnitudes differ by
 orders of magnitude between a default init (std 0.02 weights), a mimetic init and a trained layer; colours then
 show structure, and the numbers in the titles (the mean diagonal over all d entries) compare panels.
-`shared_limits=True` uses one m for the whole figure and draws one colorbar instead.
+A colour bar beside the panels reads −m … +m (each panel's own m); `shared_limits=True` uses one m for the whole
+figure and its colour bar reads in the products' own units.
 
-matplotlib is imported only by the plotting functions and drives an off-screen `Figure` (Agg), never a display
-or pyplot's global state.
+Style and saving are vitlab's shared ones (`vitlab._figures`): the format follows the file name (.png at
+`WEIGHTS_DPI`, a 256-colour palette PNG; .pdf / .svg vector), cropped tight so no title is cut.
 """
 from __future__ import annotations
 
-import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +27,8 @@ from typing import Any, Sequence
 
 import torch
 from torch import nn
+
+from .._figures import save_figure, styled, value_colorbar
 
 from ..init import find_attention_layers
 from ._load import load_model
@@ -36,6 +38,7 @@ __all__ = ["LayerProducts", "weight_products", "format_stats", "plot_weight_prod
 
 _CMAP = "RdBu_r"  # diverging: red positive, blue negative, white 0
 _MAX_ROWS = 12  # default number of layers drawn (evenly spaced, first and last included, when a model has more)
+WEIGHTS_DPI = 200  # heatmap grids: 300 dpi would make a 12-layer figure several MB for no visible gain
 _MAX_HEADS = 6  # default number of heads drawn per layer (the first ones)
 
 
@@ -168,8 +171,11 @@ def _draw_grid(fig, products: Sequence[LayerProducts], layers: list[int], heads:
             image = _draw_panel(ax, block, limit, f"{name}{scale}\ndiag {diag:+.3f}")
         row[0].set_ylabel(f"layer {index}", fontsize=7)
     if shared_limit is not None:
-        fig.colorbar(image, ax=axes, orientation="horizontal", shrink=0.5, aspect=40, pad=0.01).ax.tick_params(
-            labelsize=6)
+        fig.colorbar(image, ax=axes, orientation="horizontal", shrink=0.5, aspect=40, pad=0.01,
+                     label="product entry").ax.tick_params(labelsize=6)
+    else:
+        value_colorbar(fig, axes, _CMAP, -1, 1, "entry / m  (m = ±limit in each panel's title)", ticks=(-1, 0, 1),
+                       ticklabels=("−m", "0", "+m"), orientation="horizontal").ax.tick_params(labelsize=6)
     return axes
 
 
@@ -178,25 +184,12 @@ def _heads_shown(products: Sequence[LayerProducts], max_heads: int | None) -> in
     return n if max_heads is None else max(1, min(n, max_heads))
 
 
-def _save(fig, path: str | os.PathLike, dpi: int) -> Path:
-    """Renders off-screen and writes a 256-colour palette PNG (noise heatmaps compress badly as RGBA: this keeps a
-    12-layer figure well under 300 KB; PIL comes with matplotlib)."""
-    from PIL import Image
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, dpi=dpi, format="png", facecolor="white")
-    buffer.seek(0)
-    with Image.open(buffer) as image:
-        image.convert("RGB").quantize(colors=256).save(path, format="PNG", optimize=True)
-    return path
-
-
+@styled
 def plot_weight_products(products: Sequence[LayerProducts], path: str | os.PathLike, title: str | None = None,
                          layers: Sequence[int] | None = None, max_dim: int = 64, max_heads: int | None = _MAX_HEADS,
-                         shared_limits: bool = False, dpi: int = 90) -> Path:
-    """One PNG: a row per layer (`layers`, default all, or 12 evenly spaced for deeper models), columns = the
+                         shared_limits: bool = False, dpi: int = WEIGHTS_DPI) -> Path:
+    """One figure (PNG, PDF or SVG by `path`'s suffix): a row per layer (`layers`, default all, or 12 evenly
+    spaced for deeper models), columns = the
     W_q⁽ʰ⁾W_k⁽ʰ⁾ᵀ heatmap of each head (the first `max_heads`) + the W_v W_proj heatmap, each showing the top-left
     `max_dim` × `max_dim` block as in the paper's Figure 1. Diverging colormap centred at 0; limits per panel
     (±m in the title) unless `shared_limits`. Returns the path."""
@@ -216,7 +209,7 @@ def plot_weight_products(products: Sequence[LayerProducts], path: str | os.PathL
     d = products[0].dim
     fig.suptitle(f"{title or 'attention weight products'}\n(top-left {min(max_dim, d)}×{min(max_dim, d)} of "
                  f"{d}×{d}; {heads} of {products[0].num_heads} heads)", fontsize=8)
-    return _save(fig, path, dpi)
+    return save_figure(fig, path, dpi, palette=True)
 
 
 def _fresh_model(model_name: str, seed: int, **kwargs) -> nn.Module:
@@ -236,12 +229,15 @@ def init_products(model_name: str, seed: int = 0, **model_kwargs) -> dict[str, l
     return {"default": weight_products(default), "mimetic": weight_products(mimetic)}
 
 
+@styled
 def plot_init_comparison(model_name: str, path: str | os.PathLike, seed: int = 0,
                          layers: Sequence[int] | None = None, max_dim: int = 64, max_heads: int | None = _MAX_HEADS,
-                         dpi: int = 90, title: str | None = None, **model_kwargs) -> dict[str, list[LayerProducts]]:
+                         dpi: int = WEIGHTS_DPI, title: str | None = None,
+                         **model_kwargs) -> dict[str, list[LayerProducts]]:
     """The paper's Figure 1 side by side: the same architecture at its default init (left) and after mimetic init
     (right), rows = `layers` (default first, middle and last), columns = per-head W_q W_kᵀ + W_v W_proj (top-left
-    `max_dim` block, limits per panel). Writes one PNG to `path`; returns the products of both models."""
+    `max_dim` block, limits per panel). Writes one figure to `path` (format by suffix); returns the products of
+    both models."""
     from matplotlib.figure import Figure
 
     products = init_products(model_name, seed, **model_kwargs)
@@ -256,7 +252,7 @@ def plot_init_comparison(model_name: str, path: str | os.PathLike, seed: int = 0
     d = products["default"][0].dim
     fig.suptitle(f"{title or model_name}: $W_qW_k^T$ per head and $W_vW_{{proj}}$ at initialization "
                  f"(top-left {min(max_dim, d)}×{min(max_dim, d)} of {d}×{d})", fontsize=8.5)
-    _save(fig, path, dpi)
+    save_figure(fig, path, dpi, palette=True)
     return products
 
 
