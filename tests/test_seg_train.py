@@ -49,7 +49,7 @@ def test_segment_head_writes_overlays_with_ground_truth(tmp_path, capsys):
     assert written == ["fashion_mnist_scenes_test_3_classes.png", "fashion_mnist_scenes_test_3_semantic.png",
                        "photo_classes.png", "photo_semantic.png"]
     with Image.open(tmp_path / "maps" / "photo_classes.png") as mask:
-        assert mask.size == (90, 64)  # the photo's short side resized to the training size, aspect kept
+        assert mask.size == (70, 50)  # at the photo's own size (the prediction is resized back)
         assert int(np.asarray(mask).max()) <= 10
     with Image.open(tmp_path / "maps" / "fashion_mnist_scenes_test_3_semantic.png") as figure:
         assert figure.size[0] > 2.5 * figure.size[1]  # input, prediction, ground truth and a legend side by side
