@@ -104,6 +104,13 @@ def test_segmentation_run_rebuilds_backbone_and_head(tmp_path):
     assert spec["segmentation"]["head"] == "upernet" and "num_classes" not in spec["kwargs"]
     loaded = _check_rebuilds(run, lambda m: (_image_input(m),))
     assert isinstance(loaded, SegmentationModel)
+    _strip_metadata(run / "best" / "model.safetensors")  # a run from before: config.json + segmentation.json
+    old = vitlab.load(run / "best")
+    fallback = read_spec(run / "best")["segmentation"]
+    assert (fallback["head"], fallback["num_classes"]) == (spec["segmentation"]["head"], spec["segmentation"]["num_classes"])
+    assert fallback["head_kwargs"].items() <= spec["segmentation"]["head_kwargs"].items()  # the config's (channels)
+    x = _image_input(loaded)
+    assert torch.equal(old(x), loaded(x))
 
 
 @needs_fashion
@@ -121,7 +128,11 @@ def test_clip_run_rebuilds_both_towers(tmp_path):
         text = torch.randint(0, model.text.vocab_size, (2, 8), generator=torch.Generator().manual_seed(1))
         return images, text
 
-    _check_rebuilds(run, example)
+    loaded = _check_rebuilds(run, example)
+    _strip_metadata(run / "best" / "model.safetensors")  # a run from before: config.json + the weights' shapes
+    old = vitlab.load(run / "best")
+    _same_weights(loaded, old)
+    assert old.visual.patch_embed.img_hw == loaded.visual.patch_embed.img_hw
 
 
 # -- save_pretrained / from_pretrained over every family ----------------------------------------------------------
