@@ -8,6 +8,7 @@ Canonical names are timm style (`crate_alpha_base_patch16_224`); each image mode
 from __future__ import annotations
 
 import fnmatch
+import os
 import re
 from typing import Any, Callable
 
@@ -119,8 +120,9 @@ def _fit_cfg_to_model(cfg: dict[str, Any], model: nn.Module) -> dict[str, Any]:
     return cfg
 
 
-def create_model(name: str | None = None, pretrained: bool = False, *, pretrained_cfg_overlay: dict[str, Any] | None = None,
-                 checkpoint_path: str | None = None, init: str | None = None,
+def create_model(name: str | None = None, pretrained: bool = False, *,
+                 pretrained_cfg_overlay: dict[str, Any] | None = None,
+                 checkpoint_path: str | os.PathLike | None = None, init: str | None = None,
                  init_kwargs: dict[str, Any] | None = None, features_only: bool = False,
                  out_indices: int | list[int] | tuple[int, ...] | None = None, **kwargs) -> nn.Module:
     """Builds a registered model: `create_model('crate_alpha_b16', num_classes=10, img_size=32)`.
