@@ -8,7 +8,9 @@ from importlib import import_module as _import_module
 __version__ = "0.1.0"
 _EXPORTS = {  # public name -> the submodule that defines it
     "create_model": ".models", "list_models": ".models", "register_model": ".models", "is_model": ".models",
-    "get_pretrained_cfg": ".models", "mimetic_init_": ".init", "norm_matched_init_": ".init",
+    "get_pretrained_cfg": ".models", "load": ".models", "save_pretrained": ".models", "from_pretrained": ".models",
+    "push_to_hub": ".models", "describe_architecture": ".models", "mimetic_init_": ".init",
+    "norm_matched_init_": ".init",
     "UnsupportedAttentionError": ".init", "load_checkpoint": ".convert", "CheckpointMismatchError": ".convert",
     "profile": "._profile", "Profile": "._profile", "count_flops": "._profile",
 }

@@ -15,7 +15,7 @@ from torch import nn
 from .adapt import adapt_state_dict
 from .official import LAYOUTS, detect_layout
 
-__all__ = ["CheckpointMismatchError", "read_weights", "unwrap_state_dict", "convert_state_dict", "load_checkpoint"]
+__all__ = ["CheckpointMismatchError", "resolve_weights_path", "read_weights", "unwrap_state_dict", "convert_state_dict", "load_checkpoint"]
 
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module")
 _PREFIXES = ("module.", "_orig_mod.")
@@ -25,10 +25,33 @@ class CheckpointMismatchError(ValueError):
     """The checkpoint's keys or shapes do not fit the model; the message lists every difference."""
 
 
+_WEIGHTS_FILE = "model.safetensors"
+
+
+def resolve_weights_path(path: str | os.PathLike) -> Path:
+    """The weight file `path` names: the file itself, or a directory's `model.safetensors` (a checkpoint directory
+    such as a run's best/ or last/, or a `save_pretrained` / Hugging Face model directory), or a run directory's
+    best/, else last/ weights. A checkpoint directory's `.old` stage (left by a crash mid-swap) is used when the
+    directory itself is missing."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    for candidate in (path, path / "best", path / "last"):
+        for directory in (candidate, candidate.with_name(candidate.name + ".old")):
+            if (directory / _WEIGHTS_FILE).is_file():
+                return directory / _WEIGHTS_FILE
+    if path.is_dir():
+        raise FileNotFoundError(f"no weights in {path}: expected {_WEIGHTS_FILE} in it (a checkpoint or "
+                                "save_pretrained directory) or in its best/ or last/ (a run directory)")
+    raise FileNotFoundError(f"checkpoint file not found: {path}")
+
+
 def read_weights(path: str | os.PathLike) -> dict:
     """Loads a weight file: `.safetensors`, or a PyTorch pickle (`.pth`, `.pt`, `.pth.tar`, `.bin`, `.t7`) read with
-    `weights_only=True`. Errors name the file."""
+    `weights_only=True`; a directory is resolved by `resolve_weights_path`. Errors name the file."""
     path = Path(path)
+    if path.is_dir():
+        path = resolve_weights_path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file not found: {path}")
     if path.suffix == ".safetensors":
@@ -122,7 +145,9 @@ def load_checkpoint(model: nn.Module, checkpoint: str | os.PathLike | Mapping, l
     report and leaves the model untouched when anything does not fit.
 
     Args:
-        checkpoint: a file path (see `read_weights`) or an already loaded dict / training checkpoint.
+        checkpoint: a file path (see `read_weights`), a directory holding `model.safetensors` (a run's best/ or
+            last/, a `save_pretrained` directory) or a run directory (see `resolve_weights_path`), or an already
+            loaded dict / training checkpoint.
         layout: 'auto' (detected from the keys and shapes), 'vitlab', or one of `vitlab.convert.LAYOUTS`
             ('crate_official', 'crate_alpha_official', 'crate_alpha_clipa_official', 'hf_vit', 'gpt2_hf',
             'nanogpt'). A tied parameter (GPT's

@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import ast
 import json
-import math
 import os
-import re
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
 from torch import nn
 
 __all__ = ["load_model", "parse_model_kwargs", "LanguageModelRunError"]
@@ -30,32 +27,6 @@ def parse_model_kwargs(items: Sequence[str] | None) -> dict[str, Any]:
         except (ValueError, SyntaxError):
             out[key.strip()] = value
     return out
-
-
-def _shape_kwargs(state_dict: dict[str, torch.Tensor], name: str, given: dict[str, Any]) -> dict[str, Any]:
-    """Constructor kwargs (depth, num_classes, in_chans, patch_size, img_size) read off a vitlab/timm-layout state
-    dict, for the keys `given` does not set (a run's model_kwargs win, as in training)."""
-    found: dict[str, Any] = {}
-    blocks = {int(m.group(1)) for k in state_dict if (m := re.match(r"blocks\.(\d+)\.", k))}
-    if blocks:
-        found["depth"] = max(blocks) + 1
-    if "head.weight" in state_dict:
-        found["num_classes"] = state_dict["head.weight"].shape[0]
-    kernel = state_dict.get("patch_embed.proj.weight")  # conv (d, C, p, p) or linear (d, C·p·p) stem
-    patch = given.get("patch_size")
-    if kernel is not None and kernel.ndim == 4:
-        found["in_chans"], patch = kernel.shape[1], patch or kernel.shape[-1]
-        found["patch_size"] = patch
-    elif kernel is not None and kernel.ndim == 2:
-        from ..models import create_model
-
-        patch = patch or create_model(name, **given).patch_embed.patch_size  # the family default
-        found["in_chans"] = kernel.shape[1] // (patch * patch)
-    pos = state_dict.get("pos_embed")  # (1, prefix + grid², d)
-    if pos is not None and patch:
-        grid = math.isqrt(pos.shape[1] - int("cls_token" in state_dict))
-        found["img_size"] = grid * patch
-    return {k: v for k, v in found.items() if k not in given}
 
 
 class LanguageModelRunError(ValueError):
@@ -78,37 +49,49 @@ def _build_and_load(name: str, kwargs: dict[str, Any], weights: Path) -> nn.Modu
     `load_checkpoint` (layout auto: vitlab, timm ViT, official CRATE / CRATE-α)."""
     from ..convert import detect_layout, load_checkpoint, read_weights, unwrap_state_dict
     from ..models import create_model, resolve_model_name
+    from ..models._hub import shape_kwargs
 
     _refuse_language_model(resolve_model_name(name), weights)  # an unknown name fails before the file is read
     state_dict = unwrap_state_dict(read_weights(weights), str(weights))
     if detect_layout(state_dict) == "vitlab":
-        kwargs = {**kwargs, **_shape_kwargs(state_dict, name, kwargs)}
+        kwargs = {**kwargs, **shape_kwargs(state_dict, name, kwargs)}
     return load_checkpoint(create_model(name, **kwargs), state_dict, layout="auto")
 
 
 def load_model(checkpoint: str | os.PathLike, model: str | None = None,
-                        model_kwargs: dict[str, Any] | None = None) -> tuple[nn.Module, str]:
-    """(model with the checkpoint's weights, short label). `checkpoint`: a vitlab run directory, its best/ or last/
-    directory or weights file (the model is rebuilt from the run's config.json), or with `model` any weight file
-    `load_checkpoint` reads (our safetensors / .pth, a timm ViT state dict, official CRATE / CRATE-α)."""
-    from ..train.evaluate import resolve_checkpoint
+               model_kwargs: dict[str, Any] | None = None) -> tuple[nn.Module, str]:
+    """(model with the checkpoint's weights, short label for file names). `checkpoint`: a vitlab run directory, its
+    best/ or last/ directory or weights file, or a `save_pretrained` directory (the model is rebuilt from the
+    weights' own description, or an older run's config.json), or with `model` any weight file `load_checkpoint`
+    reads (our safetensors / .pth, a timm ViT state dict, official CRATE / CRATE-α). The architecture as built,
+    e.g. `vit_tiny_patch4_32(patch_size=7, embed_dim=96)`, is `model.pretrained_cfg['label']` (for titles). A
+    segmentation run gives its backbone."""
+    from ..models import create_model, resolve_model_name
+    from ..models._hub import resolve_source
+    from ..models.segmentation import SegmentationModel
 
     path = Path(checkpoint)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    weights, run_dir = resolve_checkpoint(path)
-    config_file = run_dir / "config.json"
-    label = f"{run_dir.name}_{weights.parent.name}" if config_file.is_file() else weights.stem
-    if model is not None:
+    source = resolve_source(path)
+    weights, run_dir, spec = source.weights, source.run_dir, source.spec
+    label = f"{run_dir.name}_{weights.parent.name}" if run_dir is not None else weights.stem
+    described = spec is not None and (model is None or resolve_model_name(model) == spec["architecture"])
+    if model is not None and not described:
         return _build_and_load(model, dict(model_kwargs or {}), weights), label
-    if not config_file.is_file():
-        raise ValueError(f"{path}: not inside a vitlab run directory (no {config_file}); pass --model NAME (and "
-                         "--model-kwargs key=value ...) to say which architecture the weights belong to")
+    if spec is None:
+        raise ValueError(f"{path}: not inside a vitlab run directory and its weights do not describe their model; "
+                         "pass --model NAME (and --model-kwargs key=value ...) to say which architecture the weights "
+                         "belong to")
+    _refuse_language_model(spec["architecture"], checkpoint)
+    net = create_model(checkpoint_path=weights, **(model_kwargs or {}))
+    if isinstance(net, SegmentationModel):
+        net = net.backbone
+    if run_dir is None:
+        return net, label
     from ..train import config_from_dict
 
-    config = config_from_dict(json.loads(config_file.read_text())["config"])
-    _refuse_language_model(config.model, checkpoint)
-    net = _build_and_load(config.model, {**config.model_kwargs, **(model_kwargs or {})}, weights)
+    config = config_from_dict(json.loads((run_dir / "config.json").read_text())["config"])
     return _with_run_preprocessing(net, config), label
 
 

@@ -3,6 +3,7 @@ one language-model skeleton; all registered with timm semantics."""
 from ._base import ImageTransformer
 from ._contract import TransformerBlocks, get_blocks
 from ._features import FeatureGetterNet, FeatureInfo
+from ._hub import describe_architecture, from_pretrained, load, model_spec, push_to_hub, read_spec, save_pretrained
 from ._layers import resample_position_embedding
 from ._lm_base import CausalLM
 from ._registry import (create_model, get_pretrained_cfg, has_pretrained_weights, is_model, list_models,
@@ -19,4 +20,5 @@ __all__ = ["TransformerBlocks", "get_blocks", "ImageTransformer", "VisionTransfo
            "CrateBlock", "CausalLM", "GPT", "CRATELM", "CRATEAlphaLM", "create_model", "list_models", "register_model",
            "is_model", "resolve_model_name", "get_pretrained_cfg", "has_pretrained_weights",
            "resample_position_embedding", "SegmentationModel", "create_segmentation_model", "CLIP", "TextTransformer",
-           "create_clip_model", "FeatureGetterNet", "FeatureInfo"]
+           "create_clip_model", "FeatureGetterNet", "FeatureInfo", "load", "save_pretrained", "from_pretrained",
+           "push_to_hub", "describe_architecture", "model_spec", "read_spec"]

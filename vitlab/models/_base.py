@@ -24,13 +24,14 @@ import torch
 from torch import nn
 
 from ._contract import run_blocks
+from ._hub import HubMixin
 from ._layers import (CratePatchEmbed, PatchEmbed, drop_path_rates, resample_position_embedding,
                       sincos_2d_position_embedding, to_2tuple)
 
 __all__ = ["ImageTransformer"]
 
 
-class ImageTransformer(nn.Module):
+class ImageTransformer(HubMixin, nn.Module):
     """Args:
         block_fn: `block_fn(index, drop_path) -> nn.Module`, `drop_path` the block's stochastic-depth probability;
             each block maps (B, N, d) → (B, N, d) and has `forward_with_attention(x) -> (x, attn (B, H, N, N))`.

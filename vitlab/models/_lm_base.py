@@ -20,11 +20,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._contract import run_blocks
+from ._hub import HubMixin
 
 __all__ = ["CausalLM"]
 
 
-class CausalLM(nn.Module):
+class CausalLM(HubMixin, nn.Module):
     """Args:
         block_fn: `block_fn(index) -> nn.Module`; each block maps (B, T, d) → (B, T, d) causally and has
             `forward_with_attention(x) -> (x, attn (B, H, T, T))`.

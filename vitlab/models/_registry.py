@@ -8,6 +8,7 @@ Canonical names are timm style (`crate_alpha_base_patch16_224`); each image mode
 from __future__ import annotations
 
 import fnmatch
+import os
 import re
 from typing import Any, Callable
 
@@ -119,8 +120,9 @@ def _fit_cfg_to_model(cfg: dict[str, Any], model: nn.Module) -> dict[str, Any]:
     return cfg
 
 
-def create_model(name: str, pretrained: bool = False, *, pretrained_cfg_overlay: dict[str, Any] | None = None,
-                 checkpoint_path: str | None = None, init: str | None = None,
+def create_model(name: str | None = None, pretrained: bool = False, *,
+                 pretrained_cfg_overlay: dict[str, Any] | None = None,
+                 checkpoint_path: str | os.PathLike | None = None, init: str | None = None,
                  init_kwargs: dict[str, Any] | None = None, features_only: bool = False,
                  out_indices: int | list[int] | tuple[int, ...] | None = None, **kwargs) -> nn.Module:
     """Builds a registered model: `create_model('crate_alpha_b16', num_classes=10, img_size=32)`.
@@ -128,7 +130,11 @@ def create_model(name: str, pretrained: bool = False, *, pretrained_cfg_overlay:
     Args:
         pretrained: load the weights named by the model's pretrained_cfg (downloaded once into the cache).
         pretrained_cfg_overlay: entries that replace those of the registered pretrained_cfg (e.g. `url`, `file`).
-        checkpoint_path: a local weight file (safetensors, or a .pth in our or an official layout) to load.
+        checkpoint_path: a local weight file (safetensors, or a .pth in our or an official layout) to load, or a
+            directory holding `model.safetensors` (a run's best/ or last/, a `save_pretrained` directory) or a run
+            directory. When the file describes its model (vitlab runs and `save_pretrained`; older runs through
+            their config.json), `name` may be omitted and the stored constructor kwargs fill in those not passed;
+            a segmentation run gives its `SegmentationModel` (backbone + head).
         init: None for the family's default initialisation, or 'mimetic' (Trockman & Kolter 2023).
         init_kwargs: keyword arguments for the chosen init, e.g. `dict(alpha_qk=0.7, beta_qk=0.7, seed=0)`.
         features_only: return a feature extractor (`FeatureGetterNet`, image models only) whose forward gives the
@@ -139,7 +145,14 @@ def create_model(name: str, pretrained: bool = False, *, pretrained_cfg_overlay:
     """
     if out_indices is not None and not features_only:
         raise ValueError(f"out_indices={out_indices!r} is only used with features_only=True")
+    segmentation = None
+    if checkpoint_path is not None:
+        name, checkpoint_path, kwargs, segmentation = _from_described_weights(name, checkpoint_path, kwargs)
+    elif name is None:
+        raise TypeError("create_model() needs a model name, or a checkpoint_path whose weights describe their model")
     canonical = resolve_model_name(name)
+    if segmentation is not None and features_only:
+        raise ValueError(f"features_only=True needs an image model; {checkpoint_path} holds a segmentation model")
     cfg = {**_CFGS[canonical], **(pretrained_cfg_overlay or {})}
     if features_only and cfg.get("task") in ("lm", "clip"):
         raise ValueError(f"features_only=True needs an image model; {canonical!r} is a {cfg['task']!r} model")
@@ -148,6 +161,10 @@ def create_model(name: str, pretrained: bool = False, *, pretrained_cfg_overlay:
     except TypeError as err:
         raise TypeError(f"create_model({name!r}): {err}") from None
     model.pretrained_cfg = model.default_cfg = _fit_cfg_to_model({**cfg, "architecture": canonical}, model)
+    model.vitlab_kwargs = dict(kwargs)  # what rebuilds it: saved in self-describing weights (see _hub.model_spec)
+    from ._hub import describe_architecture
+
+    model.pretrained_cfg["label"] = describe_architecture(canonical, kwargs)  # the model as built, for titles
     if init == "mimetic":
         from ..init import mimetic_init_
 
@@ -156,6 +173,11 @@ def create_model(name: str, pretrained: bool = False, *, pretrained_cfg_overlay:
         raise ValueError(f"unknown init {init!r}; expected None or 'mimetic'")
     elif init_kwargs:
         raise ValueError("init_kwargs given without init")
+    if segmentation is not None:
+        from .segmentation import SegmentationModel
+
+        model = SegmentationModel(model, segmentation["num_classes"], segmentation.get("head", "upernet"),
+                                  **(segmentation.get("head_kwargs") or {}))
     if pretrained or checkpoint_path:
         from ._pretrained import load_pretrained
 
@@ -165,3 +187,22 @@ def create_model(name: str, pretrained: bool = False, *, pretrained_cfg_overlay:
 
         return FeatureGetterNet(model, DEFAULT_OUT_INDICES if out_indices is None else out_indices)
     return model
+
+
+def _from_described_weights(name: str | None, checkpoint_path, kwargs: dict[str, Any]):
+    """(name, weights file, kwargs, segmentation entry or None) for `create_model(name, checkpoint_path=...)`: the
+    file's description (see `_hub.resolve_source`) supplies the name when none is given and, when it describes
+    the same architecture, the constructor kwargs the caller did not pass (nested dicts key by key)."""
+    from ._hub import merge_kwargs, resolve_source
+
+    source = resolve_source(checkpoint_path)
+    spec = source.spec
+    if spec is None:
+        if name is None:
+            raise ValueError(f"{checkpoint_path}: the weights do not say which model they belong to (no vitlab "
+                             "metadata, no config.json); pass the model name: create_model(NAME, "
+                             "checkpoint_path=...)")
+        return name, source.weights, kwargs, None
+    if name is not None and resolve_model_name(name) != resolve_model_name(spec["architecture"]):
+        return name, source.weights, kwargs, None  # another architecture: the caller's kwargs only (fine-tuning)
+    return spec["architecture"], source.weights, merge_kwargs(spec["kwargs"], kwargs), spec.get("segmentation")

@@ -30,6 +30,7 @@ from torch import nn
 
 from ._base import ImageTransformer
 from ._constants import IMAGENET_MEAN, IMAGENET_STD
+from ._hub import HubMixin
 from ._registry import create_model, register_model
 from .crate_alpha import CRATEAlpha
 
@@ -113,7 +114,7 @@ class TextTransformer(nn.Module):
         return pooled @ self.text_projection  # (B, embed_dim)
 
 
-class CLIP(nn.Module):
+class CLIP(HubMixin, nn.Module):
     """open_clip's interface: `encode_image(images, normalize=False)`, `encode_text(text, normalize=False)`,
     `forward(images, text) -> (image_features, text_features, logit_scale.exp())` with normalised features."""
 

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._base import ImageTransformer
+from ._hub import HubMixin
 from ._registry import create_model
 
 __all__ = ["SegmentationModel", "LinearHead", "UPerNetHead", "FeaturePyramid", "create_segmentation_model",
@@ -115,7 +116,7 @@ def default_indices(head: str, depth: int) -> list[int]:
     return [depth // 4 - 1, depth // 2 - 1, 3 * depth // 4 - 1, depth - 1]
 
 
-class SegmentationModel(nn.Module):
+class SegmentationModel(HubMixin, nn.Module):
     """backbone (an `ImageTransformer`, its classifier pruned) + head; `forward` maps (B, C, H, W) images to
     (B, K, H, W) logits. Implements the `TransformerBlocks` contract (the backbone's blocks) and the timm methods the
     engine uses (`no_weight_decay`, `group_matcher` for layer-wise lr decay: the head is the last group).
@@ -138,6 +139,8 @@ class SegmentationModel(nn.Module):
             raise TypeError(f"the backbone must be a vitlab image model (ViT, CRATE, CRATE-α), got "
                             f"{type(backbone).__name__}")
         indices = default_indices(head, len(backbone.blocks)) if indices is None else list(indices)
+        self.head_kwargs = {"indices": list(indices), "channels": channels, "pool_scales": list(pool_scales),
+                            "dropout": dropout, "norm_features": norm_features}  # rebuilds it (_hub.model_spec)
         if head == "upernet" and len(indices) != 4:
             raise ValueError(f"the UPerNet head reads 4 blocks, got indices={indices}")
         self.indices = backbone.prune_intermediate_layers(indices, prune_head=True)

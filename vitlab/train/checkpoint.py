@@ -75,8 +75,8 @@ def _write(file: Path, writer: Callable[[], Any]) -> None:
 def _write_all(tmp: Path, weights: dict[str, torch.Tensor], state: dict[str, Any], metadata: dict[str, Any]) -> None:
     """The three files of a checkpoint into `tmp`, each flushed to disk."""
     weights = {k: v.detach().contiguous().cpu() for k, v in weights.items()}
-    _write(tmp / WEIGHTS, lambda: save_file(weights, str(tmp / WEIGHTS), metadata={k: str(v) for k, v in
-                                                                                   metadata.items()}))
+    header = {k: json.dumps(v) if isinstance(v, (dict, list)) else str(v) for k, v in metadata.items()}
+    _write(tmp / WEIGHTS, lambda: save_file(weights, str(tmp / WEIGHTS), metadata=header))
     _write(tmp / STATE, lambda: torch.save(state, tmp / STATE))
     text = json.dumps(strict_json(metadata), indent=1, default=str, allow_nan=False)
     _write(tmp / "meta.json", lambda: (tmp / "meta.json").write_text(text))
@@ -88,7 +88,9 @@ def _write_all(tmp: Path, weights: dict[str, torch.Tensor], state: dict[str, Any
 def save_checkpoint(directory: str | os.PathLike, weights: dict[str, torch.Tensor], state: dict[str, Any],
                     metadata: dict[str, Any] | None = None) -> Path:
     """Atomically replaces `directory` with one holding the weights, the training state and `meta.json`; on any
-    failure the temporary is removed and the previous `directory` stays as it was."""
+    failure the temporary is removed and the previous `directory` stays as it was. `metadata` also goes into the
+    safetensors header: a dict or list value as JSON (e.g. `vitlab_model`, the model description that rebuilds
+    the model, see `vitlab.models._hub`), anything else as its `str`."""
     directory = Path(directory)
     tmp = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
     old = directory.with_name(directory.name + ".old")

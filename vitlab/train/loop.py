@@ -40,6 +40,7 @@ from .._profile import count_flops
 from ..convert import load_checkpoint
 from ..init import mimetic_init_, norm_matched_init_
 from ..models import create_model
+from ..models._hub import METADATA_KEY, model_spec
 from ..models.segmentation import SegmentationModel
 from .checkpoint import (RunDirBusy, RunDirLock, find_checkpoint, load_training_state, move_run_aside,
                          remove_stale_temporaries, save_checkpoint, write_text_atomic)
@@ -402,7 +403,7 @@ class _Run:
                  "augment_rng": rngs, "torch_rng": torch.get_rng_state(), "run": run,
                  "config": json.dumps(config_to_dict(self.config), default=str)}  # checked on resume
         metadata = {"architecture": self.model.pretrained_cfg.get("architecture", self.config.model),
-                    "step": self.state.step, **metrics}
+                    "step": self.state.step, **metrics, METADATA_KEY: model_spec(self.model)}
         if is_best:
             save_checkpoint(self.out_dir / "best", weights, {"run": run}, metadata)
         save_checkpoint(self.out_dir / "last", weights, state, metadata)
