@@ -21,7 +21,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..convert import load_checkpoint
 from ..data.segmentation import is_segmentation_dataset, load_segmentation_dataset
 from ..models import create_model
 from ..models.segmentation import SegmentationModel
@@ -56,10 +55,7 @@ def load_segmentation_run(run: str | os.PathLike) -> SegmentationRun:
         raise ValueError(f"{run_dir} is not a segmentation run (no head in its config.json or no segmentation.json); "
                          "train one with e.g. `vitlab train fashion_scenes_crate_alpha_upernet`")
     meta = json.loads(meta_file.read_text())
-    backbone = create_model(config.model, **{"in_chans": meta["in_chans"], "img_size": meta["image_size"],
-                                             **config.model_kwargs})
-    model = SegmentationModel(backbone, len(meta["classes"]), config.head, **config.head_kwargs)
-    load_checkpoint(model, weights)
+    model = create_model(checkpoint_path=weights)  # backbone + head, described by the weights (or the run's files)
     return SegmentationRun(model.eval(), meta, config.eval_mode, config.eval_stride,
                            f"{run_dir.parent.name}/{run_dir.name} ({weights.parent.name}/)")
 
