@@ -20,13 +20,28 @@ def main(pattern: str = "") -> None:
 
     names = vitlab.list_models(pattern)
     language = [n for n in names if vitlab.get_pretrained_cfg(n).get("task") == "lm"]
-    for name in [n for n in names if n not in language]:
+    clip = [n for n in names if vitlab.get_pretrained_cfg(n).get("task") == "clip" and n != "clip"]
+    for name in [n for n in names if n not in language and n not in clip and n != "clip"]:
         with torch.device("meta"):
             model = vitlab.create_model(name).eval()
         c, h, w = model.pretrained_cfg["input_size"]
         macs = count_flops(model, torch.empty(1, c, h, w, device="meta")) / 2e9
         params = sum(p.numel() for p in model.parameters()) / 1e6
         print(f"| {name} | {short_alias(name)} | {h} | {model.num_classes} | {params:.3f} | {macs:.2f} |")
+    if clip:
+        print("\n| CLIP model | image input | text tokens | params (M): image / text / all | GMACs: image / text |")
+        print("|---|---:|---:|---|---|")
+    for name in clip:
+        with torch.device("meta"):
+            model = vitlab.create_model(name).eval()
+        c, h, w = model.pretrained_cfg["input_size"]
+        length = model.text.context_length
+        image_macs = count_flops(model.visual, torch.empty(1, c, h, w, device="meta")) / 2e9
+        text_macs = count_flops(model.text, torch.zeros(1, length, dtype=torch.long, device="meta")) / 2e9
+        image, text = (sum(p.numel() for p in tower.parameters()) / 1e6 for tower in (model.visual, model.text))
+        total = sum(p.numel() for p in model.parameters()) / 1e6
+        print(f"| {name} | {h} | {length} | {image:.3f} / {text:.3f} / {total:.3f} | {image_macs:.2f} / "
+              f"{text_macs:.2f} |")
     if language:
         print("\n| language model | layers / heads / width | vocabulary | context | params (M) | GMACs per context |")
         print("|---|---|---:|---:|---:|---:|")
