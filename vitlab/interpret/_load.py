@@ -73,6 +73,8 @@ def load_model(checkpoint: str | os.PathLike, model: str | None = None,
     path = Path(checkpoint)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    if model is not None:  # said before any file is read
+        _refuse_language_model(resolve_model_name(model), checkpoint)
     source = resolve_source(path)
     weights, run_dir, spec = source.weights, source.run_dir, source.spec
     label = f"{run_dir.name}_{weights.parent.name}" if run_dir is not None else weights.stem
