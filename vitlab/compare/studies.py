@@ -250,7 +250,7 @@ def clip_fashion() -> Study:
                  metric="accuracy",
                  comparisons=[("CLIP, held-out templates", "classifier"),
                               ("CLIP, held-out templates", "CLIP, training templates")],
-                 budget="3 configurations × 3 seeds × 3 epochs of 60 k images; about 35 min on 2 CPU cores",
+                 budget="3 configurations × 3 seeds × 3 epochs of 60 k images; about 45 min on 2 CPU cores",
                  notes=["Captions are `template.format(class name)` with the 21 templates of vitlab/data/templates/"
                         "photo.txt and the 10 Fashion-MNIST class names, one template drawn per image per step. "
                         "'held-out templates': the last 5 templates caption no training image and are the only "

@@ -507,8 +507,8 @@ class _Run:
         example = self.data.example_input(torch.device("meta"))
         shape = " + ".join(str(tuple(t.shape[1:])) for t in (example if isinstance(example, tuple) else (example,)))
         label = getattr(self.model, "pretrained_cfg", {}).get("label", config.model)
-        print(f"model: {label} {json.dumps(kwargs, default=str)}; "
-              f"{params:,} parameters "
+        described = label if label != config.model else f"{label} {json.dumps(kwargs, default=str)}"
+        print(f"model: {described}; {params:,} parameters "
               f"({sum(p.numel() for p in self.model.parameters() if p.requires_grad):,} trained); input per sample "
               f"{shape}")
         if isinstance(self.data, TrainData) and config_plan(config).train_decode is not None:
