@@ -188,6 +188,7 @@ def test_the_start_up_summary_states_the_decode_size_of_encoded_images(tmp_path,
     train(config)
     out = capsys.readouterr().out
     assert "IMAGES ARE DECODED AT 224 x 224 px (image_size not set" in out
-    assert '"num_classes": 2, "in_chans": 3, "img_size": 224, "patch_size": 16' in out and "input per sample (3, 224, 224)" in out
+    assert ("model: vit_tiny_patch4_32(num_classes=2, img_size=224, patch_size=16, embed_dim=32, "
+            "depth=1, num_heads=2)") in out and "input per sample (3, 224, 224)" in out  # the architecture as built
     assert "batch: 4 global = 1 process(es) x 1 accumulation step(s) x 4 per device" in out
     assert "8 train / 8 eval images" in out and "step 1: first step done" in out
