@@ -23,7 +23,7 @@ from ._locate import DatasetFormatError, MissingFileError
 from ._seg_source import SegmentationDataset
 from ._seg_transform import SegCrop
 from ._sources import IMAGENET_MEAN, IMAGENET_STD
-from .shards import _INDEX_KIND, INDEX_FILE, SHARD_IMAGE_EXTENSIONS, scan_tar_members
+from .shards import _INDEX_KIND, INDEX_FILE, SHARD_IMAGE_EXTENSIONS, ShardFiles, scan_tar_members
 
 __all__ = ["SegmentationShardDataset", "SegShardIndex", "index_segmentation_shard", "write_segmentation_shards",
            "MASK_EXTENSION", "SEGMENTATION_TASK"]
@@ -116,7 +116,7 @@ class SegmentationShardDataset(SegmentationDataset):
             raise DatasetFormatError(f"{name}: no samples in the shards {urls[:3]}{' ...' if len(urls) > 3 else ''}")
         self.shard_sizes = [len(ix) for ix in self.shards]
         self._starts = np.cumsum([0] + self.shard_sizes)  # (S + 1,)
-        self._fds: dict[str, int] = {}  # path → open file descriptor, per process
+        self._files = ShardFiles()
 
     @classmethod
     def from_folder(cls, folder: str | os.PathLike, crop: SegCrop, on_error: str = "raise",
@@ -147,14 +147,7 @@ class SegmentationShardDataset(SegmentationDataset):
                 f"{self.num_classes} classes, {self.crop})")
 
     def _read(self, shard: SegShardIndex, member: np.ndarray) -> bytes:
-        fd = self._fds.get(shard.path)
-        if fd is None:
-            if len(self._fds) >= 64:  # keep few descriptors open per worker
-                for old in self._fds.values():
-                    os.close(old)
-                self._fds.clear()
-            fd = self._fds[shard.path] = os.open(shard.path, os.O_RDONLY)
-        return os.pread(fd, int(member[1]), int(member[0]))
+        return self._files.read(shard.path, int(member[0]), int(member[1]))  # member = (offset, size)
 
     def source(self, index: int) -> tuple[bytes, bytes, str, str]:
         if not 0 <= index < len(self):
@@ -178,16 +171,6 @@ class SegmentationShardDataset(SegmentationDataset):
                                         self.on_error, self.mean, self.std, kept)
         copy.files = self.files
         return copy
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_fds": {}}  # descriptors are per process
-
-    def __del__(self) -> None:
-        for fd in getattr(self, "_fds", {}).values():
-            try:
-                os.close(fd)
-            except OSError:
-                pass
 
 
 def _image_extension(data: bytes) -> str:

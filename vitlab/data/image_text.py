@@ -29,7 +29,7 @@ from ._locate import DatasetFormatError, MissingFileError
 from ._sources import IMAGENET_MEAN, IMAGENET_STD
 from .decode import DecodeCrop
 from .encoded import EncodedImageDataset
-from .shards import SHARD_IMAGE_EXTENSIONS, _sniff_extension, expand_shard_urls, scan_tar_members
+from .shards import SHARD_IMAGE_EXTENSIONS, ShardFiles, _sniff_extension, expand_shard_urls, scan_tar_members
 
 __all__ = ["CsvImageTextDataset", "read_caption_table", "CaptionShardDataset", "CaptionShardIndex",
            "CLASS_CAPTIONED_DATASETS", "index_caption_shard", "caption_shard_urls", "write_caption_shards", "caption_table_to_shards",
@@ -236,7 +236,7 @@ class CaptionShardDataset(EncodedImageDataset):
         self.tokenizer = tokenizer
         self.shard_sizes = [len(ix) for ix in self.shards]
         self._starts = np.cumsum([0] + self.shard_sizes)  # (S + 1,)
-        self._fds: dict[str, int] = {}  # path → open file descriptor, per process
+        self._files = ShardFiles()
 
     def __len__(self) -> int:
         return int(self._starts[-1])
@@ -259,19 +259,9 @@ class CaptionShardDataset(EncodedImageDataset):
         s = int(np.searchsorted(self._starts, index, side="right")) - 1
         return self.shards[s], index - int(self._starts[s])
 
-    def _read(self, path: str, offset: int, size: int) -> bytes:
-        fd = self._fds.get(path)
-        if fd is None:
-            if len(self._fds) >= 64:  # keep few descriptors open per worker
-                for old in self._fds.values():
-                    os.close(old)
-                self._fds.clear()
-            fd = self._fds[path] = os.open(path, os.O_RDONLY)
-        return os.pread(fd, size, offset)
-
     def source(self, index: int) -> tuple[bytes, torch.Tensor, str]:
         shard, row = self._locate(index)
-        data = self._read(shard.path, int(shard.image[row, 0]), int(shard.image[row, 1]))
+        data = self._files.read(shard.path, int(shard.image[row, 0]), int(shard.image[row, 1]))
         tokens = self.tokenizer([shard.captions[row]])[0].long()  # (L,)
         return data, tokens, f"{shard.path}: member {shard.members[row]}"
 
@@ -288,16 +278,6 @@ class CaptionShardDataset(EncodedImageDataset):
                                    self.std, self.name, kept)
         copy.files = self.files
         return copy
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_fds": {}}  # descriptors are per process
-
-    def __del__(self) -> None:
-        for fd in getattr(self, "_fds", {}).values():
-            try:
-                os.close(fd)
-            except OSError:
-                pass
 
 
 # ---------------------------------------------------------------------------------------------------------------

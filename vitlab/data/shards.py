@@ -41,7 +41,7 @@ from ._sources import IMAGENET_MEAN, IMAGENET_STD
 from .decode import DecodeCrop
 from .encoded import EncodedImageDataset
 
-__all__ = ["ShardDataset", "ShardIndex", "write_shards", "expand_shard_urls", "index_shard", "scan_tar_members",
+__all__ = ["ShardDataset", "ShardIndex", "ShardFiles", "write_shards", "expand_shard_urls", "index_shard", "scan_tar_members",
            "TarMember", "buffered_order", "SHARD_IMAGE_EXTENSIONS", "INDEX_FILE"]
 
 SHARD_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
@@ -78,6 +78,38 @@ def _label(ext: str, data: bytes, where: str) -> int:
     except (ValueError, UnicodeDecodeError) as err:
         raise DatasetFormatError(f"{where}: unreadable label ({err}); expected <key>.cls holding a decimal "
                                  "integer or <key>.json with an integer 'label'") from None
+
+
+class ShardFiles:
+    """Reads byte ranges of shard files through a small per-process cache of open descriptors (`os.pread`, no seek
+    state); pickling (DataLoader workers) drops the descriptors, so each process opens its own."""
+
+    MAX_OPEN = 64  # descriptors kept open per process
+
+    def __init__(self):
+        self._fds: dict[str, int] = {}  # path → open file descriptor
+
+    def read(self, path: str, offset: int, size: int) -> bytes:
+        fd = self._fds.get(path)
+        if fd is None:
+            if len(self._fds) >= self.MAX_OPEN:
+                self.close()
+            fd = self._fds[path] = os.open(path, os.O_RDONLY)
+        return os.pread(fd, size, offset)
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._fds.clear()
+
+    def __getstate__(self) -> dict:
+        return {"_fds": {}}  # descriptors are per process
+
+    def __del__(self) -> None:
+        self.close()
 
 
 class TarMember(NamedTuple):
@@ -268,7 +300,7 @@ class ShardDataset(EncodedImageDataset):
         self._labels = labels
         self.shard_sizes = [len(ix) for ix in self.shards]
         self._starts = np.cumsum([0] + self.shard_sizes)  # (S + 1,)
-        self._files: dict[str, int] = {}  # path → open file descriptor, per process
+        self._files = ShardFiles()
 
     @classmethod
     def from_spec(cls, spec: str, base: str | os.PathLike | None, crop: DecodeCrop, on_error: str = "raise",
@@ -312,14 +344,7 @@ class ShardDataset(EncodedImageDataset):
 
     def source(self, index: int) -> tuple[bytes, int, str]:
         shard, row = self._locate(index)
-        fd = self._files.get(shard.path)
-        if fd is None:
-            if len(self._files) >= 64:  # keep few descriptors open per worker
-                for old in self._files.values():
-                    os.close(old)
-                self._files.clear()
-            fd = self._files[shard.path] = os.open(shard.path, os.O_RDONLY)
-        data = os.pread(fd, int(shard.sizes[row]), int(shard.offsets[row]))
+        data = self._files.read(shard.path, int(shard.offsets[row]), int(shard.sizes[row]))
         return data, int(shard.labels[row]), f"{shard.path}: sample {shard.keys[row]!r}"
 
     def subset(self, n: int) -> "ShardDataset":
@@ -335,16 +360,6 @@ class ShardDataset(EncodedImageDataset):
                 break
         return ShardDataset([ix.path for ix in kept], self.crop, self.classes, self.name, self.on_error, self.mean,
                             self.std, kept)
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_files": {}}  # descriptors are per process
-
-    def __del__(self) -> None:
-        for fd in getattr(self, "_files", {}).values():
-            try:
-                os.close(fd)
-            except OSError:
-                pass
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -46,35 +46,23 @@ from .clip_loss import ClipLoss
 from .config import TrainConfig
 from .data import config_plan
 from .distributed import DistInfo, all_reduce_sum
+from .segmentation import SegDeviceTransform
 from .zeroshot import retrieval_recall, zero_shot_classifier
 
 __all__ = ["ClipData", "ClipDeviceTransform", "ZeroShotTask", "build_clip_data", "is_clip_dataset",
-           "CLIP_CLASS_CAPTIONED", "build_clip_tokenizer", "load_run_tokenizer", "CLIP_ASSET"]
+           "build_clip_tokenizer", "load_run_tokenizer", "CLIP_ASSET"]
 
-CLIP_CLASS_CAPTIONED = CLASS_CAPTIONED_DATASETS  # dataset → the labelled images it captions (vitlab.data)
 CLIP_ASSET = "clip.json"  # what `vitlab zeroshot RUN` needs to rebuild the run's preprocessing and tokenizer
 
 
 def is_clip_dataset(name: str) -> bool:
-    return name in CLIP_CLASS_CAPTIONED or is_image_text_dataset(name)
+    return name in CLASS_CAPTIONED_DATASETS or is_image_text_dataset(name)
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return getattr(model, "module", model)
-
-
-class ClipDeviceTransform(nn.Module):
-    """uint8 (B, C, H, W) → normalised float images; in training with `hflip`, a random horizontal flip per image
-    (in-memory data only: encoded data is cropped by its decoder, the one random-crop owner)."""
-
-    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], hflip: bool):
-        super().__init__()
-        self.hflip = hflip
-        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1) * 255)
-        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1) * 255)
-
-    def normalise(self, images: torch.Tensor) -> torch.Tensor:
-        return (images.float() - self.mean) / self.std  # (B, C, H, W)
+class ClipDeviceTransform(SegDeviceTransform):
+    """uint8 (B, C, H, W) → normalised float images (the segmentation transform's normalisation); in training with
+    `hflip`, a random horizontal flip per image (in-memory data only: encoded data is cropped by its decoder, the one
+    random-crop owner)."""
 
     def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         images = self.normalise(images)
@@ -206,19 +194,44 @@ class ClipData:
     @torch.no_grad()
     def evaluate(self, model: nn.Module, info: DistInfo, autocast) -> dict:
         """Whatever the data has: contrastive loss and retrieval recall on image–caption pairs, zero-shot top-1 /
-        top-5 on a labelled split (both summed across ranks)."""
+        top-5 on a labelled split (both summed across ranks). Class-captioned data scores both on one pass over its
+        images (its zero-shot split is its evaluation split)."""
+        classifier = self._zeroshot_classifier(model, info, autocast) if self.zeroshot is not None else None
+        shared = classifier is not None and self.zeroshot.loader is self.eval_pairs
         metrics: dict = {}
         if self.eval_pairs is not None:
-            metrics.update(self._evaluate_pairs(model, info, autocast))
-        if self.zeroshot is not None:
-            metrics.update(self._evaluate_zeroshot(model, info, autocast))
+            metrics.update(self._evaluate_pairs(model, info, autocast, classifier if shared else None))
+        if classifier is not None and not shared:
+            metrics.update(self._evaluate_zeroshot(model, info, autocast, classifier))
         return metrics
 
-    def _evaluate_pairs(self, model: nn.Module, info: DistInfo, autocast) -> dict:
+    def _zeroshot_classifier(self, model: nn.Module, info: DistInfo, autocast) -> torch.Tensor:
+        with autocast:
+            return zero_shot_classifier(_Towers(model), self.zeroshot.class_names, self.zeroshot.templates,
+                                        self.tokenizer, device=info.device)  # (D, K)
+
+    @staticmethod
+    def _zeroshot_hits(image_features: torch.Tensor, labels: torch.Tensor, classifier: torch.Tensor) -> torch.Tensor:
+        """(top-1 hits, top-5 hits, images) of one batch, float64."""
+        logits = F.normalize(image_features.float(), dim=-1) @ classifier  # (B, K)
+        top = logits.topk(min(5, logits.shape[-1]), dim=-1).indices  # (B, 5)
+        hits = top == labels.to(top.device)[:, None]
+        return torch.stack([hits[:, 0].sum().double(), hits.any(-1).sum().double(),
+                            torch.tensor(float(len(labels)), dtype=torch.float64, device=top.device)])
+
+    @staticmethod
+    def _zeroshot_metrics(sums: torch.Tensor, info: DistInfo) -> dict:
+        top1, top5, count = all_reduce_sum(sums, info).tolist()
+        return {"zeroshot_top1": 100 * top1 / count, "zeroshot_top5": 100 * top5 / count}
+
+    def _evaluate_pairs(self, model: nn.Module, info: DistInfo, autocast,
+                        classifier: torch.Tensor | None = None) -> dict:
         """The contrastive loss per evaluation batch (local batches, averaged over images) and, for captioned
-        images, retrieval recall over the whole split; class-captioned data draws held-out captions with seed 0."""
+        images, retrieval recall over the whole split; class-captioned data draws held-out captions with seed 0 and,
+        given the zero-shot `classifier`, is scored zero-shot on the same image features."""
         generator = torch.Generator().manual_seed(0)
         sums = torch.zeros(2, dtype=torch.float64, device=info.device)  # loss · B, B
+        zeroshot = torch.zeros(3, dtype=torch.float64, device=info.device)  # top1, top5, count
         images_seen, texts_seen = [], []
         self.eval_pairs.set_epoch(0)
         for images, second in self.eval_pairs:
@@ -230,11 +243,15 @@ class ClipData:
             loss = _local_clip_loss(image_features, text_features, scale.float())
             sums += torch.stack([loss.double() * len(images), torch.tensor(float(len(images)), dtype=torch.float64,
                                                                              device=info.device)])
+            if classifier is not None:
+                zeroshot += self._zeroshot_hits(image_features, second, classifier)
             if self.eval_caption_table is None:
                 images_seen.append(image_features.cpu())
                 texts_seen.append(text_features.cpu())
         loss_sum, count = all_reduce_sum(sums, info).tolist()
         metrics = {"eval_loss": loss_sum / max(count, 1)}
+        if classifier is not None:
+            metrics.update(self._zeroshot_metrics(zeroshot, info))
         if self.eval_caption_table is None and images_seen:
             image_features, text_features = torch.cat(images_seen), torch.cat(texts_seen)
             if info.enabled:  # every rank's features (evaluation splits are small enough to hold)
@@ -247,24 +264,15 @@ class ClipData:
             metrics["recall_mean"] = sum(recall.values()) / len(recall)
         return metrics
 
-    def _evaluate_zeroshot(self, model: nn.Module, info: DistInfo, autocast) -> dict:
-        task = self.zeroshot
+    def _evaluate_zeroshot(self, model: nn.Module, info: DistInfo, autocast, classifier: torch.Tensor) -> dict:
         towers = _Towers(model)
-        with autocast:
-            classifier = zero_shot_classifier(towers, task.class_names, task.templates, self.tokenizer,
-                                              device=info.device)  # (D, K)
         sums = torch.zeros(3, dtype=torch.float64, device=info.device)  # top1, top5, count
-        task.loader.set_epoch(0)
-        for images, labels in task.loader:
+        self.zeroshot.loader.set_epoch(0)
+        for images, labels in self.zeroshot.loader:
             with autocast:
                 features = towers.encode_image(self.transform.normalise(images))
-            logits = F.normalize(features.float(), dim=-1) @ classifier  # (B, K)
-            top = logits.topk(min(5, logits.shape[-1]), dim=-1).indices  # (B, 5)
-            hits = top == labels.to(top.device)[:, None]
-            sums += torch.stack([hits[:, 0].sum().double(), hits.any(-1).sum().double(),
-                                 torch.tensor(float(len(labels)), dtype=torch.float64, device=info.device)])
-        top1, top5, count = all_reduce_sum(sums, info).tolist()
-        return {"zeroshot_top1": 100 * top1 / count, "zeroshot_top5": 100 * top5 / count}
+            sums += self._zeroshot_hits(features, labels, classifier)
+        return self._zeroshot_metrics(sums, info)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -337,7 +345,7 @@ def build_clip_data(config: TrainConfig, info: DistInfo) -> ClipData:
     per_rank = _per_rank(config, info)
     context = _context_length(config)
     templates = _templates(config)
-    if config.dataset in CLIP_CLASS_CAPTIONED:
+    if config.dataset in CLASS_CAPTIONED_DATASETS:
         return _class_captioned(config, info, per_rank, context, templates)
     return _image_text(config, info, per_rank, context, templates)
 
@@ -349,7 +357,7 @@ def _class_captioned(config, info, per_rank, context, templates) -> ClipData:
         raise ValueError(f"heldout_templates={held}: the templates file has {len(templates)} templates, and at "
                          "least one must remain for training captions")
     train_templates, eval_templates = (templates[:-held], templates[-held:]) if held else (templates, templates)
-    source = CLIP_CLASS_CAPTIONED[config.dataset]
+    source = CLASS_CAPTIONED_DATASETS[config.dataset]
     common = dict(data_dir=config.data_dir, download=config.download and info.is_main, image_size=config.image_size)
     train_set = load_dataset(source, config.train_split, **common).subset(config.train_subset)
     eval_set = load_dataset(source, config.eval_split, **common).subset(config.eval_subset)

@@ -72,13 +72,12 @@ def plan_augmentation(augment: AugmentConfig, encoded: bool, image_size: int | N
 def config_plan(config: TrainConfig) -> AugmentationPlan:
     """`plan_augmentation` for a config, without loading any data (what `build_data` will do). Image–text data
     (`image_text:ROOT`) is encoded; a class-captioned CLIP dataset is placed as the images it captions."""
-    from ..data.image_text import is_image_text_dataset
-    from .clip import CLIP_CLASS_CAPTIONED
+    from ..data.image_text import CLASS_CAPTIONED_DATASETS, is_image_text_dataset
 
     if is_image_text_dataset(config.dataset):
         encoded = True
     else:
-        encoded = not dataset_info(CLIP_CLASS_CAPTIONED.get(config.dataset, config.dataset)).in_memory
+        encoded = not dataset_info(CLASS_CAPTIONED_DATASETS.get(config.dataset, config.dataset)).in_memory
     return plan_augmentation(config.augment, encoded, config.image_size, config.crop_pct)
 
 
