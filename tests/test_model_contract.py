@@ -1,7 +1,9 @@
 """The timm >= 1.0 model contract over the whole registry, at tiny sizes: stochastic depth and head dropout, the
 dynamic_img_size flag and non-square img_size, features_only, default_cfg, list_models(pretrained=True), stem
 channel adaptation at load time, the language models' (logits, loss) and classifier methods, and profile() on
-every family."""
+every family, group_matcher (layer-wise lr decay) and set_grad_checkpointing."""
+import re
+
 import pytest
 import torch
 
@@ -10,6 +12,7 @@ from vitlab.convert import adapt_input_conv
 from vitlab.models import create_model, get_pretrained_cfg, list_models
 from vitlab.models._layers import DropPath, drop_path_rates
 from vitlab.models._registry import _MODELS
+from vitlab.train.optim import layer_ids
 
 TINY = dict(embed_dim=32, depth=2, num_heads=2)
 IMAGE_MODELS = [n for n in list_models() if get_pretrained_cfg(n).get("task") not in ("lm", "clip")]
@@ -256,6 +259,80 @@ def test_profile_every_family(name):
         assert report.input_size == (16,)
 
 
+# -- 8. group_matcher and set_grad_checkpointing ------------------------------------------------------------------
+STEM = ("cls_token", "pos_embed", "patch_embed")
+
+
+def expected_layer(name, depth):
+    """timm's ViT grouping written out by name: the stem is 0, blocks.i is i + 1, the rest (final norm, head) last."""
+    block = re.match(r"blocks\.(\d+)\.", name)
+    return int(block.group(1)) + 1 if block else 0 if name.split(".")[0] in STEM else depth + 1
+
+
+@pytest.mark.parametrize("name", IMAGE_MODELS)
+def test_group_matcher_assigns_every_parameter_one_layer(name):
+    depth = 3
+    model = tiny_image_model(name, depth=depth)
+    names = [n for n, _ in model.named_parameters()]
+    ids = layer_ids(model)  # what layer-wise lr decay uses
+    assert list(ids) == names
+    assert ids == {n: expected_layer(n, depth) for n in names}
+    assert sorted(set(ids.values())) == list(range(depth + 2))  # stem, every block in order, the final group
+    for coarse in (False, True):
+        matcher = model.group_matcher(coarse=coarse)
+        assert list(matcher) == ["stem", "blocks"] and isinstance(matcher["stem"], str)
+        blocks = matcher["blocks"]
+        specs = [(blocks, None)] if isinstance(blocks, str) else blocks  # timm: a regex or (regex, suffix) pairs
+        assert all(isinstance(p, str) and (s is None or isinstance(s, tuple)) for p, s in specs)
+        block_regex = specs[0][0]
+        for n in names:
+            in_stem, in_block = re.match(matcher["stem"], n), re.match(block_regex, n)
+            assert not (in_stem and in_block), n  # never claimed by two groups
+            assert bool(in_stem) == (expected_layer(n, depth) == 0), n
+            assert (int(in_block.group(1)) + 1 if in_block else None) == (
+                expected_layer(n, depth) if n.startswith("blocks.") else None), n
+
+
+def loss_and_grads(model, inputs):
+    model.zero_grad(set_to_none=True)
+    out = model(*inputs)
+    outputs = out if isinstance(out, tuple) else (out,)  # CLIP: (image features, text features, scale)
+    sum(y.float().square().mean() for y in outputs).backward()
+    return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def assert_checkpointing_changes_nothing(model, inputs, blocks):
+    """Training-mode forward and backward with and without `set_grad_checkpointing(True)`: the same outputs and
+    gradients, and every block in `blocks` really recomputed (it runs twice per step)."""
+    calls = [0] * len(blocks)
+    for i, block in enumerate(blocks):
+        block.register_forward_pre_hook(lambda module, args, i=i: calls.__setitem__(i, calls[i] + 1))
+    model.train()
+    out, grads = loss_and_grads(model, inputs)
+    assert calls == [1] * len(blocks)
+    model.set_grad_checkpointing(True)
+    out_ckpt, grads_ckpt = loss_and_grads(model, inputs)
+    assert calls == [3] * len(blocks)  # each block ran again in backward: checkpointing is really on
+    torch.testing.assert_close(out_ckpt, out, rtol=1e-6, atol=1e-7)
+    assert grads.keys() == grads_ckpt.keys() and len(grads) > 10
+    torch.testing.assert_close(grads_ckpt, grads, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", IMAGE_MODELS)
+def test_grad_checkpointing_image_models(name):
+    torch.manual_seed(0)
+    model = tiny_image_model(name, drop_path_rate=0.0, drop_rate=0.0)
+    assert_checkpointing_changes_nothing(model, (images(model),), model.get_blocks())
+
+
+@pytest.mark.parametrize("name", LM_MODELS)
+def test_grad_checkpointing_language_models(name):
+    torch.manual_seed(0)
+    model = create_model(name, dropout=0.0, **TINY_LM)
+    idx = torch.randint(0, 50, (2, 16), generator=torch.Generator().manual_seed(0))
+    assert_checkpointing_changes_nothing(model, (idx,), model.get_blocks())
+
+
 # -- parity with timm itself ------------------------------------------------------------------------------------------
 def test_drop_path_schedule_and_head_drop_equal_timm():
     timm = pytest.importorskip("timm")
@@ -291,3 +368,22 @@ def test_adapt_input_conv_equals_timm():
     kernel = torch.randn(8, 3, 4, 4)
     for in_chans in (1, 2, 4, 7):
         torch.testing.assert_close(adapt_input_conv(in_chans, kernel), timm_adapt(in_chans, kernel.clone()))
+
+
+@pytest.mark.parametrize("name", ["vit_tiny_patch16_224", "crate_tiny_patch16_224", "crate_alpha_tiny_patch16_224"])
+def test_group_matcher_groups_as_timm(name):
+    """timm's own group_parameters on our group_matcher: the ViT's groups equal timm's ViT's, fine and coarse, and
+    every family's equal layer_ids' but for the final norm: its `(99999,)` suffix is timm's MATCH_PREV_GROUP, so timm
+    puts it with the last block (L), where layer_ids, as BEiT and MAE, puts it with the head (L + 1)."""
+    timm = pytest.importorskip("timm")
+    from timm.models import group_parameters
+
+    depth = 3
+    model = create_model(name, depth=depth)
+    expected = {n: depth if n.startswith("norm.") else i for n, i in layer_ids(model).items()}
+    for coarse in (False, True):
+        theirs = group_parameters(model, model.group_matcher(coarse=coarse), reverse=True)
+        assert theirs == expected
+        if name.startswith("vit_"):
+            reference = timm.create_model(name, depth=depth)
+            assert theirs == group_parameters(reference, reference.group_matcher(coarse=coarse), reverse=True)

@@ -251,8 +251,10 @@ class ImageTransformer(HubMixin, nn.Module):
         return take
 
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
-        """timm's parameter grouping (layer-wise lr decay): the stem is layer 0, block i is layer i + 1, the final
-        norm comes last; `coarse` has no effect (each block is one group either way)."""
+        """timm's parameter grouping, timm's ViT's own: the stem is group 0, block i is group i + 1, the final norm
+        joins the last block (`(99999,)` is timm's MATCH_PREV_GROUP) and the unmatched rest (head) comes last;
+        `coarse` has no effect (each block is one group either way). `vitlab.train.optim.layer_ids` reads the stem
+        and block regexes and puts norm and head together after the blocks (BEiT / MAE)."""
         return dict(stem=r"^cls_token|^pos_embed|^patch_embed", blocks=[(r"^blocks\.(\d+)", None),
                                                                          (r"^norm", (99999,))])
 
