@@ -333,6 +333,14 @@ def test_grad_checkpointing_language_models(name):
     assert_checkpointing_changes_nothing(model, (idx,), model.get_blocks())
 
 
+def test_grad_checkpointing_clip_both_towers():
+    torch.manual_seed(0)
+    model = _tiny_registered("clip")
+    text = torch.randint(1, 40, (2, 8), generator=torch.Generator().manual_seed(0))
+    blocks = [*model.visual.get_blocks(), *model.text.transformer.resblocks]
+    assert_checkpointing_changes_nothing(model, (images(model.visual), text), blocks)
+
+
 # -- parity with timm itself ------------------------------------------------------------------------------------------
 def test_drop_path_schedule_and_head_drop_equal_timm():
     timm = pytest.importorskip("timm")

@@ -125,6 +125,13 @@ def test_grad_checkpointing_config_key():
     assert "grad_checkpointing" in _FREE_ON_RESUME  # a run may resume with it switched: results do not change
 
 
+def test_grad_checkpointing_config_key_reaches_both_clip_towers():
+    clip = dict(image_model="vit_tiny_patch4_32", embed_dim=16, image_kwargs=dict(depth=2, embed_dim=32, num_heads=2),
+                text_kwargs=dict(width=32, layers=1, heads=2, vocab_size=40, context_length=8))
+    model = build_model(apply_overrides(TrainConfig(model="clip", model_kwargs=clip), ["grad_checkpointing=true"]))
+    assert model.visual.grad_checkpointing is True and model.text.grad_checkpointing is True
+
+
 def tiny_lm(out_dir: Path, *overrides: str, model: str = "gpt_char_tiny") -> TrainConfig:
     """shakespeare_char_gpt shrunk to about a second: width 32, 2 layers, context 32, batch 8."""
     return apply_overrides(get_preset("shakespeare_char_gpt"), [

@@ -41,13 +41,15 @@ def get_blocks(model: nn.Module, purpose: str = "this vitlab function") -> nn.Mo
     return model.get_blocks()
 
 
-def run_blocks(blocks: nn.ModuleList | nn.Sequential, x: torch.Tensor, checkpointing: bool) -> torch.Tensor:
-    """Runs `x` (B, N, d) through `blocks` in order; with `checkpointing` and autograd on, each block's inner
-    activations are recomputed during backward (torch.utils.checkpoint, non-reentrant) instead of kept."""
+def run_blocks(blocks: nn.ModuleList | nn.Sequential, x: torch.Tensor, checkpointing: bool,
+               **block_kwargs) -> torch.Tensor:
+    """Runs `x` (B, N, d) through `blocks` in order (each called as `block(x, **block_kwargs)`, e.g. a text
+    tower's `mask`); with `checkpointing` and autograd on, each block's inner activations are recomputed during
+    backward (torch.utils.checkpoint, non-reentrant) instead of kept."""
     use_checkpoint = checkpointing and torch.is_grad_enabled()
     for block in blocks:
         if use_checkpoint:
-            x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)  # (B, N, d)
+            x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False, **block_kwargs)  # (B, N, d)
         else:
-            x = block(x)  # (B, N, d)
+            x = block(x, **block_kwargs)  # (B, N, d)
     return x

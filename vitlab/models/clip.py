@@ -30,6 +30,7 @@ from torch import nn
 
 from ._base import ImageTransformer
 from ._constants import IMAGENET_MEAN, IMAGENET_STD
+from ._contract import run_blocks
 from ._hub import HubMixin
 from ._registry import create_model, register_model
 from .crate_alpha import CRATEAlpha
@@ -84,6 +85,7 @@ class TextTransformer(nn.Module):
         self.text_projection = nn.Parameter(torch.empty(width, embed_dim))
         self.register_buffer("attn_mask", torch.full((context_length, context_length), float("-inf")).triu(1),
                              persistent=False)  # (L, L) causal: token i sees j <= i
+        self.grad_checkpointing = False
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -100,14 +102,17 @@ class TextTransformer(nn.Module):
             nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
         nn.init.normal_(self.text_projection, std=width ** -0.5)
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """open_clip's switch: the training forward recomputes each block in backward (identical results)."""
+        self.grad_checkpointing = enable
+
     def forward(self, text: torch.Tensor) -> torch.Tensor:
         B, L = text.shape
         if L > self.context_length:
             raise ValueError(f"text has {L} tokens, the text tower's context_length is {self.context_length}")
         x = self.token_embedding(text) + self.positional_embedding[:L]  # (B, L, w)
         mask = self.attn_mask[:L, :L].to(x.dtype) if self.causal else None
-        for block in self.transformer.resblocks:
-            x = block(x, mask)  # (B, L, w)
+        x = run_blocks(self.transformer.resblocks, x, self.grad_checkpointing, mask=mask)  # (B, L, w)
         x = self.ln_final(x)
         position = text.argmax(dim=-1) if self.pool == "eot" else torch.full((B,), L - 1, device=x.device)
         pooled = x[torch.arange(B, device=x.device), position]  # (B, w) at the end-of-text (or last) token
@@ -151,6 +156,12 @@ class CLIP(HubMixin, nn.Module):
         image_features = self.encode_image(images, normalize=True) if images is not None else None
         text_features = self.encode_text(text, normalize=True) if text is not None else None
         return image_features, text_features, self.scale()
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Gradient checkpointing in both towers (timm's / open_clip's name; `grad_checkpointing=true` in training):
+        each block is recomputed in backward instead of storing its activations, with identical results."""
+        self.visual.set_grad_checkpointing(enable)
+        self.text.set_grad_checkpointing(enable)
 
     def no_weight_decay(self) -> set[str]:
         """open_clip's rule: no decay for 1-D parameters, embeddings, positions and the logit scale; the image
