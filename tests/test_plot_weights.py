@@ -221,6 +221,34 @@ def test_cli_init_comparison(tmp_path, capsys):
     assert_png(tmp_path / "init.png", min_size=(600, 200))
 
 
+def printed_layers(out: str) -> dict[str, list[int]]:
+    """{label: the layer indices of its statistics table} from `vitlab plot-weights` output."""
+    tables, label = {}, None
+    for line in out.splitlines():
+        if line.endswith(":"):
+            label = line[:-1]
+            tables[label] = []
+        elif label is not None and line[:5].strip().isdigit():
+            tables[label].append(int(line[:5]))
+    return tables
+
+
+def test_cli_layers_select_the_table_rows_as_the_figure_rows(tmp_path, capsys):
+    argv = ["plot-weights", "init:vit_tiny_patch4_32", "--out", str(tmp_path / "init.png"), "--layers", "0,-2",
+            "--max-dim", "8", "--model-kwargs", "embed_dim=16", "depth=4", "num_heads=1"]
+    assert main(argv) == 0  # negative indices count from the end, as in the figure
+    assert printed_layers(capsys.readouterr().out) == {"default": [0, 2], "mimetic": [0, 2]}
+    model = vitlab.create_model("vit_tiny_patch4_32", embed_dim=16, depth=4, num_heads=1)
+    torch.save(model.state_dict(), tmp_path / "w.pth")
+    argv = ["plot-weights", str(tmp_path / "w.pth"), "--model", "vit_tiny_patch4_32", "--out", str(tmp_path / "w.png"),
+            "--layers", "3,1", "--max-dim", "8", "--model-kwargs", "embed_dim=16", "num_heads=1"]
+    assert main(argv) == 0
+    assert printed_layers(capsys.readouterr().out) == {"w": [3, 1]}
+    table = format_stats(weight_products(model)).splitlines()  # without layers: every layer
+    assert [int(line[:5]) for line in table[1:]] == [0, 1, 2, 3]
+    assert format_stats(weight_products(model), layers=[-1]).splitlines() == [table[0], table[4]]
+
+
 def test_bad_inputs_give_clear_errors(tmp_path, capsys):
     assert main(["plot-weights", "init:no_such_model"]) == 2
     assert "unknown model 'no_such_model'" in capsys.readouterr().err

@@ -61,7 +61,7 @@ def _plot_weights(args: argparse.Namespace) -> int:
                                      seed=args.seed, title=args.title)
     print(path)
     for label, layer_products in products.items():
-        print(f"{label}:\n{format_stats(layer_products)}")
+        print(f"{label}:\n{format_stats(layer_products, layers=layers)}")  # the figure's rows
     return 0
 
 
@@ -425,7 +425,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-kwargs", nargs="*", default=[], metavar="key=value",
                    help="constructor arguments as Python literals, e.g. img_size=32 num_classes=10")
     p.add_argument("--out", default=None, help="PNG path (default ./weights_<name>.png)")
-    p.add_argument("--layers", default=None, help="comma-separated layer indices, e.g. 0,5,11 (default: all, ≤ 12)")
+    p.add_argument("--layers", default=None, help="comma-separated layer indices, e.g. 0,5,11, for the figure and the "
+                                                  "statistics table (default: the table lists all; the figure draws "
+                                                  "all up to 12, init: first, middle and last)")
     p.add_argument("--max-dim", type=int, default=64, help="show the top-left N×N block of each d×d product")
     p.add_argument("--seed", type=int, default=0, help="seed of the init: comparison")
     p.add_argument("--title", default=None, help="figure title (default: architecture and checkpoint)")

@@ -110,10 +110,13 @@ def weight_products(module: nn.Module, strict: bool = True) -> list[LayerProduct
     return out
 
 
-def format_stats(products: Sequence[LayerProducts], label: str = "") -> str:
-    """One line per layer: mean diagonal of W_q W_kᵀ per head, of W_v W_proj, and the mean off-diagonals."""
+def format_stats(products: Sequence[LayerProducts], label: str = "", layers: Sequence[int] | None = None) -> str:
+    """One line per layer (`layers`, negative from the end, default all): mean diagonal of W_q W_kᵀ per head, of
+    W_v W_proj, and the mean off-diagonals."""
     lines = [f"{label}layer  mean diag(W_q W_k^T) per head  |  mean diag(W_v W_proj)  |  mean off-diag qk / vo"]
-    for i, p in enumerate(products):
+    chosen = range(len(products)) if layers is None else _select_layers(len(products), layers)
+    for i in chosen:
+        p = products[i]
         heads = " ".join(f"{x:+.4f}" for x in p.qk_diag.tolist())
         lines.append(f"{label}{i:5d}  {heads}  |  {p.vo_diag:+.4f}  |  {p.qk_offdiag.mean().item():+.5f} / "
                      f"{p.vo_offdiag:+.5f}")
