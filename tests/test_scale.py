@@ -180,9 +180,11 @@ def torchrun(argv: list[str], out_dir: Path) -> subprocess.CompletedProcess:
 def test_fsdp_language_model_on_two_processes_matches_one_process(tmp_path, model):
     """FSDP2 shards each block of `get_blocks()` (transformer.h) and the root, whose tied wte / lm_head weight is
     one parameter. Every logged loss of FSDP2 and of DDP on 2 gloo processes equals the 1-process run's: the ranks
-    take slices of the same global batches (`TokenWindows`)."""
+    take slices of the same global batches (`TokenWindows`). 129 evaluation windows in batches of 64 give rank 0
+    two batches and rank 1 one: FSDP's all-gathers need both in step (`lockstep`), and the evaluation loss is the
+    1-process one (the extra pass is not counted)."""
     argv = ["shakespeare_char_gpt", f"model={model}", f"data_dir={SHAKESPEARE.parent.parent}", "progress=false",
-            "device=cpu", "steps=6", "warmup_steps=2", "eval_interval=6", "eval_subset=16", "log_every=2",
+            "device=cpu", "steps=6", "warmup_steps=2", "eval_interval=6", "eval_subset=129", "log_every=2",
             "batch_size=8", "block_size=32", "model_kwargs.n_layer=2", "model_kwargs.n_embd=32",
             "model_kwargs.n_head=2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -190,11 +192,14 @@ def test_fsdp_language_model_on_two_processes_matches_one_process(tmp_path, mode
                          capture_output=True, text=True, env=env, timeout=300)
     assert one.returncode == 0, one.stderr[-3000:]
     losses = {"one": train_losses(tmp_path / "one")}
+    eval_loss = lambda run: [r["eval_loss"] for r in map(json.loads, (tmp_path / run / "metrics.jsonl").read_text()
+                                                         .splitlines()) if "eval_loss" in r]  # noqa: E731
     for strategy in ("ddp", "fsdp"):
         run = torchrun([*argv, f"distributed={strategy}"], tmp_path / strategy)
         assert run.stdout.count("val loss") == 1  # only rank 0 reports
         losses[strategy] = train_losses(tmp_path / strategy)
         assert (tmp_path / strategy / "last" / "model.safetensors").is_file()
+        assert eval_loss(strategy) == pytest.approx(eval_loss("one"), rel=1e-4) and len(eval_loss("one")) == 1
     assert len(losses["one"]) == 3 and losses["one"][-1] < losses["one"][0]
     assert losses["fsdp"] == pytest.approx(losses["one"], rel=1e-4, abs=1e-5)
     assert losses["ddp"] == pytest.approx(losses["one"], rel=1e-4, abs=1e-5)

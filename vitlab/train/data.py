@@ -23,7 +23,7 @@ from ..data.augment import AugmentConfig, DeviceAugment
 from ..data.segmentation import SEGMENTATION_DATASETS, is_segmentation_dataset
 from ..data.loader import DeviceLoader, EncodedLoader
 from .config import TrainConfig
-from .distributed import DistInfo, all_reduce_sum
+from .distributed import DistInfo, all_reduce_sum, eval_batch_size, lockstep
 
 __all__ = ["TrainData", "build_data", "AugmentationPlan", "plan_augmentation", "soft_cross_entropy"]
 
@@ -127,9 +127,11 @@ class TrainData:
         """Loss, top-1 and top-5 (%) over the whole evaluation split (summed across ranks)."""
         sums = torch.zeros(4, dtype=torch.float64, device=info.device)  # loss, top1, top5, count
         self.eval.set_epoch(0)
-        for images, labels in self.eval:
+        for (images, labels), counted in lockstep(self.eval, len(self.eval), info):
             with autocast:
                 logits = model(self.augment.eval_transform(images)).float()  # (B, classes)
+            if not counted:  # a pass that keeps FSDP's ranks in step (lockstep)
+                continue
             top5 = logits.topk(min(5, logits.shape[-1]), dim=-1).indices  # (B, 5)
             hits = top5 == labels[:, None]
             sums += torch.stack([F.cross_entropy(logits, labels, reduction="sum").double(),
@@ -192,7 +194,8 @@ def build_data(config: TrainConfig, info: DistInfo):
     augment = DeviceAugment(plan.device, mean=train_set.mean, std=train_set.std,
                             num_classes=train_set.num_classes).to(info.device)
     return TrainData(train=_loader(train_set, per_rank, True, config, info),
-                     eval=_loader(eval_set, max(per_rank, 256), False, config, info), augment=augment,
+                     eval=_loader(eval_set, eval_batch_size(len(eval_set), per_rank, info), False, config, info),
+                     augment=augment,
                      num_classes=train_set.num_classes, in_chans=train_set.in_chans,
                      image_size=train_set.image_size, train_size=len(train_set), eval_size=len(eval_set),
                      files=files)

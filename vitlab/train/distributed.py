@@ -4,7 +4,9 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -12,7 +14,7 @@ from torch import nn
 
 from ..models import get_blocks
 
-__all__ = ["sync_batchnorm", "DistInfo", "setup_distributed", "teardown_distributed", "wrap_model", "all_reduce_sum",
+__all__ = ["sync_batchnorm", "DistInfo", "setup_distributed", "teardown_distributed", "wrap_model", "all_reduce_sum", "eval_batch_size", "lockstep",
            "StopSignals", "STOP_SIGNALS"]
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # preemption; SLURM's --signal
@@ -89,6 +91,34 @@ def all_reduce_sum(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
     if info.enabled:
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
     return values
+
+
+def eval_batch_size(num_samples: int, per_rank: int, info: DistInfo) -> int:
+    """Evaluation batch per rank: at least the training one and 256, but no more than an even share of the split,
+    so that every rank gets a batch (see `lockstep`)."""
+    return max(1, min(max(per_rank, 256), -(-num_samples // info.world_size)))
+
+
+def lockstep(batches: Iterable, count: int, info: DistInfo) -> Iterator[tuple[Any, bool]]:
+    """(batch, counted) over this rank's `count` evaluation batches, then its last batch again with counted=False
+    until this rank has made as many forward passes as the rank with the most. Ranks' shares of an evaluation split
+    differ by up to one batch; under FSDP every forward all-gathers the parameters from all ranks, so a rank that
+    stopped early would leave the others waiting forever. One all-reduce; nothing changes on a single process."""
+    if not info.enabled:
+        yield from ((batch, True) for batch in batches)
+        return
+    most = torch.tensor([count], dtype=torch.int64, device=info.device)
+    dist.all_reduce(most, op=dist.ReduceOp.MAX)
+    last, done = None, 0
+    for batch in batches:
+        last, done = batch, done + 1
+        yield batch, True
+    if done < most.item() and last is None:
+        raise RuntimeError(f"rank {info.rank} has no evaluation batch while another rank has {most.item()}: the "
+                           f"evaluation split is too small to give each of the {info.world_size} processes a batch; "
+                           "use a larger eval_subset (0: all) or fewer processes")
+    for _ in range(most.item() - done):
+        yield last, False
 
 
 class StopSignals:

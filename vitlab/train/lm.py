@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import TrainConfig
-from .distributed import DistInfo, all_reduce_sum
+from .distributed import DistInfo, all_reduce_sum, lockstep
 
 __all__ = ["LMData", "TokenWindows", "build_lm_data", "is_text_dataset"]
 
@@ -140,11 +140,14 @@ class LMData:
         """Mean next-token loss (nats) over the evaluation windows, perplexity, and bits per token."""
         mine = np.arange(info.rank, self.eval_windows, info.world_size) * self.block_size  # window starts
         sums = torch.zeros(2, dtype=torch.float64, device=info.device)  # loss sum, tokens
-        for i in range(0, len(mine), self.eval_batch_size):
+        starts = range(0, len(mine), self.eval_batch_size)
+        for i, counted in lockstep(starts, len(starts), info):
             x, y = _windows(self.eval_tokens, self.eval_tensor, mine[i:i + self.eval_batch_size], self.block_size,
                             info.device)
             with autocast:
                 logits = model(x).float()  # (B, T, V)
+            if not counted:  # a pass that keeps FSDP's ranks in step (lockstep)
+                continue
             loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum")
             sums += torch.stack([loss.double(), torch.tensor(float(y.numel()), dtype=torch.float64,
                                                              device=info.device)])

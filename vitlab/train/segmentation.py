@@ -27,7 +27,7 @@ from ..data.loader import DeviceLoader, EncodedLoader
 from ..data.segmentation import SegCrop, load_segmentation_dataset
 from .checkpoint import write_text_atomic
 from .config import TrainConfig
-from .distributed import DistInfo, all_reduce_sum
+from .distributed import DistInfo, all_reduce_sum, eval_batch_size, lockstep
 from .seg_eval import ConfusionMatrix, predict_logits, segmentation_metrics
 
 __all__ = ["SegData", "SegDeviceTransform", "build_segmentation_data"]
@@ -114,12 +114,14 @@ class SegData:
         confusion = ConfusionMatrix(self.num_classes, self.ignore_index, device=info.device)
         loss_sum = torch.zeros(2, dtype=torch.float64, device=info.device)  # loss, pixels
         self.eval.set_epoch(0)
-        for images, masks in self.eval:
+        for (images, masks), counted in lockstep(self.eval, len(self.eval), info):
             masks = masks.long()  # (B, H0, W0)
             with autocast:
                 logits = predict_logits(model, self.transform.normalise(images), mode=self.eval_mode,
                                         num_classes=self.num_classes, crop_size=self.image_size,
                                         stride=self.eval_stride, out_size=tuple(masks.shape[-2:])).float()
+            if not counted:  # a pass that keeps FSDP's ranks in step (lockstep)
+                continue
             valid = (masks != self.ignore_index).sum()
             loss_sum += torch.stack([F.cross_entropy(logits, masks, ignore_index=self.ignore_index,
                                                      reduction="sum").double(), valid.double()])
@@ -169,8 +171,8 @@ def build_segmentation_data(config: TrainConfig, info: DistInfo) -> SegData:
     if in_memory:
         train = DeviceLoader(train_set.images, train_set.masks, batch_size=per_rank, shuffle=True, drop_last=True,
                              seed=config.seed, **common_loader)
-        evaluation = DeviceLoader(eval_set.images, eval_set.masks, batch_size=max(per_rank, 256), shuffle=False,
-                                  drop_last=False, seed=0, **common_loader)
+        evaluation = DeviceLoader(eval_set.images, eval_set.masks, shuffle=False, drop_last=False, seed=0,
+                                  batch_size=eval_batch_size(len(eval_set), per_rank, info), **common_loader)
         image_size = train_set.image_size
     else:
         train = EncodedLoader(train_set, per_rank, shuffle=True, drop_last=True, seed=config.seed,
