@@ -81,18 +81,16 @@ def test_segmentation_report_scores_trained_and_untrained_models_and_caches(tmp_
     import vitlab.compare.segmentation as segmentation
     from vitlab.interpret import evaluate_fashion_mnist, load_model
 
-    monkeypatch.setattr(segmentation, "_TEST_IMAGES", 48)
-    monkeypatch.setattr(segmentation, "_SELECT_IMAGES", 16)
     monkeypatch.setenv("VITLAB_DATA", str(FASHION.parent))
     base = dataclasses.replace(get_preset("fashion_mnist_vit"), data_dir=str(FASHION), train_subset=128,
-                               eval_subset=64, batch_size=64, epochs=1, eval_every=1,
+                               eval_subset=48, batch_size=64, epochs=1, eval_every=1,
                                model_kwargs=dict(patch_size=4, embed_dim=16, depth=2, num_heads=2))
     study = Study("seg", "tiny segmentation", [Cell("r", "ViT", base),
                                                Cell("r", "CRATE", dataclasses.replace(base, model="crate_tiny_patch4_32"))],
                   seeds=[0, 1], comparisons=[("CRATE", "ViT")], report=segmentation.segmentation_report)
     monkeypatch.setitem(STUDIES, "seg", lambda: study)
     page = compare(["seg"], root=str(tmp_path / "runs"), figures=str(tmp_path / "figures"))
-    assert "over 48 test images" in page and "| ViT | CRATE | ViT untrained | CRATE untrained |" in page
+    assert "over 48 test images" in page  # the cells' eval_subset; the best head is chosen on train_subset=128 and "| ViT | CRATE | ViT untrained | CRATE untrained |" in page
     for row in ("class-token attention, heads averaged", "attention rollout", "MaskCut (last-block keys)",
                 "| CRATE − ViT |", "| CRATE − CRATE untrained |", "every pixel foreground",
                 "mean training silhouette"):
@@ -104,6 +102,7 @@ def test_segmentation_report_scores_trained_and_untrained_models_and_caches(tmp_
     fresh = evaluate_fashion_mnist(load_model(run)[0], "test", limit=48)
     assert cached["maskcut"] == fresh["maskcut"] and cached["attention"] == fresh["attention"]
     assert cached["best_head"]["head"] in (0, 1)
+    assert cached["scored_images"] == {"test_images": 48, "select_images": 128}
     assert cached["best_head"]["miou"] == fresh["attention_head"][cached["best_head"]["head"]]["miou"]
     # scores are cached: a second report evaluates nothing
     monkeypatch.setattr(segmentation, "_scores", lambda *a, **k: pytest.fail("re-scored a cached run"))

@@ -17,7 +17,6 @@ from .runner import Study, confidence_interval
 __all__ = ["segmentation_report", "segmentation_figures", "run_scores"]
 
 _SELECT_IMAGES = 2000  # training images the best head is chosen on (never the test split)
-_TEST_IMAGES = 0  # test images scored (0: the whole split; tests use fewer)
 _METHOD_NAMES = {"attention": "class-token attention, heads averaged", "best_head": "class-token attention, one head "
                  "(chosen on 2 k training images)", "rollout": "attention rollout", "maskcut": "MaskCut (last-block keys)"}
 
@@ -28,14 +27,25 @@ def _scores(model, split: str, limit: int = 0) -> dict[str, Any]:
     return evaluate_fashion_mnist(model, split, limit=limit)
 
 
-def run_scores(model, cache: Path) -> dict[str, Any]:
-    """Test-split scores of every method plus the best head chosen on training images; cached in `cache`."""
+def scored_images(config) -> dict[str, int]:
+    """How many images a study's runs are scored on: the first `eval_subset` test images (0: all 10 k) and at most
+    `_SELECT_IMAGES` training images (fewer with `train_subset`) to choose the best head on, so that overrides that
+    shorten the runs (`vitlab compare emergent_segmentation eval_subset=500`) shorten the scoring too."""
+    select = min(_SELECT_IMAGES, config.train_subset) if config.train_subset else _SELECT_IMAGES
+    return {"test_images": config.eval_subset, "select_images": select}
+
+
+def run_scores(model, cache: Path, images: dict[str, int]) -> dict[str, Any]:
+    """Test-split scores of every method plus the best head chosen on training images, on `scored_images`;
+    cached in `cache` (recomputed when the image counts differ; caches without counts used the full defaults)."""
     if cache.is_file():
-        return json.loads(cache.read_text())
-    test = _scores(model, "test", limit=_TEST_IMAGES)
-    select = _scores(model, "train", limit=_SELECT_IMAGES)["attention_head"]
+        cached = json.loads(cache.read_text())
+        if cached.get("scored_images", {"test_images": 0, "select_images": 2000}) == images:
+            return cached
+    test = _scores(model, "test", limit=images["test_images"])
+    select = _scores(model, "train", limit=images["select_images"])["attention_head"]
     best = max(range(len(select)), key=lambda h: select[h]["miou"])
-    result = {**test, "best_head": {**test["attention_head"][best], "head": best}}
+    result = {**test, "best_head": {**test["attention_head"][best], "head": best}, "scored_images": images}
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps(result))
     return result
@@ -59,12 +69,13 @@ def _cell(values: list[float]) -> str:
     return f"{statistics.fmean(values):.1f} ± {statistics.stdev(values):.1f} [{low:.1f}, {high:.1f}]"
 
 
-def _baselines() -> list[str]:
-    """Label-free references: every pixel foreground, and the mean training silhouette thresholded at ½."""
+def _baselines(test_images: int) -> list[str]:
+    """Label-free references on the first `test_images` test images (0: all): every pixel foreground, and the mean
+    training silhouette thresholded at ½."""
     from ..data import load_dataset
     from ..interpret.segment import SegmentationScores, fashion_mnist_foreground
 
-    test = load_dataset("fashion_mnist", "test").images[:_TEST_IMAGES or None]
+    test = load_dataset("fashion_mnist", "test").images[:test_images or None]
     test = fashion_mnist_foreground(test)  # (N, 28, 28)
     train = fashion_mnist_foreground(load_dataset("fashion_mnist", "train").images)
     prior = train.float().mean(dim=0) > 0.5  # (28, 28)
@@ -81,15 +92,21 @@ def segmentation_report(study: Study, records: list[dict[str, Any]], root: Path,
 
     cols = list(dict.fromkeys(c.col for c in study.cells))
     configs = {c.col: c.config for c in study.cells}
+    images = {scored_images(config)["test_images"] for config in configs.values()}
+    if len(images) > 1:
+        raise ValueError(f"{study.name}: the cells are scored on different numbers of test images {sorted(images)} "
+                         "(eval_subset differs between them); give every cell the same eval_subset")
+    images = scored_images(next(iter(configs.values())))
     trained: dict[tuple[str, int], dict] = {}
     for r in records:
         run = Path(r["run_dir"])
-        trained[r["col"], r["seed"]] = run_scores(load_model(run)[0], run / "segmentation.json")
+        trained[r["col"], r["seed"]] = run_scores(load_model(run)[0], run / "segmentation.json", images)
     untrained = {(col, seed): run_scores(_untrained(configs[col], seed),
-                                         root / study.name / "untrained" / f"{col}_seed{seed}.json")
+                                         root / study.name / "untrained" / f"{col}_seed{seed}.json", images)
                  for col in cols for seed in study.seeds}
+    count = images["test_images"] or "all 10 k"
     lines = ["#### Unsupervised foreground masks vs Fashion-MNIST silhouettes", "",
-             f"Test-split mIoU (%, mean of background and foreground IoU over {_TEST_IMAGES or 'all 10 k'} test "
+             f"Test-split mIoU (%, mean of background and foreground IoU over {count} test "
              "images), mean ± std "
              f"[95% CI] over seeds {study.seeds}; masks keep 60% of the attention mass (DINO), MaskCut τ = 0.15:", "",
              "| method | " + " | ".join(cols) + " | " + " | ".join(f"{c} untrained" for c in cols) + " |",
@@ -115,7 +132,7 @@ def segmentation_report(study: Study, records: list[dict[str, Any]], root: Path,
     lines += ["", "Heads chosen on the training images (per seed): " +
               "; ".join(f"{col} {heads[col]}" for col in cols) + ".", "",
               "Label-free references on the same test images:", "", "| reference | mIoU | foreground IoU | "
-              "per-image Jaccard |", "|---|---:|---:|---:|", *_baselines()]
+              "per-image Jaccard |", "|---|---:|---:|---:|", *_baselines(images["test_images"])]
     figure = _example_figure({col: load_model(Path(next(r["run_dir"] for r in records if r["col"] == col
                                                         and r["seed"] == study.seeds[0])))[0] for col in cols},
                              figures / f"{study.name}_examples.png")
