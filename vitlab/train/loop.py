@@ -366,7 +366,8 @@ class _Run:
                    if k not in _FREE_ON_RESUME and json.dumps(saved.get(k), default=str) != json.dumps(current[k], default=str)]
         if changed:
             raise ValueError(f"{self.out_dir} holds a run started with another config ({'; '.join(changed)}); resume "
-                             "it unchanged, or start a new run with out_dir=...")
+                             "it unchanged, start a new run with out_dir=..., or restart this one with resume=false (the "
+                             "old run is moved aside, not deleted)")
 
     def _last_good(self) -> str:
         """Where the last good checkpoint is, or that there is none: a message names only what exists."""
