@@ -211,10 +211,16 @@ def start_workers(names, copies: int, data: dict, batch: int):
             parent, child = context.Pipe()
             process = context.Process(target=worker, args=(name, data["files"], data["shards"], batch, child))
             process.start()
+            child.close()  # only the worker holds its end: a worker that dies makes recv() raise at once, not hang
             workers.append((name, process, parent))
     setup = {}
-    for name, _, conn in workers:
-        setup[name] = conn.recv()
+    for name, process, conn in workers:
+        try:
+            setup[name] = conn.recv()
+        except EOFError:
+            process.join()
+            raise SystemExit(f"the {name} worker died while starting (exit code {process.exitcode}); its traceback "
+                             "is above") from None
     return workers, setup
 
 
@@ -403,6 +409,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-ablation", action="store_true")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
+    if not 1 <= args.batch <= args.images:
+        parser.error(f"--batch {args.batch} must be between 1 and --images {args.images} (each pipeline warms up "
+                     "on one batch of the files)")
     for key, value in MALLOC_ENV.items():
         os.environ.setdefault(key, value)  # inherited by the spawned pipeline processes
     with tempfile.TemporaryDirectory() as tmp:
