@@ -197,3 +197,27 @@ def test_registry():
         vitlab.create_model("vit_t16", depth=1, init="xavier")
     with pytest.raises(ValueError, match="register"):
         vitlab.register_model(lambda: None, name="vit_tiny_patch16_224")
+
+
+def test_crate_ista_step_is_one_token_gemm_with_the_three_gemm_values_and_gradients():
+    """CRATE eq. 11 is computed as h + h·K with K = η(D − DᵀD) formed once per forward; it must equal the direct
+    three-product form h + η(h D − (h Dᵀ) D) − ηλ under ReLU, in value and in both gradients (float64)."""
+    import torch.nn.functional as F
+
+    from vitlab.models._layers import SparseCoding, init_dictionary_
+
+    torch.manual_seed(0)
+    layer = SparseCoding(48, ista_step_size=0.1, ista_lambda=0.1).double()
+    init_dictionary_(layer.D, fan_in=48)
+    h = torch.randn(3, 17, 48, dtype=torch.float64, requires_grad=True)
+    D = layer.D
+    direct = F.relu(h + 0.1 * (h @ D - (h @ D.t()) @ D) - 0.1 * 0.1)  # (3, 17, 48)
+    fused = layer(h)
+    torch.testing.assert_close(fused, direct, rtol=0, atol=1e-12)
+    assert 0.2 < (fused > 0).double().mean() < 0.8  # the ReLU is active on part of the codes: a real test
+    g = torch.randn_like(direct)
+    for a, b in zip(torch.autograd.grad((fused * g).sum(), (h, D)), torch.autograd.grad((direct * g).sum(), (h, D))):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    with torch.autocast("cpu", torch.bfloat16):  # bf16 GEMM, the identity term added outside it
+        low = layer.float()(h.detach().float())
+    torch.testing.assert_close(low.float(), direct.detach().float(), rtol=0.02, atol=0.02)
