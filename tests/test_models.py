@@ -218,6 +218,8 @@ def test_crate_ista_step_is_one_token_gemm_with_the_three_gemm_values_and_gradie
     g = torch.randn_like(direct)
     for a, b in zip(torch.autograd.grad((fused * g).sum(), (h, D)), torch.autograd.grad((direct * g).sum(), (h, D))):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    few = h.detach()[:1, :5]  # 5 tokens <= d / 2: the direct form, the same values
+    torch.testing.assert_close(layer(few), direct.detach()[:1, :5], rtol=0, atol=1e-12)
     with torch.autocast("cpu", torch.bfloat16):  # bf16 GEMM, the identity term added outside it
         low = layer.float()(h.detach().float())
     torch.testing.assert_close(low.float(), direct.detach().float(), rtol=0.02, atol=0.02)

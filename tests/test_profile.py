@@ -11,9 +11,10 @@ def analytic_macs(kind: str, d: int, depth: int, patch: int, img: int, classes: 
     stem = (n - 1) * 3 * patch * patch * d
     attention_scores = 2 * n * n * d  # q kᵀ and attn · v
     per_token = {"vit": 12 * d * d,  # qkv 3d², proj d², MLP 8d²
-                 "crate": 5 * d * d,  # U d², out d², ISTA h D, h Dᵀ, (h Dᵀ) D: 3d² (the patch Linear = conv)
+                 "crate": 3 * d * d,  # U d², out d², ISTA as one GEMM h (I + K): d² (the patch Linear = conv)
                  "crate_alpha": 18 * d * d}[kind]  # U d², out d², ODL 16d² (crate.md: 16d² MACs per token)
-    return stem + depth * (n * per_token + attention_scores) + d * classes
+    per_block = d ** 3 if kind == "crate" else 0  # K = η(D − DᵀD): DᵀD once per forward (n = 65 > d / 2 tokens)
+    return stem + depth * (n * per_token + attention_scores + per_block) + d * classes
 
 
 @pytest.mark.parametrize("name, kind", [("vit_tiny_patch4_32", "vit"), ("crate_alpha_tiny_patch4_32", "crate_alpha"),

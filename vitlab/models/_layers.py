@@ -302,10 +302,13 @@ class SparseCoding(nn.Module):
         eta, lam, D = self.ista_step_size, self.ista_lambda, self.D
         if self.overcomplete_ratio == 1:
             # CRATE eq. 11, from A⁰ = h:  A¹ = ReLU(h + η Dᵀh − η DᵀD h − ηλ)  (column form). In row form
-            # h + η (h D − h DᵀD) = h + h K with K = η (D − DᵀD), a d×d matrix formed once per forward (d³ work):
-            # one GEMM over the tokens instead of three. The identity stays outside the product (exact under bf16).
+            # h + η (h D − h DᵀD) = h + h K with K = η (D − DᵀD), a d×d matrix formed once per forward (d³ MACs):
+            # one GEMM over the T = B·N tokens (T d²) instead of three (3 T d²), cheaper whenever T > d / 2 (every
+            # training batch). The identity stays outside the product (exact under bf16).
+            flat = h.reshape(-1, h.shape[-1])  # (T, d)
+            if 2 * flat.shape[0] <= flat.shape[1]:  # few tokens (one small image at inference): the direct form
+                return F.relu(h + eta * (h @ D - (h @ D.t()) @ D) - eta * lam)  # (B, N, d)
             K = eta * torch.addmm(D, D.t(), D, alpha=-1)  # (d, d)   η (D − DᵀD)
-            flat = h.reshape(-1, h.shape[-1])  # (B·N, d)
             return F.relu(torch.addmm(flat, flat, K.to(flat.dtype)) - eta * lam).view_as(h)  # (B, N, d)
         # CRATE-α eq. 5-6, ODL from A⁰ = 0
         hD = h @ D  # (B, N, m)   Dᵀh, reused by both steps
