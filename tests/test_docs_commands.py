@@ -22,11 +22,10 @@ it); `torchrun`, `python benchmarks/...` and scripts run in a shell. A command a
 from __future__ import annotations
 
 import dataclasses
-import json
+import io
 import os
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 import time
@@ -321,8 +320,9 @@ def _serve_dataset(ctx, name: str, files: dict[str, bytes], extracted: Path | No
 def _cifar10_server(ctx):
     from data_fixtures import tar_gz, write_cifar10
 
-    folder, _ = write_cifar10(ctx.cache / "src-cifar10" / "x", per_batch=40) if not (
-        ctx.cache / "src-cifar10").exists() else (ctx.cache / "src-cifar10" / "x" / "cifar-10-batches-py", None)
+    folder = ctx.cache / "src-cifar10" / "cifar-10-batches-py"  # written once per session
+    if not folder.exists():
+        write_cifar10(ctx.cache / "src-cifar10", per_batch=40)
     _serve_dataset(ctx, "cifar10", {"cifar-10-python.tar.gz": tar_gz(folder)}, folder)
 
 
@@ -381,7 +381,7 @@ def _laion(ctx):  # foreign WebDataset shards: KEY.jpg + KEY.cls, no index.json
     for name, count in (("train-000000.tar", 8), ("train-000001.tar", 8), ("val-000000.tar", 4), ("val-000001.tar", 4)):
         members = {}
         for k in range(count):
-            buffer = __import__("io").BytesIO()
+            buffer = io.BytesIO()
             next(photos).save(buffer, format="JPEG", quality=90)
             members[f"{name[:-4]}_{k:04d}.jpg"] = buffer.getvalue()
             members[f"{name[:-4]}_{k:04d}.cls"] = str(k % 3).encode()

@@ -40,7 +40,7 @@ def run_scores(model, cache: Path, images: dict[str, int]) -> dict[str, Any]:
     cached in `cache` (recomputed when the image counts differ; caches without counts used the full defaults)."""
     if cache.is_file():
         cached = json.loads(cache.read_text())
-        if cached.get("scored_images", {"test_images": 0, "select_images": 2000}) == images:
+        if cached.get("scored_images", {"test_images": 0, "select_images": _SELECT_IMAGES}) == images:
             return cached
     test = _scores(model, "test", limit=images["test_images"])
     select = _scores(model, "train", limit=images["select_images"])["attention_head"]
@@ -92,11 +92,11 @@ def segmentation_report(study: Study, records: list[dict[str, Any]], root: Path,
 
     cols = list(dict.fromkeys(c.col for c in study.cells))
     configs = {c.col: c.config for c in study.cells}
-    images = {scored_images(config)["test_images"] for config in configs.values()}
-    if len(images) > 1:
-        raise ValueError(f"{study.name}: the cells are scored on different numbers of test images {sorted(images)} "
-                         "(eval_subset differs between them); give every cell the same eval_subset")
-    images = scored_images(next(iter(configs.values())))
+    counts = [scored_images(config) for config in configs.values()]
+    if any(c != counts[0] for c in counts):
+        raise ValueError(f"{study.name}: the cells are scored on different numbers of images {counts} (eval_subset "
+                         "or train_subset differs between them); give every cell the same ones")
+    images = counts[0]
     trained: dict[tuple[str, int], dict] = {}
     for r in records:
         run = Path(r["run_dir"])
