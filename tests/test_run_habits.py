@@ -192,3 +192,24 @@ def test_the_start_up_summary_states_the_decode_size_of_encoded_images(tmp_path,
             "depth=1, num_heads=2)") in out and "input per sample (3, 224, 224)" in out  # the architecture as built
     assert "batch: 4 global = 1 process(es) x 1 accumulation step(s) x 4 per device" in out
     assert "8 train / 8 eval images" in out and "step 1: first step done" in out
+
+
+def test_cpu_bf16_flags_read_the_cpus_matrix_instructions(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_tile amx_bf16\n\nprocessor\t: 1\n")
+    assert loop.cpu_bf16_flags(str(cpuinfo)) == ["amx_bf16", "avx512_bf16"]
+    cpuinfo.write_text("processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n")  # Arm (e.g. Graviton 3)
+    assert loop.cpu_bf16_flags(str(cpuinfo)) == ["bf16"]
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx avx2 fma\n")
+    assert loop.cpu_bf16_flags(str(cpuinfo)) == []
+    assert loop.cpu_bf16_flags(str(tmp_path / "missing")) == []
+
+
+@needs_fashion
+def test_bf16_on_a_cpu_without_bf16_units_is_called_out_at_start_up(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(loop, "cpu_bf16_flags", lambda cpuinfo="/proc/cpuinfo": [])
+    train(tiny_run(tmp_path, precision="bf16", max_steps=1, device="cpu"))
+    assert "precision=bf16 on a CPU without bf16 matrix instructions" in capsys.readouterr().out
+    monkeypatch.setattr(loop, "cpu_bf16_flags", lambda cpuinfo="/proc/cpuinfo": ["amx_bf16"])
+    train(tiny_run(tmp_path, "run2", precision="bf16", max_steps=1, device="cpu"))
+    assert "without bf16 matrix instructions" not in capsys.readouterr().out

@@ -123,6 +123,19 @@ def peak_flops(device: torch.device) -> float | None:
     return None
 
 
+def cpu_bf16_flags(cpuinfo: str = "/proc/cpuinfo") -> list[str]:
+    """The bf16 matrix instructions this CPU lists in /proc/cpuinfo: `amx_bf16`, `avx512_bf16` (x86) or `bf16`
+    (Arm); [] when there are none or the file is unreadable (not Linux). Without them a bf16 GEMM is emulated in
+    software, several times slower than fp32 (`benchmarks/bf16_cpu.py` measures it)."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return []
+    line = next((ln for ln in text.splitlines() if ln.startswith(("flags", "Features"))), "")
+    flags = set(line.partition(":")[2].split())
+    return [flag for flag in ("amx_bf16", "avx512_bf16", "bf16") if flag in flags]
+
+
 def build_model(config: TrainConfig, data=None) -> nn.Module:
     """The configured model for the dataset's classes, channels and image size; init, then starting weights, then
     (segmentation: `config.head` on the backbone) gradient checkpointing when `grad_checkpointing` is set."""
@@ -517,6 +530,10 @@ class _Run:
                    "image_size not set: the 224 px default for encoded images; set image_size=N to change it")
             print(f"IMAGES ARE DECODED AT {self.data.image_size} x {self.data.image_size} px ({how})")
         per_device = config.batch_size // (info.world_size * config.grad_accum_steps)
+        if info.device.type == "cpu" and config.precision == "bf16" and not cpu_bf16_flags():
+            print("precision=bf16 on a CPU without bf16 matrix instructions (no amx_bf16 / avx512_bf16 in "
+                  "/proc/cpuinfo): its bf16 matrix products are emulated and slower than fp32 "
+                  "(benchmarks/bf16_cpu.py measures by how much); precision=fp32 is the fast choice here")
         print(f"batch: {config.batch_size} global = {info.world_size} process(es) x {config.grad_accum_steps} "
               f"accumulation step(s) x {per_device} per device; workers per process {config.num_workers}")
         every = [f"every {self.eval_interval} steps (with evaluation)"]
