@@ -223,3 +223,34 @@ def test_crate_ista_step_is_one_token_gemm_with_the_three_gemm_values_and_gradie
     with torch.autocast("cpu", torch.bfloat16):  # bf16 GEMM, the identity term added outside it
         low = layer.float()(h.detach().float())
     torch.testing.assert_close(low.float(), direct.detach().float(), rtol=0.02, atol=0.02)
+
+
+def test_vit_conv_stem_is_stride_two_convolutions_with_a_ceil_grid():
+    from vitlab.models._layers import ConvStem
+
+    model = vitlab.create_model("vit_tiny_patch4_32", img_size=28, in_chans=1, num_classes=10, patch_size=8,
+                                embed_dim=96, depth=2, num_heads=3, patch_embed="convstem")
+    stem = model.patch_embed
+    assert isinstance(stem, ConvStem) and stem.grid_hw == (4, 4) and stem.num_patches == 16  # 28 → 14 → 7 → 4
+    convs = [m for m in stem.stem if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.stride) for c in convs] == [(1, 24, (2, 2)), (24, 48, (2, 2)),
+                                                                          (48, 96, (2, 2))]
+    assert stem.proj.kernel_size == (1, 1)
+    x = torch.randn(3, 1, 28, 28, requires_grad=True)
+    assert model(x).shape == (3, 10)
+    model.eval()  # BatchNorm's running statistics: each image alone gives the same logits as the batch
+    batched = model(x)
+    single = torch.cat([model(x[i:i + 1]) for i in range(3)])
+    torch.testing.assert_close(batched, single, atol=1e-5, rtol=1e-5)
+    # each stem position sees its 3x3 neighbourhood across patch borders: a pixel moves the neighbouring token too
+    tokens = lambda img: model.patch_embed(img)  # noqa: E731
+    base, poked = torch.zeros(1, 1, 28, 28), torch.zeros(1, 1, 28, 28)
+    poked[0, 0, 7, 7] = 10.0  # the last pixel of patch (0, 0)
+    changed = (tokens(poked) - tokens(base)).abs().sum(-1)[0].reshape(4, 4) > 1e-6
+    assert changed[0, 0] and changed[1, 1]  # a patchify stem would change token (0, 0) only
+    assert model.forward_features(torch.randn(2, 1, 32, 40)).shape == (2, 1 + 4 * 5, 96)  # any size: ceil grid
+    assert vitlab.mimetic_init_(model) == 2
+    with pytest.raises(ValueError, match="power-of-two patch_size"):
+        vitlab.create_model("vit_tiny_patch4_32", patch_size=7, patch_embed="convstem")
+    with pytest.raises(ValueError, match="'conv' or 'convstem'"):
+        vitlab.create_model("vit_tiny_patch4_32", patch_embed="crate")

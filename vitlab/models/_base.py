@@ -25,7 +25,7 @@ from torch import nn
 
 from ._contract import run_blocks
 from ._hub import HubMixin
-from ._layers import (CratePatchEmbed, PatchEmbed, drop_path_rates, resample_position_embedding,
+from ._layers import (ConvStem, CratePatchEmbed, PatchEmbed, drop_path_rates, resample_position_embedding,
                       sincos_2d_position_embedding, to_2tuple)
 
 __all__ = ["ImageTransformer"]
@@ -36,7 +36,8 @@ class ImageTransformer(HubMixin, nn.Module):
         block_fn: `block_fn(index, drop_path) -> nn.Module`, `drop_path` the block's stochastic-depth probability;
             each block maps (B, N, d) → (B, N, d) and has `forward_with_attention(x) -> (x, attn (B, H, N, N))`.
         img_size: the native input size, an int (square) or (H, W).
-        patch_embed: 'conv' (timm / CRATE-α) or 'crate' (official CRATE: LN → Linear → LN).
+        patch_embed: 'conv' (timm / CRATE-α), 'crate' (official CRATE: LN → Linear → LN) or 'convstem' (stride-2
+            3×3 convolutions, `ConvStem`; a power-of-two patch_size, any input size: the grid is ceil(H/P)).
         pos_embed: 'learn' or 'sincos' (fixed 2-D sin-cos, class slot zero, stored but not trained).
         global_pool: 'token' (class token; the final norm runs on every token, as timm) or 'avg' (mean of the patch
             tokens, then the final norm as `fc_norm`, as timm).
@@ -80,8 +81,10 @@ class ImageTransformer(HubMixin, nn.Module):
             self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, bias=patch_embed_bias)
         elif patch_embed == "crate":
             self.patch_embed = CratePatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        elif patch_embed == "convstem":
+            self.patch_embed = ConvStem(img_size, patch_size, in_chans, embed_dim)
         else:
-            raise ValueError(f"patch_embed must be 'conv' or 'crate', got {patch_embed!r}")
+            raise ValueError(f"patch_embed must be 'conv', 'convstem' or 'crate', got {patch_embed!r}")
         num_tokens = self.patch_embed.num_patches + self.num_prefix_tokens
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
         self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens, embed_dim), requires_grad=pos_embed == "learn")

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
-    "PatchEmbed", "CratePatchEmbed", "sincos_2d_position_embedding", "resample_position_embedding",
+    "PatchEmbed", "ConvStem", "CratePatchEmbed", "sincos_2d_position_embedding", "resample_position_embedding",
     "Attention", "SubspaceAttention", "Mlp", "SparseCoding", "split_fused_qkv", "DropPath", "drop_path_rates",
     "to_2tuple",
 ]
@@ -66,6 +66,51 @@ class PatchEmbed(_PatchGrid):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.proj(x)  # (B, d, gh, gw)
+        return x.flatten(2).transpose(1, 2)  # (B, N, d)
+
+
+class ConvStem(_PatchGrid):
+    """A convolutional stem in place of the patchify convolution (Xiao et al. 2021, "Early convolutions help
+    transformers see better"): log2(P) blocks of 3×3 convolution, stride 2, padding 1, BatchNorm, ReLU, widths
+    d/2^(k−1), ..., d/2, d (k = log2 P), then a 1×1 convolution to d (`proj`). It sees pixels across patch borders,
+    which a patchify stem cannot, and costs few FLOPs beside the blocks.
+
+    Each stride-2 block maps a side s to ceil(s / 2), so the grid is ceil(H / P) × ceil(W / P) for any input size
+    (28 px with P = 8: 28 → 14 → 7 → 4, a 4 × 4 grid): the last row and column of patches see the zero padding.
+    """
+
+    def __init__(self, img_size: int | tuple[int, int], patch_size: int, in_chans: int, embed_dim: int):
+        nn.Module.__init__(self)
+        if patch_size < 2 or patch_size & (patch_size - 1):
+            raise ValueError(f"patch_embed='convstem' needs a power-of-two patch_size >= 2, got {patch_size}")
+        stages = patch_size.bit_length() - 1  # k = log2 P stride-2 blocks
+        if embed_dim % 2 ** (stages - 1):
+            raise ValueError(f"patch_embed='convstem' with patch_size {patch_size} needs embed_dim divisible by "
+                             f"{2 ** (stages - 1)}, got {embed_dim}")
+        self.img_hw = to_2tuple(img_size, "img_size")
+        self.patch_size, self.in_chans, self.stages = patch_size, in_chans, stages
+        self.grid_hw = self.feat_size(*self.img_hw)
+        square = self.img_hw[0] == self.img_hw[1]
+        self.img_size = self.img_hw[0] if square else self.img_hw
+        self.grid_size = self.grid_hw[0] if square else self.grid_hw
+        self.num_patches = self.grid_hw[0] * self.grid_hw[1]
+        layers, width = [], in_chans
+        for i in range(stages):
+            out = embed_dim // 2 ** (stages - 1 - i)
+            layers += [nn.Conv2d(width, out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(out),
+                       nn.ReLU(inplace=True)]
+            width = out
+        self.stem = nn.Sequential(*layers)
+        self.proj = nn.Conv2d(width, embed_dim, kernel_size=1)
+
+    def feat_size(self, height: int, width: int) -> tuple[int, int]:
+        """(ceil(height / P), ceil(width / P)): k stride-2 blocks, each s → ceil(s / 2)."""
+        for _ in range(self.stages):
+            height, width = (height + 1) // 2, (width + 1) // 2
+        return height, width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.proj(self.stem(x))  # (B, d, gh, gw)
         return x.flatten(2).transpose(1, 2)  # (B, N, d)
 
 

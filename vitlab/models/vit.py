@@ -44,18 +44,21 @@ class Block(nn.Module):
 class VisionTransformer(ImageTransformer):
     """timm's VisionTransformer contract and keys (`cls_token`, `pos_embed`, `patch_embed.proj`, `blocks.i.*`,
     `norm`, `head`) with timm's default init: Linear trunc-normal std 0.02, learned positions std 0.02, class token
-    std 1e-6, conv stem PyTorch default. `drop_rate`, `drop_path_rate`, `dynamic_img_size`: see
-    `ImageTransformer`."""
+    std 1e-6, conv stem PyTorch default. `patch_embed`: 'conv' (timm's patchify convolution) or 'convstem' (Xiao et
+    al. 2021's stride-2 3×3 convolutions, `ConvStem`: a power-of-two patch). `drop_rate`, `drop_path_rate`,
+    `dynamic_img_size`: see `ImageTransformer`."""
 
     def __init__(self, img_size: int | tuple[int, int] = 224, patch_size: int = 16, in_chans: int = 3,
                  num_classes: int = 1000, embed_dim: int = 768, depth: int = 12, num_heads: int = 12,
                  mlp_ratio: float = 4.0, qkv_bias: bool = True, pos_embed: str = "learn", class_token: bool = True,
                  global_pool: str = "token", norm_eps: float = 1e-6, drop_rate: float = 0.0,
-                 drop_path_rate: float = 0.0, dynamic_img_size: bool = True):
+                 drop_path_rate: float = 0.0, dynamic_img_size: bool = True, patch_embed: str = "conv"):
+        if patch_embed not in ("conv", "convstem"):
+            raise ValueError(f"patch_embed must be 'conv' or 'convstem' for a ViT, got {patch_embed!r}")
         super().__init__(
             block_fn=lambda i, drop_path: Block(embed_dim, num_heads, mlp_ratio, qkv_bias, norm_eps, drop_path),
             img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
-            embed_dim=embed_dim, depth=depth, num_heads=num_heads, patch_embed="conv", pos_embed=pos_embed,
+            embed_dim=embed_dim, depth=depth, num_heads=num_heads, patch_embed=patch_embed, pos_embed=pos_embed,
             class_token=class_token, global_pool=global_pool, norm_eps=norm_eps, drop_rate=drop_rate,
             drop_path_rate=drop_path_rate, dynamic_img_size=dynamic_img_size)
         self.init_weights()
