@@ -220,3 +220,30 @@ def test_gradient_accumulation_matches_the_full_batch_and_tensorboard_logs(tmp_p
     assert len(losses[0]) == 4 and losses[0] == pytest.approx(losses[1], rel=1e-4)
     assert accumulated["top1"] == pytest.approx(full["top1"], abs=0.5)
     assert list((tmp_path / "accum" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+@needs_fashion
+def test_test_flip_evaluates_the_mean_logits_of_each_image_and_its_mirror(tmp_path, monkeypatch):
+    import vitlab.train.data as train_data
+
+    config = tiny_run(tmp_path, max_steps=20, eval_subset=256, epochs=1, eval_every=1)
+    config.augment.test_flip = True
+    seen = {"calls": 0, "batches": []}
+    original = train_data.TrainData.evaluate
+
+    def spy(self, model, info, autocast):
+        def counted(x):
+            seen["calls"] += 1
+            return model(x)
+        self.eval.set_epoch(0)
+        seen["batches"] = [(self.augment.eval_transform(x), y) for x, y in self.eval]
+        seen["calls"] = 0
+        return original(self, counted, info, autocast)
+
+    monkeypatch.setattr(train_data.TrainData, "evaluate", spy)
+    result = train(config)
+    assert seen["calls"] == 2 * len(seen["batches"])  # each batch, then its mirror
+    model = vitlab.load(config.out_dir).eval()
+    with torch.no_grad():
+        hits = sum(((model(x) + model(x.flip(-1))) / 2).argmax(-1).eq(y).sum().item() for x, y in seen["batches"])
+    assert result["top1"] == pytest.approx(100 * hits / 256, abs=1e-9)

@@ -77,6 +77,8 @@ class AugmentConfig:
             batch uses cutmix with probability ``mix_switch_prob`` (timm's ``switch_prob``, 0.5) and mixup otherwise.
         mix_prob: per-image probability of being mixed at all.
         label_smoothing: ε in the soft target (1 − ε)·onehot + ε / num_classes.
+        test_flip: evaluation only: each image's logits are the mean of the image's and its horizontal mirror's
+            (test-time augmentation, as airbench); one more forward per evaluated image.
     """
 
     random_crop_padding: int = 0
@@ -94,6 +96,7 @@ class AugmentConfig:
     label_smoothing: float = 0.0
     mix_switch_prob: float = 0.5
     random_crop_padding_mode: str = "reflect"
+    test_flip: bool = False
 
     def __post_init__(self) -> None:
         self.validate()

@@ -129,7 +129,10 @@ class TrainData:
         self.eval.set_epoch(0)
         for (images, labels), counted in lockstep(self.eval, len(self.eval), info):
             with autocast:
-                logits = model(self.augment.eval_transform(images)).float()  # (B, classes)
+                images = self.augment.eval_transform(images)
+                logits = model(images).float()  # (B, classes)
+                if self.augment.config.test_flip:  # mean with the mirrored images' logits (AugmentConfig.test_flip)
+                    logits = (logits + model(images.flip(-1)).float()) / 2
             if not counted:  # a pass that keeps FSDP's ranks in step (lockstep)
                 continue
             top5 = logits.topk(min(5, logits.shape[-1]), dim=-1).indices  # (B, 5)
