@@ -131,7 +131,7 @@ def build_pair(family: str, official_path: str, args: argparse.Namespace, seed: 
     return module, official, ours, info
 
 
-# -- 3. equality --------------------------------------------------------------------------------------------------------
+# -- 3. equality -------------------------------------------------------------------------------------------------------
 def check(official, ours, layout: str, batch: int, img_size: int, classes: int) -> list[dict]:
     generator = torch.Generator().manual_seed(1)
     x = torch.randn(batch, 3, img_size, img_size, generator=generator, dtype=torch.float64)
@@ -167,7 +167,7 @@ def check(official, ours, layout: str, batch: int, img_size: int, classes: int) 
     return rows
 
 
-# -- 4. speed -----------------------------------------------------------------------------------------------------------
+# -- 4. speed ----------------------------------------------------------------------------------------------------------
 def make_step(model, x: torch.Tensor, y: torch.Tensor):
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     model.train()
@@ -265,7 +265,7 @@ def measure_memory(family: str, code: str, official_path: str, args: argparse.Na
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-# -- the run ------------------------------------------------------------------------------------------------------------
+# -- the run -----------------------------------------------------------------------------------------------------------
 def run_family(family: str, official_path: str, args: argparse.Namespace) -> dict:
     layout = FAMILIES[family][0]
     _, official, ours, info = build_pair(family, official_path, args)
