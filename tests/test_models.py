@@ -254,3 +254,35 @@ def test_vit_conv_stem_is_stride_two_convolutions_with_a_ceil_grid():
         vitlab.create_model("vit_tiny_patch4_32", patch_size=7, patch_embed="convstem")
     with pytest.raises(ValueError, match="'conv' or 'convstem'"):
         vitlab.create_model("vit_tiny_patch4_32", patch_embed="crate")
+
+
+@pytest.mark.parametrize("decoupled", [True, False])
+def test_crate_alpha_odl_fused_gemms_give_the_two_ista_steps_values_and_gradients(decoupled):
+    """CRATE-α's ODL (eqs. 5-7) runs as four addmm's with η, −ηλ and −h inside them and in-place ReLUs; it must equal
+    the two ISTA steps as written, A¹ = ReLU(η h D − ηλ), A² = ReLU(A¹ − η (A¹ Dᵀ − h) D − ηλ), out = A² D1ᵀ, in value
+    and in every gradient (float64)."""
+    import torch.nn.functional as F
+
+    from vitlab.models._layers import SparseCoding, init_dictionary_
+
+    torch.manual_seed(0)
+    layer = SparseCoding(24, overcomplete_ratio=4, decoupled_dictionary=decoupled).double()
+    for dictionary in (layer.D, layer.D1):
+        if dictionary is not None:
+            init_dictionary_(dictionary, fan_in=24)
+    h = torch.randn(3, 17, 24, dtype=torch.float64, requires_grad=True)
+    D = layer.D
+    decoder = layer.D1 if decoupled else D
+    A1 = F.relu(0.1 * (h @ D) - 0.1 * 0.1)  # (3, 17, 96)
+    A2 = F.relu(A1 - 0.1 * ((A1 @ D.t() - h) @ D) - 0.1 * 0.1)
+    direct = A2 @ decoder.t()  # (3, 17, 24)
+    assert 0.05 < (A1 > 0).double().mean() < 0.95 and 0.05 < (A2 > 0).double().mean() < 0.95  # both ReLUs active
+    fused = layer(h)
+    torch.testing.assert_close(fused, direct, rtol=0, atol=1e-12)
+    inputs = (h, *[p for p in layer.parameters()])
+    g = torch.randn_like(direct)
+    for a, b in zip(torch.autograd.grad((fused * g).sum(), inputs), torch.autograd.grad((direct * g).sum(), inputs)):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    with torch.autocast("cpu", torch.bfloat16):
+        low = layer.float()(h.detach().float())
+    torch.testing.assert_close(low.float(), direct.detach().float(), rtol=0.05, atol=0.05)

@@ -355,12 +355,17 @@ class SparseCoding(nn.Module):
                 return F.relu(h + eta * (h @ D - (h @ D.t()) @ D) - eta * lam)  # (B, N, d)
             K = eta * torch.addmm(D, D.t(), D, alpha=-1)  # (d, d)   η (D − DᵀD)
             return F.relu(torch.addmm(flat, flat, K.to(flat.dtype)) - eta * lam).view_as(h)  # (B, N, d)
-        # CRATE-α eq. 5-6, ODL from A⁰ = 0
-        hD = h @ D  # (B, N, m)   Dᵀh, reused by both steps
-        A1 = F.relu(eta * hD - eta * lam)  # (B, N, m)   A¹ = ReLU(η Dᵀh − ηλ)
-        A2 = F.relu(A1 - eta * ((A1 @ D.t()) @ D) + eta * hD - eta * lam)  # A² = ReLU(A¹ − η Dᵀ(D A¹ − h) − ηλ)
+        # CRATE-α eq. 5-6, ODL from A⁰ = 0, as four token GEMMs (4 T d m; the Gram form A¹ (DᵀD) would cost
+        # T m² > 2 T d m for m > 2d, benchmarks/crate_algebra.py). η, −ηλ and −h ride inside the GEMMs (addmm's
+        # alpha, beta and bias) and the ReLUs run in place, so each step makes one pass over the (T, m) codes.
+        flat = h.reshape(-1, h.shape[-1])  # (T, d)
+        shift = torch.full((D.shape[1],), -eta * lam, dtype=flat.dtype, device=flat.device)  # (m,)   −ηλ
+        A1 = torch.addmm(shift, flat, D, alpha=eta).relu_()  # (T, m)   A¹ = ReLU(η Dᵀh − ηλ)
+        R = torch.addmm(flat, A1, D.t(), beta=-1)  # (T, d)   D A¹ − h
+        # (T, m)   A² = ReLU(A¹ − η Dᵀ(D A¹ − h) − ηλ)
+        A2 = torch.addmm(A1, R, D, alpha=-eta).sub_(eta * lam).relu_()
         decoder = self.D1 if self.D1 is not None else D
-        return A2 @ decoder.t()  # (B, N, d)   eq. 7: D1 A²
+        return (A2 @ decoder.t()).view_as(h)  # (B, N, d)   eq. 7: D1 A²
 
 
 def init_dictionary_(param: torch.Tensor, fan_in: int) -> None:
