@@ -38,6 +38,7 @@ import os
 import pickle
 import platform
 import re
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -361,9 +362,9 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
     summary = summarise(pairs)
     info = machine()
-    commands = {"nanogpt": " ".join(["python", "train.py", *NANOGPT_ARGS, *args.nanogpt_args]),
-                "vitlab": " ".join(vitlab_command("python", Path("<tmp>"), args.eval_interval, args.overrides)),
-                "this": " ".join(["python", "benchmarks/vs_nanogpt.py", *(argv if argv is not None else sys.argv[1:])])}
+    commands = {"nanogpt": shlex.join(["python", "train.py", *NANOGPT_ARGS, *args.nanogpt_args]),
+                "vitlab": shlex.join(vitlab_command("python", Path("OUT_DIR"), args.eval_interval, args.overrides)),
+                "this": shlex.join(["python", "benchmarks/vs_nanogpt.py", *(argv if argv is not None else sys.argv[1:])])}
     loads = ", ".join(f"{pair[side]['load_before']:.1f}" for pair in pairs for side in ("nanogpt", "vitlab"))
     print(f"\n{info['cpu']}, {info['cores']} cores, torch {info['torch']} ({info['torch_threads']} threads), "
           f"Python {info['python']}; vitlab {info['vitlab_commit']}; nanoGPT {args.nanogpt} "

@@ -77,8 +77,9 @@ def _bigram_loss(ckpt: dict, val: np.ndarray, block: int) -> float:
 
 
 @pytest.mark.skipif(not SHAKESPEARE.is_file(), reason="../shared/data/tinyshakespeare absent")
-def test_vs_nanogpt_with_a_stand_in_train_py(tmp_path, capsys):
+def test_vs_nanogpt_with_a_stand_in_train_py(tmp_path, capsys, monkeypatch):
     vs = _module()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the children: plumbing, not speed (2 threads thrash a busy machine)
     nano = _stand_in(tmp_path / "nanoGPT")
     out = tmp_path / "out.json"
     argv = ["--nanogpt", str(nano), "--pairs", "1", "--eval-interval", "10", "--json", str(out), "--keep",
