@@ -135,7 +135,7 @@ def _nanogpt_ckpt(path: Path, vocab_size: int) -> dict:
 def test_generate_from_a_nanogpt_checkpoint(tmp_path, monkeypatch, capsys):
     from test_text import write_gpt2_files
 
-    from vitlab.train.generate import load_language_model
+    from vitlab.train.generate import load_language_model, load_nanogpt_checkpoint
 
     monkeypatch.setenv("VITLAB_GPT2_BPE", str(write_gpt2_files(tmp_path / "gpt2")))
     saved = _nanogpt_ckpt(tmp_path / "ckpt.pt", vocab_size=50304)  # nanoGPT's padded GPT-2 vocabulary
@@ -144,6 +144,9 @@ def test_generate_from_a_nanogpt_checkpoint(tmp_path, monkeypatch, capsys):
     assert main(["generate", str(tmp_path / "ckpt.pt"), "--prompt", "the cat", "--max-new-tokens", "20"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("the cat") and len(out) > len("the cat")  # padding ids are never sampled (decode works)
-    _nanogpt_ckpt(tmp_path / "char.pt", vocab_size=65)  # shakespeare_char: its tokenizer is in meta.pkl
+    char = _nanogpt_ckpt(tmp_path / "char.pt", vocab_size=65)  # shakespeare_char: its tokenizer is in meta.pkl
     assert main(["generate", str(tmp_path / "char.pt")]) == 2
     assert "meta.pkl" in capsys.readouterr().err
+    model, entries = load_nanogpt_checkpoint(tmp_path / "char.pt")  # the weights themselves load (e.g. to evaluate)
+    assert model.vocab_size == 65 and all(torch.equal(model.state_dict()[k], v) for k, v in char.items())
+    assert entries["iter_num"] == 10 and entries["model_args"]["n_embd"] == 16 and "model" not in entries

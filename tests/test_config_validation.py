@@ -20,6 +20,8 @@ BAD = [
     ("steps=-5", -5, ["steps=-5", "int >= 0"]),
     ("train_subset=-5", -5, ["train_subset=-5", "int >= 0"]),
     ("eval_subset=-1", -1, ["eval_subset=-1", "int >= 0"]),
+    ("eval_batches=-1", -1, ["eval_batches=-1", "int >= 0"]),
+    ("eval_batches=20", 20, ["eval_batches=20", "text datasets", "'fashion_mnist'"]),
     ("min_lr=0.1", 0.1, ["min_lr=0.1", "[0, lr=0.002]"]),
     ("min_lr=-0.001", -0.001, ["min_lr=-0.001", ">= 0"]),
     ("weight_decay=-0.1", -0.1, ["weight_decay=-0.1", ">= 0"]),

@@ -2,6 +2,9 @@
 learns, exact resume, `vitlab eval` / `vitlab generate`, and clear errors for a model that does not fit the data."""
 import json
 import math
+import os
+import platform
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -100,6 +103,130 @@ def test_validation_loss_covers_every_window_once():
     assert data.eval_size == 1000
 
 
+class _Recorder(torch.nn.Module):
+    """Uniform logits; remembers the first token of every window it is given (tokens are their positions)."""
+
+    def __init__(self, vocab: int):
+        super().__init__()
+        self.vocab, self.starts = vocab, []
+
+    def forward(self, idx):
+        self.starts += idx[:, 0].tolist()
+        return torch.zeros(*idx.shape, self.vocab)
+
+
+def test_eval_batches_draws_fresh_seeded_random_windows():
+    """eval_batches = N: N micro-batches (the training loader's batch) at random offsets anywhere in the split,
+    new ones at each evaluation (the loader moved on), the same ones for the same loader position (a resumed run),
+    and rank r evaluates slice r of each global batch."""
+    from contextlib import nullcontext
+
+    from vitlab.train.distributed import DistInfo, setup_distributed
+
+    info = setup_distributed("cpu")
+    tokens = np.arange(50_000).astype(np.uint16)  # token = its position: a window's first token is its start
+    data = _lm_data(tokens, 60_000, block=8, windows=20 * 2)
+    data.eval_batches = 20  # 20 batches of the loader's 2 windows
+    model = _Recorder(60_000)
+    result = data.evaluate(model, info, nullcontext())
+    first = list(model.starts)
+    assert result["eval_loss"] == pytest.approx(math.log(60_000))
+    assert len(first) == 40 and data.eval_size == 40 * 8
+    assert 0 <= min(first) and max(first) <= len(tokens) - 8 - 1  # every window and its target inside the split
+    assert max(first) > 10 * 40 * 8  # anywhere in the split, not its first windows
+    model.starts = []
+    data.evaluate(model, info, nullcontext())
+    assert model.starts == first  # same loader position: the same windows
+    next(iter(data.train))  # one training batch later: fresh windows
+    model.starts = []
+    data.evaluate(model, info, nullcontext())
+    assert model.starts != first and len(model.starts) == 40
+    again = _lm_data(tokens, 60_000, block=8, windows=40)
+    again.eval_batches = 20
+    again.train.load_state_dict(data.train.state_dict())  # a resumed loader
+    resumed = _Recorder(60_000)
+    again.evaluate(resumed, info, nullcontext())
+    assert resumed.starts == model.starts
+    # two ranks with one window each: rank r's windows are slice r of the one-rank run's global batches
+    halves = []
+    for rank in (0, 1):
+        ranked = _lm_data(tokens, 60_000, block=8, windows=40)
+        ranked.train = lm.TokenWindows(tokens, 1, 8, torch.device("cpu"), 0, rank, 2)
+        ranked.eval_batches = 20
+        halves.append(ranked._eval_starts(DistInfo(rank, 2, rank, torch.device("cpu"))).tolist())
+    assert [s for pair in zip(*halves) for s in pair] == first
+
+
+def test_eval_batches_is_validated():
+    from vitlab.train import OverrideError
+
+    config = apply_overrides(get_preset("shakespeare_char_gpt"), ["eval_batches=20"])
+    assert config.eval_batches == 20 and get_preset("shakespeare_char_gpt").eval_batches == 0  # whole split default
+    with pytest.raises(OverrideError, match=r"eval_batches=20: and eval_subset=64 are two evaluation budgets"):
+        apply_overrides(get_preset("shakespeare_char_gpt"), ["eval_batches=20", "eval_subset=64"])
+    with pytest.raises(OverrideError, match=r"eval_batches=-2: must be an int >= 0"):
+        apply_overrides(get_preset("shakespeare_char_gpt"), ["eval_batches=-2"])
+
+
+def test_cpu_adamw_is_fused_and_gives_the_loop_update():
+    """On the CPU build_optimizer takes torch's fused AdamW (faster at small sizes); its steps equal the plain
+    per-tensor AdamW's (same groups, decay mask and betas) up to float rounding."""
+    import copy
+
+    from vitlab import create_model
+    from vitlab.train.optim import build_optimizer, param_groups
+
+    torch.manual_seed(0)
+    model = create_model("gpt_char_tiny", n_layer=2, n_embd=32, n_head=2)
+    twin = copy.deepcopy(model)
+    fused = build_optimizer(model, "adamw", 1e-2, 0.1, (0.9, 0.99))
+    plain = torch.optim.AdamW(param_groups(twin, 0.1, 1e-2), lr=1e-2, betas=(0.9, 0.99), foreach=False)
+    assert fused.defaults["fused"] is True and [g["weight_decay"] for g in fused.param_groups] == [0.1, 0.0]
+    for step in range(5):
+        x = torch.randint(0, 65, (4, 16), generator=torch.Generator().manual_seed(step))
+        for net, opt in ((model, fused), (twin, plain)):
+            torch.nn.functional.cross_entropy(net(x).flatten(0, 1), x.roll(-1, 1).flatten()).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    for (name, a), b in zip(model.named_parameters(), twin.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
+
+
+_FAULTS = """
+import resource, sys, torch
+from vitlab import create_model
+from vitlab.train._malloc import keep_freed_memory
+if sys.argv[1] == "keep":
+    assert keep_freed_memory()
+torch.manual_seed(0)
+model = create_model("gpt_char_tiny")
+opt = torch.optim.AdamW(model.parameters(), fused=True)
+x = torch.randint(0, 65, (12, 64))
+def step():
+    torch.nn.functional.cross_entropy(model(x).flatten(0, 1), x.flatten()).backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+for _ in range(5):
+    step()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(20):
+    step()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_cpu_training_keeps_freed_memory_instead_of_faulting_it_in_again():
+    """keep_freed_memory (called by train() on the CPU): nanoGPT's GPT's steps stop mapping fresh pages (glibc's
+    default gives hundreds of minor page faults per step at this size)."""
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    faults = {how: int(subprocess.run([sys.executable, "-c", _FAULTS, how], capture_output=True, text=True, env=env,
+                                      check=True).stdout) for how in ("default", "keep")}
+    assert faults["keep"] < 20 * 10 and faults["keep"] * 10 < faults["default"], faults
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Real runs on tiny-shakespeare
 
@@ -155,12 +282,16 @@ def test_crate_language_models_train_on_the_same_engine(tmp_path, model):
 
 
 @needs_shakespeare
-def test_language_model_runs_resume_exactly(tmp_path):
-    straight = train(tiny_lm(tmp_path / "a"), preset="test")
-    first = tiny_lm(tmp_path / "b", max_steps=30)
+@pytest.mark.parametrize("budget", [{}, {"eval_subset": 0, "eval_batches": 3}], ids=["windows", "eval_batches"])
+def test_language_model_runs_resume_exactly(tmp_path, budget):
+    straight = train(tiny_lm(tmp_path / "a", **budget), preset="test")
+    first = tiny_lm(tmp_path / "b", max_steps=30, **budget)
     train(first, preset="test")
-    resumed = train(tiny_lm(tmp_path / "b"), preset="test")
+    resumed = train(tiny_lm(tmp_path / "b", **budget), preset="test")
     assert resumed["eval_loss"] == straight["eval_loss"] and resumed["step"] == 60
+    if budget:  # nanoGPT's estimate: 3 random batches of 12 windows, fresh at each evaluation
+        log = [json.loads(line) for line in (tmp_path / "a" / "run" / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in log if "eval_loss" in r] == [30, 60]
 
 
 @needs_shakespeare

@@ -34,7 +34,7 @@ class TrainConfig:
     - ints (a bool is not one): `batch_size`, `grad_accum_steps` (a divisor of batch_size), `block_size`, `log_every`
       >= 1; `train_subset`, `eval_subset`, `num_workers`, `shuffle_buffer`, `seed`, `max_steps`, `steps`,
       `warmup_steps` (<= steps when both are set), `eval_interval`, `context_length`, `heldout_templates`,
-      `checkpoint_every_steps` >= 0;
+      `checkpoint_every_steps` >= 0; `eval_batches` >= 0, and > 0 only for a text dataset with `eval_subset` 0;
       `eval_stride` >= 1; `image_size` None or >= 1.
     - finite numbers: `lr`, `epochs`, `eval_every` > 0; `min_lr` in [0, lr]; `weight_decay`, `grad_clip`,
       `peak_tflops`, `checkpoint_every_minutes` >= 0; `warmup_epochs` in [0, epochs]; `crop_pct` in (0, 1]; `layer_decay` in (0, 1]; `betas` two numbers in [0, 1).
@@ -73,6 +73,10 @@ class TrainConfig:
     image_size: int | None = None  # None: the dataset's own size (ImageFolder datasets need one)
     train_subset: int = 0  # N training images (0: all): the first N; ImageFolder: N drawn with a fixed seed
     eval_subset: int = 0  # images, or for text the first N windows of block_size tokens (0: the whole split)
+    # text only: each evaluation reads N random batches of batch_size / grad_accum_steps windows (nanoGPT's
+    # estimate_loss with eval_iters=N: fresh offsets every evaluation, seeded by seed and the training position, so
+    # a resumed run draws the same ones); 0: the whole split (or its first eval_subset windows)
+    eval_batches: int = 0
     # DataLoader workers per process for encoded datasets (ImageFolder, shards; in-memory ones need none). Default:
     # this process's CPUs / processes on the node (LOCAL_WORLD_SIZE), capped at 8 (`default_num_workers`)
     num_workers: int = field(default_factory=default_num_workers)
@@ -161,7 +165,8 @@ _CHOICES: dict[str, tuple] = {
     "eval_mode": ("whole", "slide"),
 }
 _INT_MINIMUM = {"batch_size": 1, "grad_accum_steps": 1, "block_size": 1, "log_every": 1, "train_subset": 0,
-                "context_length": 0, "heldout_templates": 0, "eval_subset": 0, "num_workers": 0, "shuffle_buffer": 0, "seed": 0, "max_steps": 0, "steps": 0,
+                "context_length": 0, "heldout_templates": 0, "eval_subset": 0, "eval_batches": 0, "num_workers": 0,
+                "shuffle_buffer": 0, "seed": 0, "max_steps": 0, "steps": 0,
                 "warmup_steps": 0, "eval_interval": 0, "eval_stride": 1, "checkpoint_every_steps": 0}
 _POSITIVE = ("lr", "epochs", "eval_every")  # finite numbers > 0
 _NON_NEGATIVE = ("min_lr", "weight_decay", "grad_clip", "peak_tflops", "warmup_epochs", "checkpoint_every_minutes")  # finite numbers >= 0
@@ -233,6 +238,20 @@ def _check_numbers(c: TrainConfig) -> None:
         raise _bad("warmup_epochs", c.warmup_epochs, f"must be a finite number in [0, epochs={c.epochs!r}]")
     if c.steps > 0 and c.warmup_steps > c.steps:
         raise _bad("warmup_steps", c.warmup_steps, f"must be an int in [0, steps={c.steps}]")
+    if c.eval_batches:
+        _check_eval_batches(c)
+
+
+def _check_eval_batches(c: TrainConfig) -> None:
+    """eval_batches > 0: a text dataset, and not together with eval_subset (two different evaluation budgets)."""
+    from ..text import TEXT_DATASETS
+
+    if c.dataset not in TEXT_DATASETS and not c.dataset.startswith("textfile:"):
+        raise _bad("eval_batches", c.eval_batches, f"is for text datasets (random windows of block_size tokens); "
+                   f"dataset {c.dataset!r} is not one: leave it 0 (use eval_subset to shorten an image evaluation)")
+    if c.eval_subset:
+        raise _bad("eval_batches", c.eval_batches, f"and eval_subset={c.eval_subset} are two evaluation budgets: set "
+                   "one of them (eval_batches: random batches; eval_subset: the first windows of the split)")
 
 
 def _check_choices(c: TrainConfig) -> None:

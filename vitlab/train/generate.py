@@ -24,7 +24,7 @@ from ..models import create_model
 from .config import config_from_dict
 from .evaluate import resolve_checkpoint
 
-__all__ = ["load_language_model", "generate_text"]
+__all__ = ["load_language_model", "generate_text", "load_nanogpt_checkpoint"]
 
 
 def load_language_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, Any, Any]:
@@ -66,24 +66,33 @@ def _nanogpt_file(path: str | os.PathLike) -> Path | None:
     return None
 
 
-def _load_nanogpt(path: Path, device) -> tuple[nn.Module, Any, Any]:
-    """(GPT with nanoGPT's weights, GPT-2 tokenizer, None) from nanoGPT's {'model': state dict, 'model_args': {...}}
-    (read with weights_only=True)."""
+def load_nanogpt_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
+    """(vitlab GPT holding the weights, the checkpoint's entries other than 'model' and 'optimizer') from nanoGPT's
+    `ckpt.pt` {'model': state dict, 'model_args': {...}, 'iter_num': ...} (read with weights_only=True; the GPT is
+    built from `model_args` with nanoGPT's exact GELU, any vocabulary size)."""
     from ..convert import read_weights, unwrap_state_dict
-    from ..text.tokenizers import GPT2Tokenizer
 
     ckpt = read_weights(path)
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model_args"), dict) or "model" not in ckpt:
         raise ValueError(f"{path}: not a vitlab run and not a nanoGPT checkpoint ({{'model': ..., 'model_args': ...}}); "
                          "`vitlab generate` takes a language-model run directory or nanoGPT's ckpt.pt")
     args = {k: ckpt["model_args"][k] for k in _NANOGPT_ARGS if k in ckpt["model_args"]}
-    vocab = int(args.get("vocab_size", _GPT2_VOCAB))
+    model = create_model("gpt2", activation="gelu", **args)  # nanoGPT's MLP uses nn.GELU() (exact, not tanh)
+    load_checkpoint(model, unwrap_state_dict(ckpt["model"], str(path)), layout="auto")
+    return model, {k: v for k, v in ckpt.items() if k not in ("model", "optimizer")}
+
+
+def _load_nanogpt(path: Path, device) -> tuple[nn.Module, Any, Any]:
+    """(GPT with nanoGPT's weights, GPT-2 tokenizer, None) from nanoGPT's ckpt.pt (`load_nanogpt_checkpoint`); only
+    GPT-2's vocabulary, whose tokenizer vitlab reads from local files."""
+    from ..text.tokenizers import GPT2Tokenizer
+
+    model, info = load_nanogpt_checkpoint(path)
+    vocab = model.vocab_size
     if not _GPT2_VOCAB <= vocab <= 50304:
         raise ValueError(f"{path}: a nanoGPT model with a {vocab}-token vocabulary (e.g. shakespeare_char): its "
                          "tokenizer is in nanoGPT's meta.pkl, a pickle, which vitlab does not load (unpickling can run "
                          "code). vitlab generates from nanoGPT checkpoints with GPT-2's vocabulary (50257 or 50304)")
-    model = create_model("gpt2", activation="gelu", **args)  # nanoGPT's MLP uses nn.GELU() (exact, not tanh)
-    load_checkpoint(model, unwrap_state_dict(ckpt["model"], str(path)), layout="auto")
     tokenizer = GPT2Tokenizer.from_local_files()
     if vocab > tokenizer.vocab_size:  # padded vocabulary: never sample the padding ids
         def mask_padding(module, inputs, logits):

@@ -8,7 +8,11 @@ generator seeded with (seed, e, n) and rank r takes the r-th slice of them, so a
 the uninterrupted run would have, and a run on R processes trains on the same global batches as on one. An "epoch" is
 tokens / (global batch · T) batches. Evaluation reads the whole split (or its first `eval_subset` windows) in
 non-overlapping windows of T tokens: every token after the first is predicted exactly once, so the loss is the
-split's mean next-token cross-entropy in nats, and perplexity = exp(loss).
+split's mean next-token cross-entropy in nats, and perplexity = exp(loss). With `eval_batches` = N it is nanoGPT's
+estimate instead (`estimate_loss`, eval_iters = N): N batches of the training micro-batch (batch_size /
+grad_accum_steps windows, rank r taking slice r of each) at random offsets of the split, drawn afresh at every
+evaluation by a generator seeded with (seed, the training loader's epoch and position), so a resumed run evaluates
+on the very windows the uninterrupted run did.
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ from .distributed import DistInfo, all_reduce_sum, lockstep
 __all__ = ["LMData", "TokenWindows", "build_lm_data", "is_text_dataset"]
 
 _IN_MEMORY_BYTES = 1 << 30  # token arrays up to 1 GiB are held as one tensor (on the device); larger stay memmapped
+_EVAL_STREAM = 0xE7A1  # tells the random evaluation offsets' generator apart from the training batches' ones
 
 
 def is_text_dataset(name: str) -> bool:
@@ -106,6 +111,7 @@ class LMData:
     dataset: str
     train_size: int  # tokens
     files: list = field(default_factory=list)  # (source path, verified digest) of the files the text came from
+    eval_batches: int = 0  # > 0: that many random micro-batches per evaluation (nanoGPT's estimate); 0: eval_windows
     unit = "tokens"
     primary = ("eval_loss", "min")  # best/ keeps the lowest validation loss
 
@@ -123,7 +129,8 @@ class LMData:
         return self.eval_windows * self.block_size  # tokens predicted per evaluation
 
     def describe(self) -> str:
-        return (f"{self.dataset}: {self.train_size} train / {self.eval_size} eval tokens, vocabulary "
+        how = f" ({self.eval_batches} random batches per evaluation)" if self.eval_batches else ""
+        return (f"{self.dataset}: {self.train_size} train / {self.eval_size} eval tokens{how}, vocabulary "
                 f"{self.vocab_size} ({self.tokenizer.name}), context {self.block_size}")
 
     def save_assets(self, out_dir) -> None:
@@ -138,7 +145,7 @@ class LMData:
     @torch.no_grad()
     def evaluate(self, model: nn.Module, info: DistInfo, autocast) -> dict[str, float]:
         """Mean next-token loss (nats) over the evaluation windows, perplexity, and bits per token."""
-        mine = np.arange(info.rank, self.eval_windows, info.world_size) * self.block_size  # window starts
+        mine = self._eval_starts(info)  # this rank's window starts
         sums = torch.zeros(2, dtype=torch.float64, device=info.device)  # loss sum, tokens
         starts = range(0, len(mine), self.eval_batch_size)
         for i, counted in lockstep(starts, len(starts), info):
@@ -154,6 +161,17 @@ class LMData:
         loss, count = all_reduce_sum(sums, info).tolist()
         mean = loss / count
         return {"eval_loss": mean, "perplexity": math.exp(min(mean, 700)), "bits_per_token": mean / math.log(2)}
+
+    def _eval_starts(self, info: DistInfo) -> np.ndarray:
+        """Rank `info.rank`'s window starts: every eval window in turn (whole split), or `eval_batches` random global
+        micro-batches, slice r of each, from a generator seeded with (seed, loader epoch, loader position)."""
+        if not self.eval_batches:
+            return np.arange(info.rank, self.eval_windows, info.world_size) * self.block_size
+        per_rank, train = self.train.batch_size, self.train
+        rng = np.random.default_rng([train.seed, _EVAL_STREAM, train.epoch, train.position])
+        every = rng.integers(0, len(self.eval_tokens) - self.block_size,
+                             size=(self.eval_batches, per_rank * info.world_size))  # (N, global micro-batch)
+        return every[:, info.rank * per_rank:(info.rank + 1) * per_rank].reshape(-1)  # (N · per_rank,)
 
 
 def build_lm_data(config: TrainConfig, info: DistInfo) -> LMData:
@@ -182,10 +200,12 @@ def build_lm_data(config: TrainConfig, info: DistInfo) -> LMData:
     if windows < 1:
         raise ValueError(f"the {eval_split} split has {len(eval_tokens)} tokens, fewer than block_size {block} + 1")
     windows = min(windows, config.eval_subset) if config.eval_subset else windows
+    if config.eval_batches:  # random micro-batches of per_rank windows on each rank
+        windows = config.eval_batches * per_rank * info.world_size
     return LMData(train=TokenWindows(train_tokens, per_rank, block, info.device, config.seed, info.rank,
                                      info.world_size),
                   eval_tokens=eval_tokens, eval_tensor=_as_tensor(eval_tokens, info.device), eval_windows=windows,
                   eval_batch_size=max(per_rank, 64),
                   vocab_size=prepared.vocab_size, block_size=block, tokenizer=prepared.tokenizer,
                   root=prepared.root, dataset=config.dataset, train_size=len(train_tokens),
-                  files=list(prepared.files))
+                  files=list(prepared.files), eval_batches=config.eval_batches)
