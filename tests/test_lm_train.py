@@ -224,7 +224,7 @@ def test_cpu_training_keeps_freed_memory_instead_of_faulting_it_in_again():
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     faults = {how: int(subprocess.run([sys.executable, "-c", _FAULTS, how], capture_output=True, text=True, env=env,
                                       check=True).stdout) for how in ("default", "keep")}
-    assert faults["keep"] < 20 * 10 and faults["keep"] * 10 < faults["default"], faults
+    assert faults["keep"] * 10 < faults["default"], faults  # an absolute bound depends on the machine's load
 
 
 # ----------------------------------------------------------------------------------------------------------------
