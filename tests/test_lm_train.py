@@ -215,7 +215,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc", reason="glibc only")
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc", reason="needs Linux with glibc")
 def test_cpu_training_keeps_freed_memory_instead_of_faulting_it_in_again():
     """keep_freed_memory (called by train() on the CPU): nanoGPT's GPT's steps stop mapping fresh pages (glibc's
     default gives hundreds of minor page faults per step at this size)."""
