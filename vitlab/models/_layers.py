@@ -41,10 +41,11 @@ class _PatchGrid(nn.Module):
     def __init__(self, img_size: int | tuple[int, int], patch_size: int, in_chans: int):
         super().__init__()
         self.img_hw = to_2tuple(img_size, "img_size")
-        if self.img_hw[0] % patch_size or self.img_hw[1] % patch_size:
-            raise ValueError(f"img_size {img_size} is not divisible by patch_size {patch_size}")
         self.patch_size, self.in_chans = patch_size, in_chans
-        self.grid_hw = (self.img_hw[0] // patch_size, self.img_hw[1] // patch_size)
+        try:
+            self.grid_hw = self.feat_size(*self.img_hw)
+        except ValueError:
+            raise ValueError(f"img_size {img_size} is not divisible by patch_size {patch_size}") from None
         square = self.img_hw[0] == self.img_hw[1]
         self.img_size = self.img_hw[0] if square else self.img_hw
         self.grid_size = self.grid_hw[0] if square else self.grid_hw
@@ -80,20 +81,13 @@ class ConvStem(_PatchGrid):
     """
 
     def __init__(self, img_size: int | tuple[int, int], patch_size: int, in_chans: int, embed_dim: int):
-        nn.Module.__init__(self)
         if patch_size < 2 or patch_size & (patch_size - 1):
             raise ValueError(f"patch_embed='convstem' needs a power-of-two patch_size >= 2, got {patch_size}")
         stages = patch_size.bit_length() - 1  # k = log2 P stride-2 blocks
         if embed_dim % 2 ** (stages - 1):
             raise ValueError(f"patch_embed='convstem' with patch_size {patch_size} needs embed_dim divisible by "
                              f"{2 ** (stages - 1)}, got {embed_dim}")
-        self.img_hw = to_2tuple(img_size, "img_size")
-        self.patch_size, self.in_chans, self.stages = patch_size, in_chans, stages
-        self.grid_hw = self.feat_size(*self.img_hw)
-        square = self.img_hw[0] == self.img_hw[1]
-        self.img_size = self.img_hw[0] if square else self.img_hw
-        self.grid_size = self.grid_hw[0] if square else self.grid_hw
-        self.num_patches = self.grid_hw[0] * self.grid_hw[1]
+        super().__init__(img_size, patch_size, in_chans)  # the grid from feat_size below
         layers, width = [], in_chans
         for i in range(stages):
             out = embed_dim // 2 ** (stages - 1 - i)
@@ -104,8 +98,8 @@ class ConvStem(_PatchGrid):
         self.proj = nn.Conv2d(width, embed_dim, kernel_size=1)
 
     def feat_size(self, height: int, width: int) -> tuple[int, int]:
-        """(ceil(height / P), ceil(width / P)): k stride-2 blocks, each s → ceil(s / 2)."""
-        for _ in range(self.stages):
+        """(ceil(height / P), ceil(width / P)): k = log2 P stride-2 blocks, each s → ceil(s / 2)."""
+        for _ in range(self.patch_size.bit_length() - 1):
             height, width = (height + 1) // 2, (width + 1) // 2
         return height, width
 
