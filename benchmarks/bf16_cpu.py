@@ -24,10 +24,8 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import platform
 import resource
 import statistics
-import subprocess
 import sys
 import time
 
@@ -35,8 +33,7 @@ import torch
 import torch.nn.functional as F
 
 import vitlab
-from vitlab._profile import count_flops
-from vitlab.train.loop import cpu_bf16_flags
+from vitlab._profile import count_flops, cpu_bf16_flags, cpu_name
 
 
 def gemm_gflops(dtype: torch.dtype, n: int = 1024, budget_s: float = 2.0) -> float:
@@ -134,8 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
 
     flags = cpu_bf16_flags()
-    cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo"], capture_output=True,
-                         text=True).stdout.split(":")[-1].strip() or platform.processor()
+    cpu = cpu_name()
     gemm = {str(dt).replace("torch.", ""): round(gemm_gflops(dt), 1) for dt in (torch.float32, torch.bfloat16)}
     rows = [row for name in args.models for row in measure(name, args)]
     command = "python " + " ".join(sys.argv)

@@ -37,7 +37,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -45,6 +44,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from vitlab._profile import cpu_name
 
 ETA, LAM = 0.1, 0.1
 
@@ -266,14 +267,6 @@ def timing(block, args) -> list[list[float]]:
     return ms
 
 
-def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    if Path("/proc/cpuinfo").exists():
-        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")), cpu)
-    return f"CPU {cpu} ({os.cpu_count()} CPUs)"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--blocks", nargs="+", default=["ista", "odl", "mssa"], choices=["ista", "odl", "mssa"])
@@ -322,11 +315,12 @@ def main(argv: list[str] | None = None) -> int:
     command = " ".join(["python", "benchmarks/crate_algebra.py", *(sys.argv[1:] if argv is None else argv)])
     load = (f"; load average (1 min) {load_before[0]:.2f} before, {load_after[0]:.2f} after"
             if load_before and load_after else "")
-    print(f"{_machine()}, torch {torch.__version__}, {args.threads} threads, {args.clock} clock; "
+    machine = f"CPU {cpu_name()} ({os.cpu_count()} CPUs)"
+    print(f"{machine}, torch {torch.__version__}, {args.threads} threads, {args.clock} clock; "
           f"{args.windows} windows × {args.calls} calls{load}\ncommand: {command}\n")
     print(table)
     if args.json:
-        report = {"command": command, "machine": _machine(), "torch": torch.__version__, "threads": args.threads,
+        report = {"command": command, "machine": machine, "torch": torch.__version__, "threads": args.threads,
                   "clock": args.clock, "load_average_before": load_before, "load_average_after": load_after,
                   "rows": rows, "table": table}
         Path(args.json).write_text(json.dumps(report, indent=1))

@@ -347,9 +347,9 @@ def environment() -> dict:
     from torchvision_shim import import_torchvision
 
     import_torchvision()
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else \
-        platform.processor()
+    from vitlab._profile import cpu_name
+
+    cpu = cpu_name()
 
     def git(*args: str) -> str:
         try:

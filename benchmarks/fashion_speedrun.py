@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -26,6 +25,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from vitlab._profile import cpu_name
 
 PRESETS = {"default": "fashion_mnist_vit", "mimetic": "fashion_mnist_vit_mimetic"}
 
@@ -75,8 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = [run(PRESETS[init], seed, args.target, args.eval_every, args.overrides)
             for seed in args.seeds for init in PRESETS]
     command = "python " + " ".join(sys.argv)
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    cpu = cpu_name()
     print(f"{cpu} ({os.cpu_count()} CPUs), torch {torch.__version__}; target {args.target}% test top-1; "
           f"evaluation every {args.eval_every} epoch\ncommand: {command}\n")
     print("| init | preset | seeds | final top-1 % | reached target | time to target (s) | wall (s) | "

@@ -45,7 +45,6 @@ import math
 import os
 import platform
 import re
-import resource
 import subprocess
 import sys
 import tempfile
@@ -55,6 +54,7 @@ from pathlib import Path
 import torch
 
 import vitlab
+from vitlab._profile import cpu_name, peak_rss_bytes, reset_peak_rss, rss_bytes
 from vitlab.models.segmentation import create_segmentation_model
 from vitlab.train.seg_eval import slide_inference, whole_inference, window_starts
 
@@ -65,38 +65,6 @@ CUDA_MODELS = ["crate_alpha_base_patch16_224:upernet:512", "vit_base_patch16_224
 WAYS = ("mmseg_loop", "batched", "whole")  # the anchor first
 LABELS = {"mmseg_loop": "mmseg loop (1 window/call)", "batched": "batched windows", "whole": "whole image"}
 TOLERANCE = {"fp32": 1e-3, "bf16": 5e-2}  # max |batched - mmseg loop| / max(1, max |logit|)
-
-
-# -- memory ---------------------------------------------------------------------------------------------------------
-def _rss_bytes() -> int:
-    """The resident set size now (Linux); elsewhere the peak so far."""
-    try:
-        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return _ru_maxrss_bytes()
-
-
-def _ru_maxrss_bytes() -> int:
-    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
-
-
-def _reset_peak_rss() -> str:
-    """Resets the kernel's high-water mark of this process's resident set (Linux >= 4.0); returns the method the
-    peak will be read with."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return "VmHWM" if _vm_hwm_bytes() is not None else "ru_maxrss"
-    except OSError:
-        return "ru_maxrss"
-
-
-def _vm_hwm_bytes() -> int | None:
-    try:
-        match = re.search(r"^VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.MULTILINE)
-    except OSError:
-        return None
-    return int(match.group(1)) * 1024 if match else None
 
 
 # -- one configuration ----------------------------------------------------------------------------------------------
@@ -141,7 +109,7 @@ def worker(spec: dict) -> dict:
             torch.cuda.reset_peak_memory_stats(device)
             base, memory_method = torch.cuda.memory_allocated(device), "cuda.max_memory_allocated"
         else:
-            memory_method, base = _reset_peak_rss(), _rss_bytes()
+            memory_method, base = reset_peak_rss(), rss_bytes()
         pass_seconds, logits = [], None
         for _ in range(spec["repeats"]):
             start = time.perf_counter()
@@ -153,7 +121,7 @@ def worker(spec: dict) -> dict:
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device) - base
     else:
-        peak = (_vm_hwm_bytes() if memory_method == "VmHWM" else _ru_maxrss_bytes()) - base
+        peak = peak_rss_bytes(memory_method) - base
     if spec.get("logits_path"):
         torch.save(logits.float().cpu(), spec["logits_path"])  # the last call's: its images are the same in every way
     windows = _windows_per_image(spec)
@@ -253,11 +221,7 @@ def _commit() -> str | None:
 def _machine(device: str) -> str:
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(torch.device(device))
-    cpu = platform.processor() or platform.machine()
-    if Path("/proc/cpuinfo").exists():
-        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")), cpu)
-    return f"CPU {cpu} ({os.cpu_count()} CPUs, {torch.get_num_threads()} threads)"
+    return f"CPU {cpu_name()} ({os.cpu_count()} CPUs, {torch.get_num_threads()} threads)"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -56,8 +56,6 @@ import importlib.util
 import json
 import os
 import platform
-import re
-import resource
 import statistics
 import subprocess
 import sys
@@ -68,6 +66,7 @@ import torch
 import torch.nn.functional as F
 
 import vitlab
+from vitlab._profile import cpu_name, peak_rss_bytes, reset_peak_rss, rss_bytes
 from vitlab.convert import convert_state_dict, load_checkpoint
 
 # family → (vitlab layout, file inside a checkout, default vitlab model, the official tiny constructor or None)
@@ -205,34 +204,6 @@ def top_ops(step, n: int) -> list[dict]:
 
 
 # -- 5. memory, one fresh process per model ---------------------------------------------------------------------------
-def _rss_bytes() -> int:
-    try:
-        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return _ru_maxrss_bytes()
-
-
-def _ru_maxrss_bytes() -> int:
-    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
-
-
-def _vm_hwm_bytes() -> int | None:
-    try:
-        match = re.search(r"^VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.MULTILINE)
-    except OSError:
-        return None
-    return int(match.group(1)) * 1024 if match else None
-
-
-def _reset_peak_rss() -> str:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return "VmHWM" if _vm_hwm_bytes() is not None else "ru_maxrss"
-    except OSError:
-        return "ru_maxrss"
-
-
 def memory_worker(spec: dict) -> dict:
     torch.set_num_threads(spec["threads"])
     args = argparse.Namespace(**spec["args"])
@@ -244,10 +215,10 @@ def memory_worker(spec: dict) -> dict:
     y = torch.randint(0, args.classes, (args.batch,), generator=generator)
     step = make_step(model, x, y)
     step()
-    method, base = _reset_peak_rss(), _rss_bytes()
+    method, base = reset_peak_rss(), rss_bytes()
     for _ in range(args.memory_steps):
         step()
-    peak = _vm_hwm_bytes() if method == "VmHWM" else _ru_maxrss_bytes()
+    peak = peak_rss_bytes(method)
     return {"peak_rss_mib": peak / 2**20, "step_peak_mib": (peak - base) / 2**20, "memory_method": method}
 
 
@@ -319,14 +290,6 @@ def _commit() -> str | None:
         return None
 
 
-def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    if Path("/proc/cpuinfo").exists():
-        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")), cpu)
-    return f"CPU {cpu} ({os.cpu_count()} CPUs)"
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--official-crate", metavar="PATH", help="checkout of Ma-Lab-Berkeley/CRATE, or its "
@@ -381,7 +344,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
     results = [run_family(family, path, args) for family, path in (("crate", args.official_crate),
                                                                    ("crate_alpha", args.official_crate_alpha)) if path]
     load_after = os.getloadavg() if hasattr(os, "getloadavg") else None
-    report = {"command": command, "machine": _machine(), "threads": args.threads, "torch": torch.__version__,
+    report = {"command": command, "machine": f"CPU {cpu_name()} ({os.cpu_count()} CPUs)", "threads": args.threads, "torch": torch.__version__,
               "vitlab": vitlab.__version__, "python": platform.python_version(), "git_commit": _commit(),
               "load_average_before": load_before, "load_average_after": load_after,
               "settings": {k: getattr(args, k) for k in ("batch", "img_size", "patch", "classes", "depth",

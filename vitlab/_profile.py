@@ -1,4 +1,5 @@
-"""Parameters, FLOPs (torch.utils.flop_counter) and measured throughput of a model.
+"""Parameters, FLOPs (torch.utils.flop_counter) and measured throughput of a model; the machine facts that the
+benchmarks and the training log report beside them (CPU name and bf16 instructions, peak resident memory).
 
 FLOPs count multiply-adds as 2 FLOPs (MACs = FLOPs / 2). PyTorch's counter has no formula for the CPU
 scaled-dot-product-attention kernel, so one is registered here (the same count as its CUDA kernels); without it
@@ -6,16 +7,22 @@ attention would silently count as zero on CPU.
 """
 from __future__ import annotations
 
+import os
+import platform
+import re
 import resource
+import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, flop_registry, register_flop_formula, sdpa_flop_count
 from torch.utils.flop_counter import sdpa_backward_flop_count
 
-__all__ = ["Profile", "profile", "count_flops", "time_per_call", "example_inputs"]
+__all__ = ["Profile", "profile", "count_flops", "time_per_call", "example_inputs", "cpu_name", "cpu_bf16_flags",
+           "rss_bytes", "reset_peak_rss", "peak_rss_bytes"]
 
 _aten = torch.ops.aten
 if _aten._scaled_dot_product_flash_attention_for_cpu.default not in flop_registry:
@@ -162,9 +169,69 @@ def profile(model: nn.Module, input_size: tuple[int, ...] | None = None, batch_s
     train_s = time_per_call(train_step, device, warmup, iters) if train else None
     model.eval()
     peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+            else _ru_maxrss_bytes())
     return Profile(name=cfg.get("architecture", type(model).__name__), params=params, trainable_params=trainable,
                    input_size=input_size, forward_flops=forward_flops, train_flops=train_flops,
                    batch_size=batch_size, device=str(device), infer_images_per_s=batch_size / infer_s,
                    train_images_per_s=batch_size / train_s if train_s else None, peak_memory_bytes=peak,
                    unit=unit)
+
+
+# -- machine facts ------------------------------------------------------------------------------------------------
+def _cpuinfo_line(prefixes: tuple[str, ...], cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The value of the first /proc/cpuinfo line starting with one of `prefixes` ('' when none or unreadable)."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return ""
+    line = next((ln for ln in text.splitlines() if ln.startswith(prefixes)), "")
+    return line.partition(":")[2].strip()
+
+
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what `platform` knows."""
+    return _cpuinfo_line(("model name",)) or platform.processor() or platform.machine()
+
+
+def cpu_bf16_flags(cpuinfo: str = "/proc/cpuinfo") -> list[str]:
+    """The bf16 matrix instructions this CPU lists in /proc/cpuinfo: `amx_bf16`, `avx512_bf16` (x86) or `bf16`
+    (Arm); [] when there are none or the file is unreadable (not Linux). Without them a bf16 GEMM is emulated in
+    software, several times slower than fp32 (`benchmarks/bf16_cpu.py` measures it)."""
+    flags = set(_cpuinfo_line(("flags", "Features"), cpuinfo).split())
+    return [flag for flag in ("amx_bf16", "avx512_bf16", "bf16") if flag in flags]
+
+
+def _ru_maxrss_bytes() -> int:
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def _vm_hwm_bytes() -> int | None:
+    try:
+        match = re.search(r"^VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.MULTILINE)
+    except OSError:
+        return None
+    return int(match.group(1)) * 1024 if match else None
+
+
+def rss_bytes() -> int:
+    """This process's resident set size now (Linux); elsewhere its peak so far."""
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return _ru_maxrss_bytes()
+
+
+def reset_peak_rss() -> str:
+    """Resets the kernel's high-water mark of this process's resident set (Linux >= 4.0); returns the method
+    `peak_rss_bytes` reads the peak with: 'VmHWM' after a reset, else 'ru_maxrss' (the peak since the start)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return "VmHWM" if _vm_hwm_bytes() is not None else "ru_maxrss"
+    except OSError:
+        return "ru_maxrss"
+
+
+def peak_rss_bytes(method: str) -> int:
+    """The resident set's peak, by the method `reset_peak_rss` returned."""
+    return (_vm_hwm_bytes() if method == "VmHWM" else None) or _ru_maxrss_bytes()

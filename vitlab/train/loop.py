@@ -36,7 +36,7 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
 from .. import __version__
-from .._profile import count_flops
+from .._profile import count_flops, cpu_bf16_flags
 from ..convert import load_checkpoint
 from ..init import mimetic_init_, norm_matched_init_
 from ..models import create_model
@@ -122,19 +122,6 @@ def peak_flops(device: torch.device) -> float | None:
         if key in name:
             return value
     return None
-
-
-def cpu_bf16_flags(cpuinfo: str = "/proc/cpuinfo") -> list[str]:
-    """The bf16 matrix instructions this CPU lists in /proc/cpuinfo: `amx_bf16`, `avx512_bf16` (x86) or `bf16`
-    (Arm); [] when there are none or the file is unreadable (not Linux). Without them a bf16 GEMM is emulated in
-    software, several times slower than fp32 (`benchmarks/bf16_cpu.py` measures it)."""
-    try:
-        text = Path(cpuinfo).read_text()
-    except OSError:
-        return []
-    line = next((ln for ln in text.splitlines() if ln.startswith(("flags", "Features"))), "")
-    flags = set(line.partition(":")[2].split())
-    return [flag for flag in ("amx_bf16", "avx512_bf16", "bf16") if flag in flags]
 
 
 def build_model(config: TrainConfig, data=None) -> nn.Module:
