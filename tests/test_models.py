@@ -286,3 +286,52 @@ def test_crate_alpha_odl_fused_gemms_give_the_two_ista_steps_values_and_gradient
     with torch.autocast("cpu", torch.bfloat16):
         low = layer.float()(h.detach().float())
     torch.testing.assert_close(low.float(), direct.detach().float(), rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize("name, causal_model", [("vit_tiny_patch16_224", False), ("crate_t16", False),
+                                                ("gpt_char_tiny", True)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_training_attention_path_matches_sdpa(name, causal_model, dtype, monkeypatch):
+    """Short CPU training forwards take the explicit attention path (faster there than SDPA's flash backward); its
+    outputs and gradients must be SDPA's."""
+    from vitlab.models import _layers
+    torch.manual_seed(0)
+    kwargs = dict(n_layer=2) if causal_model else dict(depth=2, img_size=32, patch_size=8, num_classes=5)
+    model = vitlab.create_model(name, **kwargs).train()
+    x = torch.randint(0, 60, (2, 40)) if causal_model else torch.randn(2, 3, 32, 32)
+    assert _layers._explicit_trains_faster(torch.zeros(1, 1, 17, 8, dtype=dtype, requires_grad=True))
+    results = []
+    for explicit in (True, False):
+        monkeypatch.setattr(_layers, "_explicit_trains_faster", lambda q, explicit=explicit: explicit)
+        model.zero_grad()
+        with torch.autocast("cpu", torch.bfloat16, enabled=dtype == torch.bfloat16):
+            out = model(x)
+        out = out[0] if isinstance(out, tuple) else out
+        out.float().square().mean().backward()
+        results.append((out.detach().float(), [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    tol = dict(atol=1e-5, rtol=1e-4) if dtype == torch.float32 else dict(atol=3e-2, rtol=3e-2)
+    torch.testing.assert_close(results[0][0], results[1][0], **tol)
+    for a, b in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(a, b, **(tol if dtype == torch.float32 else dict(atol=5e-2, rtol=1e-1)))
+
+
+def test_explicit_attention_is_chosen_only_where_it_trains_faster():
+    from vitlab.models._layers import _explicit_trains_faster
+    short = torch.zeros(1, 1, 65, 8, requires_grad=True)
+    assert _explicit_trains_faster(short) and _explicit_trains_faster(short.bfloat16())
+    assert not _explicit_trains_faster(short.detach())  # inference: SDPA
+    assert not _explicit_trains_faster(torch.zeros(1, 1, 197, 8, requires_grad=True))  # fp32, long: SDPA
+    assert _explicit_trains_faster(torch.zeros(1, 1, 197, 8, dtype=torch.bfloat16, requires_grad=True))
+    assert not _explicit_trains_faster(torch.zeros(1, 1, 512, 8, dtype=torch.bfloat16, requires_grad=True))
+    assert not _explicit_trains_faster(torch.zeros(1, 1, 65, 8, dtype=torch.float64, requires_grad=True))
+
+
+def test_attention_dropout_on_the_explicit_path_drops_probabilities():
+    from vitlab.models._layers import _explicit_attention
+    q = torch.randn(2, 2, 10, 4, requires_grad=True)
+    torch.manual_seed(0)
+    dropped, probs = _explicit_attention(q, q, q, 0.5, dropout_p=0.5)
+    torch.manual_seed(0)
+    mask = torch.nn.functional.dropout(probs, 0.5)
+    torch.testing.assert_close(dropped, mask @ q)
+    assert not torch.allclose(dropped, probs @ q)

@@ -213,3 +213,18 @@ def test_bf16_on_a_cpu_without_bf16_units_is_called_out_at_start_up(tmp_path, mo
     monkeypatch.setattr(loop, "cpu_bf16_flags", lambda cpuinfo="/proc/cpuinfo": ["amx_bf16"])
     train(tiny_run(tmp_path, "run2", precision="bf16", max_steps=1, device="cpu"))
     assert "without bf16 matrix instructions" not in capsys.readouterr().out
+
+
+def test_precision_auto_is_bf16_on_cuda_and_amx_cpus_only(monkeypatch):
+    import torch
+    monkeypatch.setattr(loop, "cpu_bf16_flags", lambda cpuinfo="/proc/cpuinfo": ["amx_bf16", "avx512_bf16"])
+    assert loop.resolve_precision("auto", torch.device("cpu")) == "bf16"
+    monkeypatch.setattr(loop, "cpu_bf16_flags", lambda cpuinfo="/proc/cpuinfo": ["avx512_bf16"])
+    assert loop.resolve_precision("auto", torch.device("cpu")) == "fp32"  # not measured without AMX: stays fp32
+    monkeypatch.setattr(loop, "cpu_bf16_flags", lambda cpuinfo="/proc/cpuinfo": [])
+    assert loop.resolve_precision("auto", torch.device("cpu")) == "fp32"
+    assert loop.resolve_precision("auto", torch.device("cuda")) == "bf16"
+    assert loop.resolve_precision("bf16", torch.device("cpu")) == "bf16"
+    assert loop.resolve_precision("fp32", torch.device("cuda")) == "fp32"
+    with pytest.raises(ValueError, match="'auto', 'bf16' or 'fp32'"):
+        loop.resolve_precision("fp16", torch.device("cpu"))

@@ -163,21 +163,36 @@ def resample_position_embedding(table: torch.Tensor, old_grid: tuple[int, int],
 # Attention
 
 
-def _explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, causal: bool = False):
+def _explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, causal: bool = False,
+                        dropout_p: float = 0.0):
     """softmax(q kᵀ · scale) v with the probabilities returned: (B, H, N, dh), (B, H, N, N). `causal`: token i
-    attends only to tokens j ≤ i (the upper triangle is masked to −∞ before the softmax, so it is exactly 0)."""
+    attends only to tokens j ≤ i (the upper triangle is masked to −∞ before the softmax, so it is exactly 0).
+    `dropout_p` drops probabilities after the softmax (as SDPA does); the returned ones are those before it."""
     attn = (q * scale) @ k.transpose(-2, -1)  # (B, H, N, N)
     if causal:
         N = attn.shape[-1]
         future = torch.ones(N, N, dtype=torch.bool, device=attn.device).triu(1)  # (N, N) True above the diagonal
         attn = attn.masked_fill(future, float("-inf"))  # (B, H, N, N)
     attn = attn.softmax(dim=-1)
-    return attn @ v, attn
+    return F.dropout(attn, dropout_p) @ v if dropout_p else attn @ v, attn
+
+
+# Longest sequence for which explicit attention trains faster than SDPA's fused kernel on a CPU, by dtype. PyTorch's
+# CPU flash-attention backward is slow for short sequences, most of all in bf16 (64 images × 3 heads × 65 tokens:
+# 27 ms against 4.5 ms explicit); past these lengths the fused kernel wins. Measured by benchmarks/attention_cpu.py.
+_CPU_EXPLICIT_MAX_TOKENS = {torch.float32: 128, torch.bfloat16: 256}
+
+
+def _explicit_trains_faster(q: torch.Tensor) -> bool:
+    """True for a CPU training forward (q needs a gradient) short enough that explicit attention beats SDPA."""
+    return (q.device.type == "cpu" and q.requires_grad
+            and q.shape[-2] <= _CPU_EXPLICIT_MAX_TOKENS.get(q.dtype, 0))
 
 
 class _MultiHeadAttention(nn.Module):
-    """The plumbing every attention shares: per-head softmax attention of `_qkv(x)` (fused SDPA, or explicit when the
-    probabilities are wanted), heads merged head-major, then the output projection `_project`.
+    """The plumbing every attention shares: per-head softmax attention of `_qkv(x)` (fused SDPA; explicit when the
+    probabilities are wanted, or when it trains faster on a CPU), heads merged head-major, then the output projection
+    `_project`.
 
     `causal=True` lets token i attend only to tokens j ≤ i (language models): SDPA's `is_causal`, or the same mask
     in the explicit path. `attn_dropout` drops attention probabilities in training (SDPA path only; the explicit
@@ -206,8 +221,10 @@ class _MultiHeadAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dropout_p = self.attn_dropout if self.training else 0.0
-        return self._merge(F.scaled_dot_product_attention(*self._qkv(x), dropout_p=dropout_p,
-                                                          is_causal=self.causal))
+        q, k, v = self._qkv(x)  # 3 × (B, H, N, dh)
+        if _explicit_trains_faster(q):
+            return self._merge(_explicit_attention(q, k, v, self.scale, self.causal, dropout_p)[0])
+        return self._merge(F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=self.causal))
 
     def forward_with_attention(self, x: torch.Tensor):
         out, attn = _explicit_attention(*self._qkv(x), self.scale, causal=self.causal)
