@@ -183,7 +183,7 @@ def test_ddp_and_fsdp_two_processes_match_one_process(tmp_path):
     common = ["fashion_mnist_vit", "model_kwargs.patch_size=7", "model_kwargs.depth=2", "model_kwargs.embed_dim=32",
               "model_kwargs.num_heads=2", "train_subset=1024", "eval_subset=256", "batch_size=64", "epochs=1",
               "log_every=2", "augment.random_crop_padding=0", "augment.hflip=false", f"data_dir={FASHION}",
-              "progress=false", "device=cpu"]
+              "progress=false", "device=cpu", "precision=fp32"]  # fp32: bf16 (auto on AMX CPUs) rounds per split
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     one = subprocess.run([sys.executable, "-m", "vitlab", "train", *common, f"out_dir={tmp_path / 'one'}"],
                          capture_output=True, text=True, env=env, timeout=300)
@@ -212,7 +212,8 @@ def test_ddp_and_fsdp_two_processes_match_one_process(tmp_path):
 @needs_fashion
 def test_gradient_accumulation_matches_the_full_batch_and_tensorboard_logs(tmp_path):
     pytest.importorskip("tensorboard")
-    plain = dict(augment=get_preset("fashion_mnist_vit").augment, max_steps=8, eval_every=100, log_every=2)
+    plain = dict(augment=get_preset("fashion_mnist_vit").augment, max_steps=8, eval_every=100, log_every=2,
+                 precision="fp32")  # bf16 autocast (auto on AMX CPUs) rounds a 64-batch and four 16-batches apart
     plain["augment"].hflip = False  # no randomness: both runs see identical batches
     full = train(tiny_run(tmp_path, "full", **plain))
     accumulated = train(tiny_run(tmp_path, "accum", grad_accum_steps=4, tensorboard=True, **plain))
