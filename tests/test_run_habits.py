@@ -19,7 +19,7 @@ from test_train import FASHION, needs_fashion, read_metrics, tiny_run
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
        "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-TINY = ["fashion_mnist_vit", "model_kwargs.patch_size=7", "model_kwargs.embed_dim=32", "model_kwargs.depth=2",
+TINY = ["fashion_mnist_vit", "model_kwargs.patch_size=8", "model_kwargs.embed_dim=32", "model_kwargs.depth=2",
         "model_kwargs.num_heads=2", "train_subset=2048", "eval_subset=256", "batch_size=32", "log_every=4",
         f"data_dir={FASHION}", "progress=false", "device=cpu"]
 
