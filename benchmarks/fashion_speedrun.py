@@ -48,7 +48,10 @@ def run(preset: str, seed: int, target: float, eval_every: float, overrides: lis
     startup = wall - records[-1]["elapsed_s"]
     reached = next((r for r in evals if r["top1"] >= target), None)
     speeds = [r["images_per_s"] for r in records if "images_per_s" in r]
-    return {"preset": preset, "seed": seed, "wall_s": round(wall, 1), "startup_s": round(startup, 1),
+    precision = next((line.split(":", 1)[1].strip() for line in proc.stdout.splitlines()
+                      if line.startswith("precision:")), None)
+    return {"preset": preset, "seed": seed, "precision": precision, "wall_s": round(wall, 1),
+            "startup_s": round(startup, 1),
             "top1": evals[-1]["top1"], "best_top1": max(r["top1"] for r in evals),
             "time_to_target_s": round(startup + reached["elapsed_s"], 1) if reached else None,
             "images_per_s": round(statistics.median(speeds)) if speeds else None,
@@ -77,7 +80,10 @@ def main(argv: list[str] | None = None) -> int:
             for seed in args.seeds for init in PRESETS]
     command = "python " + " ".join(sys.argv)
     cpu = cpu_name()
-    print(f"{cpu} ({os.cpu_count()} CPUs), torch {torch.__version__}; target {args.target}% test top-1; "
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).parent).stdout.strip() or None
+    print(f"{cpu} ({os.cpu_count()} CPUs), torch {torch.__version__}, vitlab commit {commit}; precision "
+          f"{', '.join(sorted({str(r['precision']) for r in runs}))}; target {args.target}% test top-1; "
           f"evaluation every {args.eval_every} epoch\ncommand: {command}\n")
     print("| init | preset | seeds | final top-1 % | reached target | time to target (s) | wall (s) | "
           "start-up (s) | train images/s | peak RSS MiB |")
@@ -90,8 +96,13 @@ def main(argv: list[str] | None = None) -> int:
               f"| {reached}/{len(rows)} | {summary([r['time_to_target_s'] for r in rows])} | "
               f"{summary([r['wall_s'] for r in rows])} | {summary([r['startup_s'] for r in rows])} | "
               f"{summary([r['images_per_s'] for r in rows])} | {peak} |")
+    print("\n| init | seed | final top-1 % | time to target (s) | wall (s) |\n|---|---:|---:|---:|---:|")
+    for r in runs:
+        init = next(name for name, preset in PRESETS.items() if preset == r["preset"])
+        print(f"| {init} | {r['seed']} | {r['top1']:.2f} | {r['time_to_target_s'] or 'not reached'} | {r['wall_s']} |")
     if args.json:
         Path(args.json).write_text(json.dumps({"command": command, "cpu": cpu, "cpus": os.cpu_count(),
+                                               "commit": commit,
                                                "torch": torch.__version__, "target": args.target,
                                                "eval_every": args.eval_every, "runs": runs}, indent=1))
     return 0
