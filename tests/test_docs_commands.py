@@ -220,6 +220,27 @@ PLANS: dict[str, Run | Elsewhere] = {
     "vitlab compare semantic_segmentation": Run(COMPARE),
     "python benchmarks/sliding_window.py": Run(
         "--models crate_alpha_tiny_patch4_32:linear --size 40x56 --crop 32 --stride 21 --classes 3 --dtypes fp32"),
+    # ---- docs/speed.md
+    "python benchmarks/fashion_speedrun.py --seeds 0 1 2 --json docs/fashion_speedrun.json": Run(
+        "steps=2 warmup_epochs=0 train_subset=64 eval_subset=32 batch_size=32 --target 0",
+        replace=(("--seeds 0 1 2 --json docs/fashion_speedrun.json", "--seeds 0 --json speedrun.json"),)),
+    "python benchmarks/fashion_speedrun.py --seeds 0 1 2 --json docs/fashion_speedrun_fp32.json precision=fp32": Run(
+        "steps=2 warmup_epochs=0 train_subset=64 eval_subset=32 batch_size=32 --target 0",
+        replace=(("--seeds 0 1 2 --json docs/fashion_speedrun_fp32.json", "--seeds 0 --json speedrun.json"),)),
+    "python benchmarks/bf16_cpu.py --json docs/bf16_cpu.json": Run(
+        "--models vit_tiny_patch4_32 --batch 4 --steps 1 --repeats 1",
+        replace=(("docs/bf16_cpu.json", "bf16.json"),)),
+    "python benchmarks/attention_cpu.py --json docs/attention_cpu.json": Run(
+        "--calls 1 --repeats 1 --shapes 2,2,17,8,0 2,2,33,8,1", replace=(("docs/attention_cpu.json", "attn.json"),)),
+    "python benchmarks/vs_nanogpt.py --nanogpt PATH/nanoGPT --pairs 2 --json docs/vs_nanogpt_cpu.json": Elsewhere(
+        "needs a nanoGPT checkout and 8 minutes; tests/test_vs_nanogpt.py runs the script end to end against a "
+        "stand-in nanoGPT train.py"),
+    "python benchmarks/vs_official_crate.py --official-crate PATH/CRATE --official-crate-alpha PATH/CRATE-alpha "
+    "--json docs/vs_official_crate.json": Elsewhere(
+        "needs the official repositories' checkouts; tests/test_benchmarks_official.py runs the script against "
+        "stand-in official files in their layout"),
+    "python benchmarks/crate_algebra.py --ratios 1 2 4 --json docs/crate_algebra.json": Run(
+        "--batch 2 --windows 1 --calls 1", replace=(("--ratios 1 2 4 --json docs/crate_algebra.json", "--ratios 1 --json algebra.json"),)),
     # ---- docs/training.md
     "vitlab train fashion_mnist_vit_mimetic": Run(SHORT),
     "vitlab train cifar10_vit_tiny_mimetic data_dir=/data download=true epochs=50 augment.randaugment_m=9": Run(
