@@ -5,8 +5,9 @@ vitlab's attention (`vitlab.models._layers`) trains with the explicit form on a 
 `_CPU_EXPLICIT_MAX_TOKENS[dtype]` tokens long (fp32: 128, bf16: 256) and uses SDPA everywhere else; this script is
 the measurement behind those two numbers. Per row: the shape (batch, heads, tokens, head width, causal), the median
 ms per call of each form over `--repeats` interleaved windows of `--calls` calls, SDPA / explicit (above 1: the
-explicit form is faster), which form vitlab takes, and the peak resident memory each form added during its calls
-(the kernel's high-water mark reset before each window, minus the resident set before it; MiB).
+explicit form is faster), which form vitlab takes, and in training the memory each form keeps for its backward
+(the bytes of the tensors autograd saves in one forward, counted with `torch.autograd.graph.saved_tensors_hooks`;
+the explicit form keeps the B·H·N² probabilities, SDPA's flash kernel only its output and log-sum-exp; MiB).
 
     python benchmarks/attention_cpu.py --json docs/attention_cpu.json
     python benchmarks/attention_cpu.py --calls 1 --repeats 1 --shapes 8,3,65,64,0          # a dry run
@@ -22,7 +23,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from vitlab._profile import cpu_bf16_flags, cpu_name, peak_rss_bytes, reset_peak_rss, rss_bytes
+from vitlab._profile import cpu_bf16_flags, cpu_name
 from vitlab.models import _layers
 
 # (batch, heads, tokens, head width, causal): ViT-T/4 at 32 px (65 tokens), ViT at 224 px / 16 (197), the
@@ -38,9 +39,8 @@ def explicit(q, k, v, causal: bool):
     return _layers._explicit_attention(q, k, v, q.shape[-1] ** -0.5, causal)[0]
 
 
-def window(fn, q, k, v, grad, causal: bool, train: bool, calls: int) -> tuple[float, float]:
-    """(ms per call, MiB of peak resident memory added) over `calls` calls."""
-    before, method = rss_bytes(), reset_peak_rss()
+def window(fn, q, k, v, grad, causal: bool, train: bool, calls: int) -> float:
+    """ms per call over `calls` calls."""
     start = time.perf_counter()
     for _ in range(calls):
         if train:
@@ -48,8 +48,24 @@ def window(fn, q, k, v, grad, causal: bool, train: bool, calls: int) -> tuple[fl
         else:
             with torch.no_grad():
                 fn(q, k, v, causal)
-    ms = (time.perf_counter() - start) / calls * 1e3
-    return ms, max(0, peak_rss_bytes(method) - before) / 2**20
+    return (time.perf_counter() - start) / calls * 1e3
+
+
+def saved_mib(fn, q, k, v, causal: bool) -> float:
+    """MiB of the tensors autograd keeps from one forward for the backward (inputs q, k, v not counted)."""
+    inputs, seen, total = {id(q), id(k), id(v)}, set(), 0
+
+    def pack(t):
+        nonlocal total
+        key = (t.untyped_storage().data_ptr(), t.dtype)
+        if id(t) not in inputs and t.data_ptr() not in {q.data_ptr(), k.data_ptr(), v.data_ptr()} and key not in seen:
+            seen.add(key)
+            total += t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn(q, k, v, causal)
+    return total / 2**20
 
 
 def measure(shape: str, dtype: torch.dtype, train: bool, args) -> dict:
@@ -60,19 +76,18 @@ def measure(shape: str, dtype: torch.dtype, train: bool, args) -> dict:
     for fn in forms.values():  # warm-up
         window(fn, q, k, v, grad, bool(causal), train, 1)
     times: dict = {name: [] for name in forms}
-    memory: dict = {name: 0.0 for name in forms}
     for _ in range(args.repeats):
         for name, fn in forms.items():
-            ms, mib = window(fn, q, k, v, grad, bool(causal), train, args.calls)
-            times[name].append(ms)
-            memory[name] = max(memory[name], mib)
+            times[name].append(window(fn, q, k, v, grad, bool(causal), train, args.calls))
+    memory = {name: saved_mib(fn, q, k, v, bool(causal)) if train else None for name, fn in forms.items()}
     sdpa_ms, explicit_ms = statistics.median(times["sdpa"]), statistics.median(times["explicit"])
     picks = "explicit" if _layers._explicit_trains_faster(q) else "sdpa"
     return {"batch": B, "heads": H, "tokens": N, "head_dim": D, "causal": bool(causal),
             "dtype": str(dtype).removeprefix("torch."), "mode": "train" if train else "inference",
             "sdpa_ms": round(sdpa_ms, 2), "explicit_ms": round(explicit_ms, 2),
             "sdpa_over_explicit": round(sdpa_ms / explicit_ms, 2), "vitlab_uses": picks,
-            "sdpa_peak_mib": round(memory["sdpa"], 1), "explicit_peak_mib": round(memory["explicit"], 1)}
+            "sdpa_saved_mib": memory["sdpa"] and round(memory["sdpa"], 1),
+            "explicit_saved_mib": memory["explicit"] and round(memory["explicit"], 1)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,17 +105,19 @@ def main(argv: list[str] | None = None) -> int:
     print(header)
     print("command: python " + " ".join(["benchmarks/attention_cpu.py", *(argv if argv is not None else sys.argv[1:])]))
     print("\n| batch × heads × tokens × width | causal | dtype | mode | SDPA ms | explicit ms | SDPA / explicit | "
-          "vitlab uses | peak MiB SDPA / explicit |\n|---|---|---|---|---:|---:|---:|---|---:|")
+          "vitlab uses | saved for backward MiB, SDPA / explicit |\n|---|---|---|---|---:|---:|---:|---|---:|")
     rows = []
     for shape in args.shapes:
         for train in (True, False):
             for dtype in (torch.float32, torch.bfloat16):
                 r = measure(shape, dtype, train, args)
                 rows.append(r)
-                print(f"| {r['batch']}×{r['heads']}×{r['tokens']}×{r['head_dim']} | {'yes' if r['causal'] else 'no'} "
+                shape = f"{r['batch']}×{r['heads']}×{r['tokens']}×{r['head_dim']}"
+                print(f"| {shape} | {'yes' if r['causal'] else 'no'} "
                       f"| {r['dtype']} | {r['mode']} | {r['sdpa_ms']} | {r['explicit_ms']} | "
                       f"{r['sdpa_over_explicit']:.2f}× | {r['vitlab_uses']} | "
-                      f"{r['sdpa_peak_mib']:.0f} / {r['explicit_peak_mib']:.0f} |", flush=True)
+                      + (f"{r['sdpa_saved_mib']:.1f} / {r['explicit_saved_mib']:.1f} |" if train else "– |"),
+                      flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": header, "command": "python benchmarks/attention_cpu.py "

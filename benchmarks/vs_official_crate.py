@@ -131,12 +131,24 @@ def build_pair(family: str, official_path: str, args: argparse.Namespace, seed: 
 
 
 # -- 3. equality -------------------------------------------------------------------------------------------------------
+def _worst_rel(grads: dict, reference: dict, tiny: float) -> tuple[str, float]:
+    """(parameter, ‖Δ‖/‖reference‖) of the parameter whose gradient differs most from `reference`'s."""
+    rel = {k: ((g.double() - reference[k].double()).norm() / reference[k].double().norm().clamp_min(tiny)).item()
+           for k, g in grads.items()}
+    worst = max(rel, key=rel.get)
+    return worst, rel[worst]
+
+
 def check(official, ours, layout: str, batch: int, img_size: int, classes: int) -> list[dict]:
+    """float64 first: the two codes must agree to 1e-10 there, and vitlab's float64 gradients are then the truth
+    that each code's float32 gradients are measured against. float32 passes when vitlab's gradients are within
+    tolerance of the official float32 ones OR of that truth: on some CPUs the official code's own float32 error is
+    the larger one (on the AMX Xeon: 2.1e-3 on the patch embedding against vitlab's 8.6e-7)."""
     generator = torch.Generator().manual_seed(1)
     x = torch.randn(batch, 3, img_size, img_size, generator=generator, dtype=torch.float64)
     y = torch.randint(0, classes, (batch,), generator=generator)
-    rows = []
-    for dtype_name, dtype in (("fp32", torch.float32), ("fp64", torch.float64)):
+    rows, truth = [], None
+    for dtype_name, dtype in (("fp64", torch.float64), ("fp32", torch.float32)):
         logits = {}
         grads = {}
         for name, model in (("official", official), ("vitlab", ours)):
@@ -150,20 +162,23 @@ def check(official, ours, layout: str, batch: int, img_size: int, classes: int) 
         official_grads, _ = convert_state_dict(grads["official"], ours, layout)
         logit_diff = (logits["official"] - logits["vitlab"]).abs().max().item()
         logit_scale = max(1.0, logits["official"].abs().max().item())
-        worst_name, worst = None, 0.0
-        for key, ours_grad in grads["vitlab"].items():
-            theirs = official_grads[key]
-            rel = ((ours_grad - theirs).norm() / theirs.norm().clamp_min(torch.finfo(dtype).tiny)).item()
-            if worst_name is None or rel > worst:
-                worst_name, worst = key, rel
+        tiny = torch.finfo(dtype).tiny
+        worst_name, worst = _worst_rel(grads["vitlab"], official_grads, tiny)
         logit_tol, grad_tol = TOLERANCE[dtype_name]
-        rows.append({"dtype": dtype_name, "max_abs_logit_diff": logit_diff, "max_abs_logit": logit_scale,
-                     "logit_tolerance": logit_tol * logit_scale, "max_rel_grad_diff": worst,
-                     "worst_grad": worst_name, "grad_tolerance": grad_tol,
-                     "same": logit_diff <= logit_tol * logit_scale and worst <= grad_tol})
+        row = {"dtype": dtype_name, "max_abs_logit_diff": logit_diff, "max_abs_logit": logit_scale,
+               "logit_tolerance": logit_tol * logit_scale, "max_rel_grad_diff": worst, "worst_grad": worst_name,
+               "grad_tolerance": grad_tol}
+        if truth is None:
+            truth = grads["vitlab"]
+            row["same"] = logit_diff <= logit_tol * logit_scale and worst <= grad_tol
+        else:
+            row["vitlab_vs_fp64"] = _worst_rel(grads["vitlab"], truth, tiny)
+            row["official_vs_fp64"] = _worst_rel(official_grads, truth, tiny)
+            row["same"] = logit_diff <= logit_tol * logit_scale and min(worst, row["vitlab_vs_fp64"][1]) <= grad_tol
+        rows.append(row)
     for model in (official, ours):
         model.float()
-    return rows
+    return rows[::-1]  # fp32, fp64
 
 
 # -- 4. speed ----------------------------------------------------------------------------------------------------------
@@ -259,13 +274,15 @@ def run_family(family: str, official_path: str, args: argparse.Namespace) -> dic
 
 
 def tables(results: list[dict], args: argparse.Namespace) -> str:
-    lines = ["| family | dtype | max abs Δlogit | tolerance | max rel Δgrad (parameter) | tolerance | same |",
-             "|---|---|---:|---:|---|---:|---|"]
+    lines = ["| family | dtype | max abs Δlogit | tolerance | max rel Δgrad (parameter) | tolerance | "
+             "fp32 grad error vs fp64, vitlab / official | same |", "|---|---|---:|---:|---|---:|---|---|"]
     for r in results:
         for c in r["check"]:
+            errors = (f"{c['vitlab_vs_fp64'][1]:.1e} / {c['official_vs_fp64'][1]:.1e} "
+                      f"({c['official_vs_fp64'][0]})" if "vitlab_vs_fp64" in c else "–")
             lines.append(f"| {LABEL[r['family']]} | {c['dtype']} | {c['max_abs_logit_diff']:.2e} | "
                          f"{c['logit_tolerance']:.1e} | {c['max_rel_grad_diff']:.2e} ({c['worst_grad']}) | "
-                         f"{c['grad_tolerance']:.0e} | {'yes' if c['same'] else 'NO'} |")
+                         f"{c['grad_tolerance']:.0e} | {errors} | {'yes' if c['same'] else 'NO'} |")
     lines += ["", f"| family | model | code | params | images/s (median of {args.windows}) | windows min-max | "
               "vitlab / official | peak RSS (MiB) | step peak above baseline (MiB) |",
               "|---|---|---|---:|---:|---:|---:|---:|---:|"]

@@ -240,7 +240,8 @@ PLANS: dict[str, Run | Elsewhere] = {
         "needs the official repositories' checkouts; tests/test_benchmarks_official.py runs the script against "
         "stand-in official files in their layout"),
     "python benchmarks/crate_algebra.py --ratios 1 2 4 --json docs/crate_algebra.json": Run(
-        "--batch 2 --windows 1 --calls 1", replace=(("--ratios 1 2 4 --json docs/crate_algebra.json", "--ratios 1 --json algebra.json"),)),
+        "--batch 2 --windows 1 --calls 1",
+        replace=(("--ratios 1 2 4 --json docs/crate_algebra.json", "--ratios 1 --json algebra.json"),)),
     # ---- docs/training.md
     "vitlab train fashion_mnist_vit_mimetic": Run(SHORT),
     "vitlab train cifar10_vit_tiny_mimetic data_dir=/data download=true epochs=50 augment.randaugment_m=9": Run(

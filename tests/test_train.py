@@ -182,7 +182,8 @@ def test_cli_train_and_eval_end_to_end(tmp_path):
 def test_ddp_and_fsdp_two_processes_match_one_process(tmp_path):
     # A patch projection, not the preset's convolutional stem: its BatchNorm sees each rank's half batch.
     common = ["fashion_mnist_vit", "model_kwargs.patch_size=7", "model_kwargs.patch_embed=conv", "model_kwargs.depth=2",
-              "model_kwargs.embed_dim=32", "model_kwargs.num_heads=2", "train_subset=1024", "eval_subset=256", "batch_size=64", "epochs=1",
+              "model_kwargs.embed_dim=32", "model_kwargs.num_heads=2", "train_subset=1024", "eval_subset=256",
+              "batch_size=64", "epochs=1",
               "log_every=2", "augment.random_crop_padding=0", "augment.hflip=false", f"data_dir={FASHION}",
               "progress=false", "device=cpu", "precision=fp32"]  # fp32: bf16 (auto on AMX CPUs) rounds per split
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
