@@ -9,8 +9,13 @@ explicit form is faster), which form vitlab takes, and in training the memory ea
 (the bytes of the tensors autograd saves in one forward, counted with `torch.autograd.graph.saved_tensors_hooks`;
 the explicit form keeps the B·H·N² probabilities, SDPA's flash kernel only its output and log-sum-exp; MiB).
 
+A kernel alone does not decide it: a second table times whole train steps (forward, cross-entropy, backward, AdamW)
+of `--models` with vitlab's attention forced to each form (`--model-steps` steps per window, windows alternated),
+in fp32 and under bf16 autocast. In fp32 the explicit kernel wins at 65 tokens on its own but the models train
+slower with it, so fp32 keeps SDPA.
+
     python benchmarks/attention_cpu.py --json docs/attention_cpu.json
-    python benchmarks/attention_cpu.py --calls 1 --repeats 1 --shapes 8,3,65,64,0          # a dry run
+    python benchmarks/attention_cpu.py --calls 1 --repeats 1 --shapes 8,3,65,64,0 --models   # a dry run, kernels only
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+import vitlab
 from vitlab._profile import cpu_bf16_flags, cpu_name
 from vitlab.models import _layers
 
@@ -90,11 +96,63 @@ def measure(shape: str, dtype: torch.dtype, train: bool, args) -> dict:
             "explicit_saved_mib": memory["explicit"] and round(memory["explicit"], 1)}
 
 
+# Whole models, as trained: ViT-T and CRATE-T at 32 px / patch 4 (65 tokens), batch 64; nanoGPT's CPU GPT (4 layers,
+# width 128, 64 tokens, causal), batch 12.
+MODELS = ["vit_tiny_patch4_32", "crate_tiny_patch4_32", "gpt_char_tiny"]
+
+
+def model_step(name: str, bf16: bool):
+    torch.manual_seed(0)
+    if name.startswith("gpt"):
+        model = vitlab.create_model(name, n_layer=4, n_head=4, n_embd=128, block_size=64, vocab_size=65)
+        x, y, unit = torch.randint(0, 65, (12, 64)), torch.randint(0, 65, (12, 64)), 12 * 64
+    else:
+        model = vitlab.create_model(name, img_size=32, patch_size=4, num_classes=10)
+        x, y, unit = torch.randn(64, 3, 32, 32), torch.randint(0, 10, (64,)), 64
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+
+    def step():
+        with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+            out = model(x)
+            out = out[0] if isinstance(out, tuple) else out
+            loss = F.cross_entropy(out.float().flatten(0, -2), y.flatten())
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return step, unit
+
+
+def measure_model(name: str, bf16: bool, args) -> dict:
+    step, unit = model_step(name, bf16)
+    chooser = _layers._explicit_trains_faster
+    forced = {"sdpa": lambda q: False, "explicit": lambda q: q.device.type == "cpu" and q.requires_grad}
+    rates: dict = {form: [] for form in forced}
+    try:
+        for window_index in range(args.repeats + 1):  # the first window of each form is a warm-up
+            for form, rule in forced.items():
+                _layers._explicit_trains_faster = rule
+                start = time.perf_counter()
+                for _ in range(args.model_steps):
+                    step()
+                if window_index:
+                    rates[form].append(unit * args.model_steps / (time.perf_counter() - start))
+    finally:
+        _layers._explicit_trains_faster = chooser
+    sdpa, explicit_ = statistics.median(rates["sdpa"]), statistics.median(rates["explicit"])
+    return {"model": name, "dtype": "bfloat16" if bf16 else "float32", "unit": "tokens" if unit > 64 else "images",
+            "sdpa_per_s": round(sdpa, 1), "explicit_per_s": round(explicit_, 1),
+            "explicit_over_sdpa": round(explicit_ / sdpa, 3),
+            "vitlab_uses": "explicit" if bf16 else "sdpa"}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", nargs="+", default=SHAPES, help="batch,heads,tokens,head_dim,causal(0|1)")
     parser.add_argument("--calls", type=int, default=5, help="calls per timed window")
     parser.add_argument("--repeats", type=int, default=3, help="windows per form, interleaved")
+    parser.add_argument("--models", nargs="*", default=MODELS, help="whole-model train steps (none: skip)")
+    parser.add_argument("--model-steps", type=int, default=5, help="train steps per window")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
@@ -112,16 +170,27 @@ def main(argv: list[str] | None = None) -> int:
             for dtype in (torch.float32, torch.bfloat16):
                 r = measure(shape, dtype, train, args)
                 rows.append(r)
-                shape = f"{r['batch']}×{r['heads']}×{r['tokens']}×{r['head_dim']}"
-                print(f"| {shape} | {'yes' if r['causal'] else 'no'} "
+                label = f"{r['batch']}×{r['heads']}×{r['tokens']}×{r['head_dim']}"
+                print(f"| {label} | {'yes' if r['causal'] else 'no'} "
                       f"| {r['dtype']} | {r['mode']} | {r['sdpa_ms']} | {r['explicit_ms']} | "
                       f"{r['sdpa_over_explicit']:.2f}× | {r['vitlab_uses']} | "
                       + (f"{r['sdpa_saved_mib']:.1f} / {r['explicit_saved_mib']:.1f} |" if train else "– |"),
                       flush=True)
+    models = []
+    if args.models:
+        print("\n| model | dtype | train per s, SDPA | explicit | explicit / SDPA | vitlab uses |\n"
+              "|---|---|---:|---:|---:|---|")
+    for name in args.models:
+        for bf16 in (False, True):
+            m = measure_model(name, bf16, args)
+            models.append(m)
+            print(f"| {m['model']} | {m['dtype']} | {m['sdpa_per_s']} {m['unit']} | {m['explicit_per_s']} | "
+                  f"{m['explicit_over_sdpa']:.2f}× | {m['vitlab_uses']} |", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": header, "command": "python benchmarks/attention_cpu.py "
-                       + " ".join(argv if argv is not None else sys.argv[1:]), "rows": rows}, f, indent=1)
+                       + " ".join(argv if argv is not None else sys.argv[1:]), "rows": rows, "models": models}, f,
+                      indent=1)
     return 0
 
 
