@@ -204,9 +204,9 @@ def blocks(args) -> list[dict]:
         attn_fwd = 2 * N * d  # w wᵀ and P w, per token
         out.append(dict(
             block="MSSA (CRATE)", shape=f"B={args.batch}, N={N}, d={d}, H={H}", d=d, params=params, heads=H,
-            variants=[("U z once, SDPA(w, w, w) (vitlab: GPU, inference)", mssa_sdpa, 2 * d * d + attn_fwd,
+            variants=[("U z once, SDPA(w, w, w) (vitlab: fp32, GPU, inference)", mssa_sdpa, 2 * d * d + attn_fwd,
                        6 * d * d + attn_fwd + 3 * attn_fwd),  # flash backward recomputes w wᵀ: 5 N d
-                      ("U z once, explicit softmax (official; vitlab CPU training)", mssa_explicit,
+                      ("U z once, explicit softmax (official; vitlab: bf16 CPU training)", mssa_explicit,
                        2 * d * d + attn_fwd,
                        6 * d * d + 3 * attn_fwd),
                       ("U z once, symmetric backward", mssa_symmetric, 2 * d * d + attn_fwd,

@@ -231,10 +231,14 @@ PLANS: dict[str, Run | Elsewhere] = {
         "--models vit_tiny_patch4_32 --batch 4 --steps 1 --repeats 1",
         replace=(("docs/bf16_cpu.json", "bf16.json"),)),
     "python benchmarks/attention_cpu.py --json docs/attention_cpu.json": Run(
-        "--calls 1 --repeats 1 --shapes 2,2,17,8,0 2,2,33,8,1 --models", replace=(("docs/attention_cpu.json", "attn.json"),)),
+        "--calls 1 --repeats 1 --shapes 2,2,17,8,0 2,2,33,8,1 --models",
+        replace=(("docs/attention_cpu.json", "attn.json"),)),
     "python benchmarks/vs_nanogpt.py --nanogpt PATH/nanoGPT --pairs 2 --json docs/vs_nanogpt_cpu.json": Elsewhere(
         "needs a nanoGPT checkout and 8 minutes; tests/test_vs_nanogpt.py runs the script end to end against a "
         "stand-in nanoGPT train.py"),
+    "python benchmarks/vs_nanogpt.py --nanogpt PATH/nanoGPT --pairs 1 --json docs/vs_nanogpt_cpu_fp32.json "
+    "precision=fp32": Elsewhere("the same script as above, with a vitlab override; tests/test_vs_nanogpt.py passes "
+                                "overrides through"),
     "python benchmarks/vs_official_crate.py --official-crate PATH/CRATE --official-crate-alpha PATH/CRATE-alpha "
     "--json docs/vs_official_crate.json": Elsewhere(
         "needs the official repositories' checkouts; tests/test_benchmarks_official.py runs the script against "
