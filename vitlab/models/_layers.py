@@ -179,8 +179,9 @@ def _explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale
 
 # Longest sequence for which explicit attention trains faster than SDPA's fused kernel on a CPU, by dtype. PyTorch's
 # CPU flash-attention backward is slow in bf16 (64 images × 3 heads × 65 tokens: 36 ms against 6 ms explicit), and
-# whole bf16 train steps run 1.6-2.6× faster with the explicit form up to 256 tokens; past that the fused kernel wins.
-# In fp32 the explicit kernel alone is faster at 65 tokens, yet whole models train 5-9% slower with it: fp32 keeps
+# whole bf16 train steps at 64-65 tokens run 1.6-2.6× faster with the explicit form; the kernels cross between 256
+# and 512 tokens, past which the fused kernel wins.
+# In fp32 the explicit kernel alone is faster at 65 tokens, yet whole models train 2-19% slower with it: fp32 keeps
 # SDPA. Measured by benchmarks/attention_cpu.py (kernels, then whole train steps with each form).
 _CPU_EXPLICIT_MAX_TOKENS = {torch.bfloat16: 256}
 
