@@ -227,6 +227,14 @@ PLANS: dict[str, Run | Elsewhere] = {
     "python benchmarks/fashion_speedrun.py --seeds 0 1 2 --json docs/fashion_speedrun_fp32.json precision=fp32": Run(
         "steps=2 warmup_epochs=0 train_subset=64 eval_subset=32 batch_size=32 --target 0",
         replace=(("--seeds 0 1 2 --json docs/fashion_speedrun_fp32.json", "--seeds 0 --json speedrun.json"),)),
+    "python benchmarks/fashion_mnist_presets.py --presets fashion_mnist_crate_alpha --seeds 0 1 2 --out "
+    "docs/fashion_mnist_crate_alpha_bf16.json": Run(
+        "steps=2 warmup_epochs=0 train_subset=64 eval_subset=32 batch_size=32",
+        replace=(("--seeds 0 1 2 --out docs/fashion_mnist_crate_alpha_bf16.json", "--seeds 0 --out ca.json"),)),
+    "python benchmarks/fashion_mnist_presets.py --presets fashion_mnist_crate_alpha --seeds 0 1 2 --out "
+    "docs/fashion_mnist_crate_alpha_fp32.json precision=fp32": Run(
+        "steps=2 warmup_epochs=0 train_subset=64 eval_subset=32 batch_size=32",
+        replace=(("--seeds 0 1 2 --out docs/fashion_mnist_crate_alpha_fp32.json", "--seeds 0 --out ca.json"),)),
     "python benchmarks/bf16_cpu.py --json docs/bf16_cpu.json": Run(
         "--models vit_tiny_patch4_32 --batch 4 --steps 1 --repeats 1",
         replace=(("docs/bf16_cpu.json", "bf16.json"),)),
