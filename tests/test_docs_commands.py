@@ -47,6 +47,7 @@ needs_shared_data = pytest.mark.skipif(not FASHION.is_dir(), reason="../shared/d
 SHORT = "steps=2 warmup_steps=0 warmup_epochs=0 train_subset=64 eval_subset=32 batch_size=32"
 SHORT_LM = "steps=2 warmup_steps=0 eval_interval=2 eval_subset=8 batch_size=4"
 COMPARE = f"--seeds 0 {SHORT}"
+SHORT_BENCH = "steps=2 warmup_epochs=0 train_subset=64 eval_subset=32 batch_size=32"  # benchmark scripts' runs
 
 
 def documented_commands() -> list[tuple[str, str, str]]:
@@ -222,18 +223,18 @@ PLANS: dict[str, Run | Elsewhere] = {
         "--models crate_alpha_tiny_patch4_32:linear --size 40x56 --crop 32 --stride 21 --classes 3 --dtypes fp32"),
     # ---- docs/speed.md
     "python benchmarks/fashion_speedrun.py --seeds 0 1 2 --json docs/fashion_speedrun.json": Run(
-        "steps=2 warmup_epochs=0 train_subset=64 eval_subset=32 batch_size=32 --target 0",
+        f"{SHORT_BENCH} --target 0",
         replace=(("--seeds 0 1 2 --json docs/fashion_speedrun.json", "--seeds 0 --json speedrun.json"),)),
     "python benchmarks/fashion_speedrun.py --seeds 0 1 2 --json docs/fashion_speedrun_fp32.json precision=fp32": Run(
-        "steps=2 warmup_epochs=0 train_subset=64 eval_subset=32 batch_size=32 --target 0",
+        f"{SHORT_BENCH} --target 0",
         replace=(("--seeds 0 1 2 --json docs/fashion_speedrun_fp32.json", "--seeds 0 --json speedrun.json"),)),
     "python benchmarks/fashion_mnist_presets.py --presets fashion_mnist_crate_alpha --seeds 0 1 2 --out "
     "docs/fashion_mnist_crate_alpha_bf16.json": Run(
-        "steps=2 warmup_epochs=0 train_subset=64 eval_subset=32 batch_size=32",
+        SHORT_BENCH,
         replace=(("--seeds 0 1 2 --out docs/fashion_mnist_crate_alpha_bf16.json", "--seeds 0 --out ca.json"),)),
     "python benchmarks/fashion_mnist_presets.py --presets fashion_mnist_crate_alpha --seeds 0 1 2 --out "
     "docs/fashion_mnist_crate_alpha_fp32.json precision=fp32": Run(
-        "steps=2 warmup_epochs=0 train_subset=64 eval_subset=32 batch_size=32",
+        SHORT_BENCH,
         replace=(("--seeds 0 1 2 --out docs/fashion_mnist_crate_alpha_fp32.json", "--seeds 0 --out ca.json"),)),
     "python benchmarks/bf16_cpu.py --json docs/bf16_cpu.json": Run(
         "--models vit_tiny_patch4_32 --batch 4 --steps 1 --repeats 1",

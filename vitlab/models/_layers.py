@@ -198,8 +198,8 @@ class _MultiHeadAttention(nn.Module):
     `_project`.
 
     `causal=True` lets token i attend only to tokens j ≤ i (language models): SDPA's `is_causal`, or the same mask
-    in the explicit path. `attn_dropout` drops attention probabilities in training (SDPA path only; the explicit
-    path is for inspection and never drops).
+    in the explicit path. `attn_dropout` drops attention probabilities in training (in SDPA and in the explicit
+    training path alike; `forward_with_attention`, for inspection, never drops).
     """
 
     def __init__(self, dim: int, num_heads: int, causal: bool = False, attn_dropout: float = 0.0):

@@ -188,7 +188,7 @@ def _check_family(config: TrainConfig, data) -> None:
 
 def resolve_precision(precision: str, device: torch.device) -> str:
     """'bf16' or 'fp32' for a `precision` setting on `device`. `auto` is bf16 autocast on CUDA and on a CPU with AMX
-    bf16 tiles (`amx_bf16`, where benchmarks/bf16_cpu.py measured 2.7-2.9x fp32's train steps), fp32 elsewhere
+    bf16 tiles (`amx_bf16`, where benchmarks/bf16_cpu.py measured 2.1-2.4x fp32's train steps), fp32 elsewhere
     (a CPU without bf16 matrix units emulates bf16 products, several times slower than fp32)."""
     if precision not in ("auto", "bf16", "fp32"):
         raise ValueError(f"precision must be 'auto', 'bf16' or 'fp32', got {precision!r}")
@@ -528,10 +528,10 @@ class _Run:
             print(f"IMAGES ARE DECODED AT {self.data.image_size} x {self.data.image_size} px ({how})")
         per_device = config.batch_size // (info.world_size * config.grad_accum_steps)
         precision = resolve_precision(config.precision, info.device)
-        why = {"cuda": "CUDA", "cpu": "this CPU has amx_bf16"}.get(info.device.type, info.device.type)
-        print(f"precision: {'bf16 autocast' if precision == 'bf16' else 'fp32'}"
-              + (f" (auto: {why})" if config.precision == "auto" and precision == "bf16" else
-                 " (auto)" if config.precision == "auto" else ""))
+        why = {"cuda": ": CUDA", "cpu": ": this CPU has amx_bf16"}.get(info.device.type, "")
+        why = why if precision == "bf16" else ""
+        auto = f" (auto{why})" if config.precision == "auto" else ""
+        print(f"precision: {'bf16 autocast' if precision == 'bf16' else 'fp32'}{auto}")
         if info.device.type == "cpu" and config.precision == "bf16" and not cpu_bf16_flags():
             print("precision=bf16 on a CPU without bf16 matrix instructions (no amx_bf16 / avx512_bf16 in "
                   "/proc/cpuinfo): its bf16 matrix products are emulated and slower than fp32 "
