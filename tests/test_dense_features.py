@@ -63,31 +63,66 @@ def test_take_indices_follow_timm():
             feature_take_indices(12, bad)
 
 
-def test_sincos_positions_are_computed_for_the_grid_and_cached():
+def test_sincos_positions_are_computed_for_the_grid():
     model = vitlab.create_model("vit_tiny_patch4_32", depth=1).eval()  # 8 × 8 native grid
     with torch.no_grad():
         table = model._position_table((8, 8))
         assert table is model.pos_embed
         wide = model._position_table((8, 12))
-        assert model._position_table((8, 12)) is wide  # cached outside autograd
     from vitlab.models._layers import sincos_2d_position_embedding
     torch.testing.assert_close(wide[0, 1:], sincos_2d_position_embedding((8, 12), 192))
     # rows 0..7 at column c of the wider grid are the native table's entries at column c (same row/col codes)
     torch.testing.assert_close(wide[0, 1:].reshape(8, 12, -1)[:, :8], model.pos_embed[0, 1:].reshape(8, 8, -1))
 
 
-def test_learned_position_cache_follows_the_weights():
+def test_learned_position_table_follows_the_weights():
     model = vitlab.create_model("crate_alpha_tiny_patch16_224", depth=1, img_size=32).eval()
     x = torch.randn(1, 3, 48, 48)
     with torch.no_grad():
         before = model.forward_features(x)
-        model.pos_embed.mul_(2)  # an in-place update (an optimiser step, a weight load) bumps the version
+        model.pos_embed.mul_(2)  # an in-place update (an optimiser step, a weight load)
         after = model.forward_features(x)
     assert not torch.allclose(before, after)
     model.train()
     out = model.forward_features(x).sum()
     out.backward()  # in training the resampled table is part of the graph
     assert model.pos_embed.grad is not None and model.pos_embed.grad.abs().sum() > 0
+
+
+def _fresh_copy_output(model, x):
+    """The output of a newly built model with `model`'s current weights (nothing carried over but the weights)."""
+    fresh = vitlab.create_model("vit_tiny_patch4_32", depth=1, num_classes=3, pos_embed="learn").eval()
+    fresh.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        return fresh(x)
+
+
+@pytest.mark.parametrize("update", ["fused_adamw", "foreach_adamw", "data_copy", "load_state_dict"])
+def test_other_grid_after_an_in_place_update_equals_a_fresh_model(update):
+    """Issue 23 point 1: an evaluation at another grid, then an update of the position table that does not bump
+    its version counter (torch's fused CPU AdamW, `.data` writes), then an evaluation at that grid again: the
+    output must be that of a freshly built model with the same weights, not one from a stale resampled table."""
+    torch.manual_seed(0)
+    # a learned table at an 8 × 8 grid
+    model = vitlab.create_model("vit_tiny_patch4_32", depth=1, num_classes=3, pos_embed="learn").eval()
+    x = torch.randn(2, 3, 48, 48)  # a 12 × 12 grid: the table is resampled
+    with torch.no_grad():
+        model(x)
+    if update in ("fused_adamw", "foreach_adamw"):
+        optimiser = torch.optim.AdamW(model.parameters(), lr=0.1, **{update.split("_")[0]: True})
+        model.train()
+        model(torch.randn(2, 3, 32, 32)).sum().backward()  # a training step at the native grid
+        optimiser.step()
+        model.eval()
+    elif update == "data_copy":
+        model.pos_embed.data.copy_(torch.randn_like(model.pos_embed))
+    else:
+        state = model.state_dict()
+        state["pos_embed"] = torch.randn_like(state["pos_embed"])
+        model.load_state_dict(state)
+    with torch.no_grad():
+        out = model(x)
+    torch.testing.assert_close(out, _fresh_copy_output(model, x), rtol=0, atol=0)
 
 
 def test_input_not_a_patch_multiple_is_a_clear_error():

@@ -7,8 +7,9 @@ The timm model contract: `forward_features`, `forward_head(x, pre_logits=False)`
 `forward_attention` for attention maps and `get_blocks` (the `TransformerBlocks` contract of `_contract.py`).
 
 Inputs of any size that is a multiple of the patch are accepted (timm's `dynamic_img_size=True`, vitlab's default):
-the position table is rebuilt for the new grid (sin-cos: computed exactly; learned: resampled bicubic as timm) and,
-outside autograd, cached per grid size. `dynamic_img_size=False` accepts the native size only (timm's default).
+the position table is rebuilt for the new grid on every forward (sin-cos: computed exactly; learned: resampled
+bicubic as timm). It is not cached: a cache keyed on the parameter can go stale (fused AdamW updates in place without
+bumping `_version`), and resampling costs under 1% of a forward (measured). `dynamic_img_size=False` accepts the native size only (timm's default).
 `img_size` may be (H, W): the position table then covers an H/P × W/P grid.
 
 Regularisation as timm's VisionTransformer: `drop_path_rate` (stochastic depth, per-block probability rising
@@ -98,7 +99,6 @@ class ImageTransformer(HubMixin, nn.Module):
         self.head = nn.Linear(embed_dim, num_classes, bias=head_bias) if num_classes > 0 else nn.Identity()
         self.feature_info = [dict(num_chs=embed_dim, reduction=patch_size, module=f"blocks.{i}")
                              for i in range(depth)]
-        self._position_cache: dict[tuple, torch.Tensor] = {}  # inference tables for other grids (not state)
         self.reset_position_embedding()
 
     # --------------------------------------------------------------------------------------------------------
@@ -143,27 +143,18 @@ class ImageTransformer(HubMixin, nn.Module):
     # --------------------------------------------------------------------------------------------------------
     def _position_table(self, grid: tuple[int, int]) -> torch.Tensor:
         """(1, N, d) position embedding (class slot first) for a patch grid: the stored table at the native grid;
-        another grid gets the sin-cos table computed for it, or the learned table resampled (bicubic, timm's rule).
-        Outside autograd the result is cached per grid, keyed on the stored table's identity and version, so an
-        optimiser step or a weight load invalidates it."""
+        another grid gets the sin-cos table computed for it, or the learned table resampled (bicubic, timm's rule),
+        from the current weights on every call (no cache that an in-place update could leave stale)."""
         native = self.patch_embed.grid_hw
         if grid == native:
             return self.pos_embed
         table = self.pos_embed
-        key = (grid, table.device, table.dtype, table.data_ptr(), table._version)
-        cacheable = not (torch.is_grad_enabled() and table.requires_grad)
-        if cacheable and key in self._position_cache:
-            return self._position_cache[key]
         prefix = table[:, :self.num_prefix_tokens]  # (1, P, d) class slot
         if self.pos_embed_type == "sincos":
             patches = sincos_2d_position_embedding(grid, self.embed_dim).to(table)[None]  # (1, gh·gw, d)
         else:
             patches = resample_position_embedding(table[:, self.num_prefix_tokens:], native, grid)  # (1, gh·gw, d)
-        out = torch.cat([prefix, patches], dim=1)  # (1, P + gh·gw, d)
-        if cacheable:
-            self._position_cache = {k: v for k, v in self._position_cache.items() if k[0] != grid}
-            out = self._position_cache[key] = out.detach()
-        return out
+        return torch.cat([prefix, patches], dim=1)  # (1, P + gh·gw, d)
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         grid = self.patch_embed.feat_size(x.shape[-2], x.shape[-1])  # (gh, gw)
