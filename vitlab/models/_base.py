@@ -9,8 +9,8 @@ The timm model contract: `forward_features`, `forward_head(x, pre_logits=False)`
 Inputs of any size that is a multiple of the patch are accepted (timm's `dynamic_img_size=True`, vitlab's default):
 the position table is rebuilt for the new grid on every forward (sin-cos: computed exactly; learned: resampled
 bicubic as timm). It is not cached: a cache keyed on the parameter can go stale (fused AdamW updates in place without
-bumping `_version`), and resampling costs under 1% of a forward (measured). `dynamic_img_size=False` accepts the native size only (timm's default).
-`img_size` may be (H, W): the position table then covers an H/P × W/P grid.
+bumping `_version`), and resampling costs under 1% of a forward (measured). `dynamic_img_size=False` accepts the
+native size only (timm's default). `img_size` may be (H, W): the position table then covers an H/P × W/P grid.
 
 Regularisation as timm's VisionTransformer: `drop_path_rate` (stochastic depth, per-block probability rising
 linearly from 0 at the first block to the rate at the last, on each residual branch) and `drop_rate` (dropout on
@@ -24,6 +24,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ._constants import check_depth
 from ._contract import run_blocks
 from ._hub import HubMixin
 from ._layers import (ConvStem, CratePatchEmbed, PatchEmbed, drop_path_rates, resample_position_embedding,
@@ -58,9 +59,10 @@ class ImageTransformer(HubMixin, nn.Module):
         height, width = to_2tuple(img_size, "img_size")
         for name, value, minimum in (("img_size", height, 1), ("img_size", width, 1), ("patch_size", patch_size, 1),
                                      ("in_chans", in_chans, 1), ("num_classes", num_classes, 0),
-                                     ("embed_dim", embed_dim, 1), ("depth", depth, 1), ("num_heads", num_heads, 1)):
+                                     ("embed_dim", embed_dim, 1), ("num_heads", num_heads, 1)):
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
                 raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+        check_depth("depth", depth)
         if global_pool not in ("token", "avg"):
             raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
         if global_pool == "token" and not class_token:
