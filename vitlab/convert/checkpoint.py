@@ -46,9 +46,29 @@ def resolve_weights_path(path: str | os.PathLike) -> Path:
     raise FileNotFoundError(f"checkpoint file not found: {path}")
 
 
-def read_weights(path: str | os.PathLike) -> dict:
+# safetensors' dtype names (the header's "dtype" field)
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+                       "U8": torch.uint8, "BOOL": torch.bool}
+
+
+def _safetensors_shapes(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file as meta tensors of their shapes and dtypes, read off the header alone."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        out = {}
+        for key in handle.keys():
+            info = handle.get_slice(key)
+            dtype = _SAFETENSORS_DTYPES.get(info.get_dtype(), torch.float32)
+            out[key] = torch.empty(info.get_shape(), dtype=dtype, device="meta")
+        return out
+
+
+def read_weights(path: str | os.PathLike, shapes_only: bool = False) -> dict:
     """Loads a weight file: `.safetensors`, or a PyTorch pickle (`.pth`, `.pt`, `.pth.tar`, `.bin`, `.t7`) read with
-    `weights_only=True`; a directory is resolved by `resolve_weights_path`. Errors name the file."""
+    `weights_only=True`; a directory is resolved by `resolve_weights_path`. Errors name the file. `shapes_only`: a
+    safetensors file gives meta tensors read off its header (no data read); a pickle is read whole."""
     path = Path(path)
     if path.is_dir():
         path = resolve_weights_path(path)
@@ -58,7 +78,7 @@ def read_weights(path: str | os.PathLike) -> dict:
         from safetensors.torch import load_file
 
         try:
-            return load_file(str(path))
+            return _safetensors_shapes(path) if shapes_only else load_file(str(path))
         except Exception as err:  # safetensors raises its own error types
             raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
     try:
@@ -131,7 +151,9 @@ def _fill_tied(state_dict: dict[str, torch.Tensor], model: nn.Module) -> list[st
             continue
         first = state_dict[present[0]]
         for other in present[1:]:
-            if state_dict[other].shape != first.shape or not torch.equal(state_dict[other], first):
+            differ = state_dict[other].shape != first.shape or (not first.is_meta and not state_dict[other].is_meta
+                                                                and not torch.equal(state_dict[other], first))
+            if differ:
                 problems.append(f"    {present[0]} and {other} differ in the checkpoint but are one (tied) "
                                 "parameter in the model")
         for name in names:
@@ -157,9 +179,14 @@ def load_checkpoint(model: nn.Module, checkpoint: str | os.PathLike | Mapping, l
         adapt: resize the conv stem kernel and interpolate the position grid to the model's patch and image size
             (fine-tuning at another patch size or resolution); also for an image tower inside the model (a CLIP
             model's `visual.`).
+
+    A model on the meta device is only checked (the same keys, shapes and adaptations), against a safetensors
+    file's header alone: a model described by a file is built this way first, so that sizes that do not fit the
+    tensors are refused before memory is allocated for them.
     """
     source = str(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else "checkpoint"
-    raw = read_weights(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
+    check_only = any(t.is_meta for t in model.state_dict().values())
+    raw = read_weights(checkpoint, check_only) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
     state_dict, layout = convert_state_dict(unwrap_state_dict(raw, source), model, layout)
     if adapt:
         state_dict = adapt_state_dict(state_dict, model)
@@ -177,6 +204,8 @@ def load_checkpoint(model: nn.Module, checkpoint: str | os.PathLike | Mapping, l
         raise CheckpointMismatchError(f"{source} (layout {layout!r}) does not fit {type(model).__name__} "
                                       f"{getattr(model, 'pretrained_cfg', {}).get('architecture', '')}:\n"
                                       + "\n".join(problems))
+    if check_only:
+        return model
     model.load_state_dict(state_dict, strict=not skip_head)
     if layout in LAYOUTS:
         LAYOUTS[layout].after_load(model)

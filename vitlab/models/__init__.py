@@ -6,8 +6,8 @@ from ._features import FeatureGetterNet, FeatureInfo
 from ._hub import describe_architecture, from_pretrained, load, model_spec, push_to_hub, read_spec, save_pretrained
 from ._layers import resample_position_embedding
 from ._lm_base import CausalLM
-from ._registry import (create_model, get_pretrained_cfg, has_pretrained_weights, is_model, list_models,
-                        register_model, resolve_model_name)
+from ._registry import (check_model_size, create_model, get_pretrained_cfg, has_pretrained_weights, is_model,
+                        list_models, register_model, resolve_model_name)
 from .crate import CRATE, CrateBlock
 from .crate_alpha import CRATEAlpha
 from .crate_lm import CRATEAlphaLM, CRATELM
@@ -21,4 +21,4 @@ __all__ = ["TransformerBlocks", "get_blocks", "ImageTransformer", "VisionTransfo
            "is_model", "resolve_model_name", "get_pretrained_cfg", "has_pretrained_weights",
            "resample_position_embedding", "SegmentationModel", "create_segmentation_model", "CLIP", "TextTransformer",
            "create_clip_model", "FeatureGetterNet", "FeatureInfo", "load", "save_pretrained", "from_pretrained",
-           "push_to_hub", "describe_architecture", "model_spec", "read_spec"]
+           "push_to_hub", "describe_architecture", "model_spec", "read_spec", "check_model_size"]

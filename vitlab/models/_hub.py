@@ -172,14 +172,22 @@ def _spec_from_metadata(weights: Path) -> dict[str, Any] | None:
         return None
     try:
         return _check_spec(json.loads(text), str(weights))
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, RecursionError) as err:  # RecursionError: nested deeper than json can parse
         raise ValueError(f"{weights}: metadata {METADATA_KEY!r} is not JSON ({err})") from None
 
 
-def _read_json(path: Path) -> Any:
+def _read_json(path: Path, strict: bool = False) -> Any:
+    """The JSON in `path`; None when it is missing or (not `strict`) unreadable. `strict`: a file that is there but
+    is not JSON (or nests deeper than json can parse) is a ValueError naming it."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        text = path.read_text()
+    except OSError:
+        return None
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        if strict:
+            raise ValueError(f"{path}: not a JSON model description ({err})") from None
         return None
 
 
@@ -199,8 +207,8 @@ def resolve_source(path: str | os.PathLike) -> WeightSource:
 
     weights = resolve_weights_path(path)
     spec = _spec_from_metadata(weights)
-    hub_config = _read_json(weights.parent / CONFIG_NAME)
-    if spec is None and isinstance(hub_config, dict) and "architecture" in hub_config and "kwargs" in hub_config:
+    hub_config = _read_json(weights.parent / CONFIG_NAME, strict=True) if spec is None else None
+    if isinstance(hub_config, dict) and "architecture" in hub_config and "kwargs" in hub_config:
         spec = _check_spec(hub_config, str(weights.parent / CONFIG_NAME))
     run_dir = _run_dir_of(weights)
     if spec is None and run_dir is not None:

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._constants import check_depth
 from ._contract import run_blocks
 from ._hub import HubMixin
 
@@ -40,9 +41,10 @@ class CausalLM(HubMixin, nn.Module):
         super().__init__()
         if vocab_size < 1 or block_size < 1:
             raise ValueError(f"vocab_size and block_size must be positive, got {vocab_size} and {block_size}")
-        for name, value in (("n_layer", n_layer), ("n_head", n_head), ("n_embd", n_embd)):
+        for name, value in (("n_head", n_head), ("n_embd", n_embd)):
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        check_depth("n_layer", n_layer)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         self.vocab_size, self.block_size = vocab_size, block_size

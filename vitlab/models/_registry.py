@@ -12,12 +12,13 @@ import os
 import re
 from typing import Any, Callable
 
+import torch
 from torch import nn
 
-from ._constants import IMAGENET_MEAN, IMAGENET_STD
+from ._constants import IMAGENET_MEAN, IMAGENET_STD, MAX_PARAMETERS
 
 __all__ = ["register_model", "list_models", "is_model", "create_model", "resolve_model_name", "get_pretrained_cfg",
-           "has_pretrained_weights"]
+           "has_pretrained_weights", "check_model_size"]
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 _CFGS: dict[str, dict[str, Any]] = {}
@@ -156,10 +157,15 @@ def create_model(name: str | None = None, pretrained: bool = False, *,
     cfg = {**_CFGS[canonical], **(pretrained_cfg_overlay or {})}
     if features_only and cfg.get("task") in ("lm", "clip"):
         raise ValueError(f"features_only=True needs an image model; {canonical!r} is a {cfg['task']!r} model")
-    try:
-        model = _MODELS[canonical](**kwargs)
-    except TypeError as err:
-        raise TypeError(f"create_model({name!r}): {err}") from None
+    # on the meta device first (module objects, no memory): a size no real model has, or weights whose tensors do
+    # not fit the model described, is refused before anything is allocated
+    with torch.device("meta"):
+        probe = _build(canonical, name, kwargs, segmentation, checkpoint_path)
+    if checkpoint_path:
+        from ._pretrained import load_pretrained
+
+        load_pretrained(probe, checkpoint_path=checkpoint_path)  # on a meta model: the shapes, read off the header
+    model = _build(canonical, name, kwargs, None, checkpoint_path)
     model.pretrained_cfg = model.default_cfg = _fit_cfg_to_model({**cfg, "architecture": canonical}, model)
     model.vitlab_kwargs = dict(kwargs)  # what rebuilds it: saved in self-describing weights (see _hub.model_spec)
     from ._hub import describe_architecture
@@ -174,10 +180,7 @@ def create_model(name: str | None = None, pretrained: bool = False, *,
     elif init_kwargs:
         raise ValueError("init_kwargs given without init")
     if segmentation is not None:
-        from .segmentation import SegmentationModel
-
-        model = SegmentationModel(model, segmentation["num_classes"], segmentation.get("head", "upernet"),
-                                  **(segmentation.get("head_kwargs") or {}))
+        model = _segmentation(model, segmentation)
     if pretrained or checkpoint_path:
         from ._pretrained import load_pretrained
 
@@ -187,6 +190,44 @@ def create_model(name: str | None = None, pretrained: bool = False, *,
 
         return FeatureGetterNet(model, DEFAULT_OUT_INDICES if out_indices is None else out_indices)
     return model
+
+
+def _segmentation(backbone: nn.Module, segmentation: dict[str, Any]) -> nn.Module:
+    from .segmentation import SegmentationModel
+
+    return SegmentationModel(backbone, segmentation["num_classes"], segmentation.get("head", "upernet"),
+                             **(segmentation.get("head_kwargs") or {}))
+
+
+def _build(canonical: str, name: str, kwargs: dict[str, Any], segmentation: dict[str, Any] | None,
+           checkpoint_path) -> nn.Module:
+    """The registered builder's model (with the segmentation head when given); a constructor error names the
+    weights whose description gave the kwargs, and a model of more than MAX_PARAMETERS is refused."""
+    where = f"{checkpoint_path}: its model description" if checkpoint_path else f"create_model({name!r})"
+    try:
+        model = _MODELS[canonical](**kwargs)
+        if segmentation is not None:
+            model = _segmentation(model, segmentation)
+    except TypeError as err:
+        raise TypeError(f"{where}: {err}") from None
+    except ValueError as err:
+        if not checkpoint_path:
+            raise
+        raise ValueError(f"{where}: {err}") from None
+    from ._hub import describe_architecture
+
+    head = f" + {segmentation.get('head', 'upernet')} head" if segmentation is not None else ""
+    check_model_size(model, f"{where}: {describe_architecture(canonical, kwargs)}{head}")
+    return model
+
+
+def check_model_size(model: nn.Module, label: str) -> None:
+    """A ValueError starting with `label` when `model` (built on the meta device: nothing allocated) has more than
+    MAX_PARAMETERS parameters, far beyond any real model (ViT-22B has 2.2e10)."""
+    count = sum(p.numel() for p in model.parameters())
+    if count > MAX_PARAMETERS:
+        raise ValueError(f"{label} has {count:.3g} parameters, more than {MAX_PARAMETERS:.0e}, far beyond any real "
+                         "model (a typo in a size?)")
 
 
 def _from_described_weights(name: str | None, checkpoint_path, kwargs: dict[str, Any]):

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._base import ImageTransformer
-from ._constants import IMAGENET_MEAN, IMAGENET_STD
+from ._constants import IMAGENET_MEAN, IMAGENET_STD, check_depth
 from ._contract import run_blocks
 from ._hub import HubMixin
 from ._registry import create_model, register_model
@@ -74,6 +74,7 @@ class TextTransformer(nn.Module):
         super().__init__()
         if pool not in ("eot", "last"):
             raise ValueError(f"pool must be 'eot' (the end-of-text token, the largest id) or 'last', got {pool!r}")
+        check_depth("layers", layers)
         self.context_length, self.vocab_size, self.width = context_length, vocab_size, width
         self.causal, self.pool = causal, pool
         self.token_embedding = nn.Embedding(vocab_size, width)

@@ -289,7 +289,7 @@ def _check_model(c: TrainConfig) -> None:
     The data-derived kwargs (num_classes, vocab_size, ...) are left at the model's defaults, except an image model's
     img_size where the user's kwargs leave it out: `image_size` when set, else (the dataset's size is not known
     before its files are read) a placeholder that the user's patch_size divides."""
-    from ..models import create_model, get_pretrained_cfg
+    from ..models import SegmentationModel, check_model_size, create_model, get_pretrained_cfg
 
     kwargs = dict(c.model_kwargs)
     try:
@@ -301,9 +301,16 @@ def _check_model(c: TrainConfig) -> None:
                 kwargs["image_kwargs"] = image_kwargs
             elif task != "lm":
                 _placeholder_img_size(kwargs, c.image_size)
-            create_model(c.model, **kwargs)
+            model = create_model(c.model, **kwargs)
     except Exception as err:  # any constructor error means these kwargs cannot build this model
         raise OverrideError(f"model={c.model!r} model_kwargs={c.model_kwargs!r}: {err}") from None
+    if c.head is None or task in ("lm", "clip"):
+        return
+    try:  # the head on the meta backbone (2 classes: the head's size hardly depends on them)
+        with torch.device("meta"):
+            check_model_size(SegmentationModel(model, 2, c.head, **c.head_kwargs), f"head={c.head!r}")
+    except Exception as err:
+        raise OverrideError(f"head={c.head!r} head_kwargs={c.head_kwargs!r}: {err}") from None
 
 
 def _placeholder_img_size(kwargs: dict, image_size: int | None) -> None:

@@ -39,7 +39,11 @@ def evaluate_checkpoint(path: str | os.PathLike, overrides: list[str] | None = N
     config_file = run_dir / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{config_file} not found: `vitlab eval` needs the run directory's config.json")
-    config = apply_overrides(config_from_dict(json.loads(config_file.read_text())["config"]), overrides or [])
+    try:
+        recorded = json.loads(config_file.read_text())["config"]
+    except (ValueError, RecursionError, KeyError, TypeError) as err:  # not JSON, nested too deep, no 'config'
+        raise ValueError(f"{config_file}: not a vitlab run config ({type(err).__name__}: {err})") from None
+    config = apply_overrides(config_from_dict(recorded), overrides or [])
     config.checkpoint, config.pretrained, config.init = None, False, None
     info = setup_distributed(config.device)
     try:

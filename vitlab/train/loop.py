@@ -233,7 +233,7 @@ class _Run:
     def __init__(self, config: TrainConfig, preset: str | None, info: DistInfo, argv: list[str] | None):
         self.config, self.info = config, info
         self.out_dir = Path(config.out_dir.format(preset=preset or "run"))
-        self.lock = self._lock()
+        self.lock = None  # taken in _build once the data and the model are built: a refused config creates nothing
         try:
             self._build(preset, argv)
         except BaseException:
@@ -266,6 +266,7 @@ class _Run:
         torch.manual_seed(config.seed)  # identical initial weights on every rank
         self.data = build_data(config, info)
         self.model = build_model(config, self.data).to(info.device)
+        self.lock = self._lock()
         # wrap first: FSDP2's fully_shard replaces the parameters, and the optimiser must hold the new ones
         self.wrapped = wrap_model(self.model, info, config.distributed)
         self.optimizer = build_optimizer(self.model, config.optimizer, config.lr, config.weight_decay, config.betas,
