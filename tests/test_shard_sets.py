@@ -49,6 +49,11 @@ def by_key(dataset: ShardDataset) -> dict[str, int]:
     return {key: int(label) for ix in dataset.shards for key, label in zip(ix.keys, ix.labels)}
 
 
+def on_disk(dataset: ShardDataset) -> dict[str, int]:
+    """The labels the shard files of `dataset` hold now (their tar members, not any cached index)."""
+    return by_key(ShardDataset([ix.path for ix in dataset.shards], CROP))
+
+
 def test_a_shard_relabelled_in_place_with_the_same_size_is_read_with_its_new_label(tmp_path):
     out = write_shards(tiny(), tmp_path / "set", shard_size=10, progress=False)
     before = by_key(load(out))
@@ -97,7 +102,7 @@ def test_an_interrupted_overwrite_keeps_the_old_set_whole(tmp_path, monkeypatch)
     with pytest.raises(RuntimeError, match="interrupted"):
         write_shards(tiny(40, label_offset=5), out, shard_size=10, progress=False, overwrite=True)
     monkeypatch.undo()
-    assert by_key(load(out)) == old
+    assert by_key(load(out)) == old and on_disk(load(out)) == old
     write_shards(tiny(40, label_offset=5), out, shard_size=10, progress=False, overwrite=True)
     assert by_key(load(out)) == {k: (v + 5) % 10 for k, v in old.items()}
 
@@ -157,7 +162,7 @@ def test_vitlab_shards_killed_mid_write_is_refused_first_and_keeps_the_old_set_o
     assert len(old) == 30 and old.shard_sizes == [4] * 7 + [2]
     _kill_during_write(folder, tmp_path / "out", "--overwrite", "--seed", "1")
     again = load(tmp_path / "out" / "train")
-    assert again.shard_sizes == old.shard_sizes and by_key(again) == by_key(old)
+    assert again.shard_sizes == old.shard_sizes and by_key(again) == on_disk(again) == by_key(old)
 
 
 def test_caption_shards_are_written_all_or_nothing(tmp_path, monkeypatch):
@@ -211,11 +216,25 @@ def _one_shard(folder: Path, label: bytes) -> Path:
     return folder
 
 
+_LOAD_BOUNDED = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (6 * 2**30, 6 * 2**30))  # a class list of 10**12 names cannot fit
+from vitlab.data import DecodeCrop, ShardDataset
+try:
+    ShardDataset.from_spec(sys.argv[1], None, DecodeCrop(8, train=False))
+except Exception as err:
+    print(type(err).__name__, err)
+"""
+
+
 @pytest.mark.parametrize("label", [b"999999999999", b"123456789012345678901234567890", b"-99999999999999999999999"])
 def test_a_huge_cls_label_is_one_line_naming_the_shard_and_member(tmp_path, label):
     folder = _one_shard(tmp_path / "foreign", label)
-    with pytest.raises(DatasetFormatError, match=r"foreign/a.tar: k2.cls: unreadable label .*beyond"):
-        load(folder)
+    done = subprocess.run([sys.executable, "-c", _LOAD_BOUNDED, str(folder)], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.stdout.startswith("DatasetFormatError "), done.stdout + done.stderr[-2000:]
+    assert "foreign/a.tar: k2.cls: unreadable label" in done.stdout and "beyond" in done.stdout
+    assert done.stdout.count("\n") == 1
 
 
 def test_a_label_outside_the_index_classes_names_the_shard_and_key(tmp_path):
