@@ -265,3 +265,33 @@ def test_index_json_urls_outside_their_folder_are_refused(tmp_path, url):
     (out / "index.json").write_text(json.dumps(index))
     with pytest.raises(DatasetFormatError, match=rf"set/index.json: shard url '{url}' is not a file name inside"):
         load(out)
+
+
+def test_segmentation_shards_are_written_all_or_nothing(tmp_path, monkeypatch):
+    from data_fixtures import write_ade
+
+    from vitlab.data.segmentation import ADE20KDataset, SegCrop, SegmentationShardDataset, write_segmentation_shards
+
+    write_ade(tmp_path / "ade")
+    crop = SegCrop(size=32, train=False, scale=(64, 32))
+    source = ADE20KDataset(tmp_path / "ade", "training", crop)
+    out = write_segmentation_shards(source, tmp_path / "seg", shard_size=1)
+    old = SegmentationShardDataset.from_folder(out, crop)
+    real, calls = ADE20KDataset.encoded_pair, []
+
+    def fail_late(self, index):
+        calls.append(1)
+        if len(calls) > 2:
+            raise RuntimeError("interrupted")
+        return real(self, index)
+
+    monkeypatch.setattr(ADE20KDataset, "encoded_pair", fail_late)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        write_segmentation_shards(source, out, shard_size=1, seed=3, overwrite=True)
+    monkeypatch.undo()
+    again = SegmentationShardDataset.from_folder(out, crop)
+    assert [ix.keys for ix in again.shards] == [ix.keys for ix in old.shards]
+    assert [again.source(i)[:2] for i in range(len(again))] == [old.source(i)[:2] for i in range(len(old))]
+    (out / STAGING_FOLDER / "old").mkdir(parents=True)  # as a kill -9 during the commit leaves it
+    with pytest.raises(IncompleteShardSetError, match="seg: an interrupted shard write"):
+        SegmentationShardDataset.from_folder(out, crop)
