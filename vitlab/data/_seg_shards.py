@@ -23,7 +23,8 @@ from ._locate import DatasetFormatError, MissingFileError
 from ._seg_source import SegmentationDataset
 from ._seg_transform import SegCrop
 from ._sources import IMAGENET_MEAN, IMAGENET_STD
-from .shards import _INDEX_KIND, INDEX_FILE, SHARD_IMAGE_EXTENSIONS, ShardFiles, scan_tar_members
+from .shard_set import check_complete, staged_shard_set
+from .shards import _INDEX_KIND, INDEX_FILE, SHARD_IMAGE_EXTENSIONS, ShardFiles, scan_tar_members, shard_url_in
 
 __all__ = ["SegmentationShardDataset", "SegShardIndex", "index_segmentation_shard", "write_segmentation_shards",
            "MASK_EXTENSION", "SEGMENTATION_TASK"]
@@ -123,14 +124,18 @@ class SegmentationShardDataset(SegmentationDataset):
                     name: str | None = None) -> "SegmentationShardDataset":
         """The shards listed in `folder/index.json` (written by `write_segmentation_shards`)."""
         path = Path(folder) / INDEX_FILE
+        if Path(folder).is_dir():
+            check_complete(folder)
         if not path.is_file():
             raise MissingFileError(f"{path}: missing; expected the index.json that write_segmentation_shards writes "
                                    "beside the shards")
         try:
             index = json.loads(path.read_text())
-            urls = [str(Path(folder) / entry["url"]) for entry in index["shardlist"]]
+            urls = [shard_url_in(Path(folder), entry["url"], path) for entry in index["shardlist"]]
             meta = index["vitlab"]
         except (OSError, ValueError, KeyError, TypeError) as err:
+            if isinstance(err, DatasetFormatError):
+                raise
             raise DatasetFormatError(f"{path}: not a shard index ({type(err).__name__}: {err}); expected JSON with a "
                                      "'shardlist' of {'url', 'nsamples'} entries and a 'vitlab' entry") from None
         if meta.get("task") != SEGMENTATION_TASK or "classes" not in meta:
@@ -194,25 +199,23 @@ def write_segmentation_shards(dataset: SegmentationDataset, out_dir: str | os.Pa
                               "replaces them)")
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
-    out_dir.mkdir(parents=True, exist_ok=True)
     order = np.arange(len(dataset)) if seed is None else np.random.default_rng(seed).permutation(len(dataset))
     digits, started, shards = max(9, len(str(len(dataset)))), int(time.time()), []
-    for first in range(0, len(order), shard_size):
-        final = out_dir / f"{prefix}-{len(shards):06d}.tar"
-        tmp = final.with_suffix(".tar.tmp")
-        with TarWriter(str(tmp), encoder=False, mtime=started) as writer:
-            for i in order[first:first + shard_size].tolist():
-                image, mask, name = dataset.encoded_pair(i)
-                writer.write({"__key__": f"{i:0{digits}d}", _image_extension(image): image, MASK_EXTENSION: mask,
-                              "json": json.dumps({"source": name}).encode()})
-        os.replace(tmp, final)
-        shards.append({"url": final.name, "nsamples": len(index_segmentation_shard(final)),
-                       "filesize": final.stat().st_size})
-    meta = {"task": SEGMENTATION_TASK, "classes": list(dataset.classes), "palette": [list(c) for c in dataset.palette],
-            "num_samples": len(order), "mean": list(dataset.mean), "std": list(dataset.std), "seed": seed,
-            "labels": "stored values: 0 = ignore, k = class k - 1 (reduce_zero_label on read)", "source": dataset.name}
-    index = {"__kind__": _INDEX_KIND, "wids_version": 1, "name": prefix, "shardlist": shards, "vitlab": meta}
-    tmp_index = out_dir / (INDEX_FILE + ".tmp")
-    tmp_index.write_text(json.dumps(index, indent=1))
-    os.replace(tmp_index, out_dir / INDEX_FILE)
+    with staged_shard_set(out_dir, [f"{prefix}-*.tar", INDEX_FILE]) as staging:
+        for first in range(0, len(order), shard_size):
+            path = staging / f"{prefix}-{len(shards):06d}.tar"
+            with TarWriter(str(path), encoder=False, mtime=started) as writer:
+                for i in order[first:first + shard_size].tolist():
+                    image, mask, name = dataset.encoded_pair(i)
+                    writer.write({"__key__": f"{i:0{digits}d}", _image_extension(image): image,
+                                  MASK_EXTENSION: mask, "json": json.dumps({"source": name}).encode()})
+            shards.append({"url": path.name, "nsamples": len(index_segmentation_shard(path)),
+                           "filesize": path.stat().st_size})
+        meta = {"task": SEGMENTATION_TASK, "classes": list(dataset.classes),
+                "palette": [list(c) for c in dataset.palette], "num_samples": len(order), "mean": list(dataset.mean),
+                "std": list(dataset.std), "seed": seed,
+                "labels": "stored values: 0 = ignore, k = class k - 1 (reduce_zero_label on read)",
+                "source": dataset.name}
+        index = {"__kind__": _INDEX_KIND, "wids_version": 1, "name": prefix, "shardlist": shards, "vitlab": meta}
+        (staging / INDEX_FILE).write_text(json.dumps(index, indent=1))
     return out_dir

@@ -29,6 +29,7 @@ from ._locate import DatasetFormatError, MissingFileError
 from ._sources import IMAGENET_MEAN, IMAGENET_STD
 from .decode import DecodeCrop
 from .encoded import EncodedImageDataset
+from .shard_set import check_complete, staged_shard_set
 from .shards import SHARD_IMAGE_EXTENSIONS, ShardFiles, _sniff_extension, expand_shard_urls, scan_tar_members
 
 __all__ = ["CsvImageTextDataset", "read_caption_table", "CaptionShardDataset", "CaptionShardIndex",
@@ -188,6 +189,7 @@ def caption_shard_urls(shards: str | os.PathLike | Iterable[str | os.PathLike]) 
         return [str(u) for u in shards]
     spec = os.path.expanduser(str(shards))
     if os.path.isdir(spec):
+        check_complete(spec)
         urls = sorted(str(p) for p in Path(spec).glob("*.tar"))
         if not urls:
             raise MissingFileError(f"{spec}: no caption shards (looked for {os.path.join(spec, '*.tar')})")
@@ -305,8 +307,9 @@ def write_caption_shards(pairs: Iterable[tuple[str | os.PathLike | bytes, str]],
                          shard_size: int = 1000, prefix: str = "", overwrite: bool = False) -> list[Path]:
     """Writes (image path or encoded bytes, caption) pairs as shards `<out_dir>/<prefix>00000.tar ...` in the order
     given, `shard_size` pairs each: `<key>.<jpg|png|webp>` (the image as stored) and `<key>.txt` (the caption,
-    UTF-8), keys the pair's position zero-padded to 9 digits. Each shard is written under a temporary name and
-    renamed when complete. Returns the shard paths. `out_dir` must hold no `<prefix>*.tar` unless `overwrite`."""
+    UTF-8), keys the pair's position zero-padded to 9 digits. The whole set is written into a staging folder and
+    moved in when complete (`vitlab.data.shard_set`): never a part of it. Returns the shard paths. `out_dir` must
+    hold no `<prefix>*.tar` unless `overwrite`."""
     from webdataset import TarWriter
 
     out_dir = Path(out_dir)
@@ -316,29 +319,24 @@ def write_caption_shards(pairs: Iterable[tuple[str | os.PathLike | bytes, str]],
     if existing and not overwrite:
         raise FileExistsError(f"{out_dir}: already holds shards ({existing[0].name} ...); overwrite=True replaces "
                               "them")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for old in existing:
-        old.unlink()
-    written: list[Path] = []
-    writer, tmp, count, started = None, None, 0, int(time.time())
-    for i, (image, caption) in enumerate(pairs):
-        if writer is None:
-            tmp = out_dir / f"{prefix}{len(written):05d}.tar.tmp"
-            writer, count = TarWriter(str(tmp), encoder=False, mtime=started), 0
-        data, ext = _image_member(image)
-        writer.write({"__key__": f"{i:09d}", ext: data, CAPTION_EXTENSION: str(caption).encode("utf-8")})
-        count += 1
-        if count == shard_size:
+    names: list[str] = []
+    with staged_shard_set(out_dir, [f"{prefix}*.tar"]) as staging:
+        writer, count, started = None, 0, int(time.time())
+        for i, (image, caption) in enumerate(pairs):
+            if writer is None:
+                names.append(f"{prefix}{len(names):05d}.tar")
+                writer, count = TarWriter(str(staging / names[-1]), encoder=False, mtime=started), 0
+            data, ext = _image_member(image)
+            writer.write({"__key__": f"{i:09d}", ext: data, CAPTION_EXTENSION: str(caption).encode("utf-8")})
+            count += 1
+            if count == shard_size:
+                writer.close()
+                writer = None
+        if writer is not None:
             writer.close()
-            written.append(tmp.with_suffix(""))  # drop ".tmp"
-            os.replace(tmp, written[-1])
-            writer = None
-    if writer is not None:
-        writer.close()
-        written.append(tmp.with_suffix(""))
-        os.replace(tmp, written[-1])
-    if not written:
-        raise ValueError("write_caption_shards: no (image, caption) pairs to write")
+        if not names:
+            raise ValueError("write_caption_shards: no (image, caption) pairs to write")
+    written = [out_dir / name for name in names]
     return written
 
 

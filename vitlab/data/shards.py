@@ -6,8 +6,8 @@ is `<key>.jpg|jpeg|png|webp`, its label `<key>.cls` (a decimal integer) or `<key
 `{"cls": int}`). Shards are named by a brace pattern, `train-{000000..000146}.tar`, or listed in an `index.json`.
 
 Reading (`ShardDataset`): each shard is indexed once (member offsets from the tar headers, with `tarfile`, labels
-read on the way; or from the `index.npz` that `write_shards` leaves beside the shards, after checking every shard's
-size), and a sample's image bytes are then read by offset. That index is what makes an exact mid-epoch resume
+read on the way; or from the `index.npz` that `write_shards` leaves beside the shards, for each shard whose size and
+mtime_ns are those recorded there; a shard edited in place is indexed again), and a sample's image bytes are then read by offset. That index is what makes an exact mid-epoch resume
 possible: the training order (shard permutation + shuffle buffer, :func:`buffered_order`) is computed from sample
 counts alone, so after a kill the loader skips to its position without reading anything it already trained on.
 Shards are local files (or any mounted file system): remote URLs are refused, because resuming needs seekable files.
@@ -16,7 +16,8 @@ Errors (`on_error`): a missing shard, a truncated tar, a sample without image or
 the run with the file and member named ('raise'), or are counted and logged and left out ('skip').
 
 Writing (`write_shards`, `vitlab shards SRC OUT`): samples in a seeded random order, `shard_size` samples (or
-`max_bytes`) per shard, each shard written to a temporary name and renamed when complete, then `index.json` (a wids
+`max_bytes`) per shard, the whole set written into a staging folder and moved in only when complete
+(`vitlab.data.shard_set`: a reader refuses a folder whose write did not finish), with `index.json` (a wids
 shard index: `shardlist` of `{url, nsamples, filesize}`, plus the classes and statistics vitlab needs) and
 `index.npz` (the member offsets: int64 arrays, loaded with `allow_pickle=False`).
 """
@@ -40,13 +41,15 @@ from ._locate import DatasetFormatError, MissingFileError
 from ._sources import IMAGENET_MEAN, IMAGENET_STD
 from .decode import DecodeCrop
 from .encoded import EncodedImageDataset
+from .shard_set import INDEX_FILE, check_complete, staged_shard_set
 
 __all__ = ["ShardDataset", "ShardIndex", "ShardFiles", "write_shards", "expand_shard_urls", "index_shard", "scan_tar_members",
-           "TarMember", "buffered_order", "SHARD_IMAGE_EXTENSIONS", "INDEX_FILE"]
+           "TarMember", "buffered_order", "shard_url_in", "SHARD_IMAGE_EXTENSIONS", "INDEX_FILE", "MAX_LABEL"]
 
 SHARD_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
-INDEX_FILE, OFFSETS_FILE = "index.json", "index.npz"
+OFFSETS_FILE = "index.npz"
 _INDEX_KIND = "wids-shard-index-v1"  # wids' shard-index format, so its tools can read ours
+MAX_LABEL = 10**7  # a larger label is a corrupt file, not a class count (it would build a class list that long)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -69,13 +72,16 @@ class ShardIndex:
 def _label(ext: str, data: bytes, where: str) -> int:
     try:
         if ext == "cls":
-            return int(data.decode("ascii").strip())
-        value = json.loads(data)
-        label = value.get("label", value.get("cls")) if isinstance(value, dict) else None
-        if isinstance(label, bool) or not isinstance(label, int):
-            raise ValueError("no integer 'label' or 'cls' field")
+            label = int(data.decode("ascii").strip())
+        else:
+            value = json.loads(data)
+            label = value.get("label", value.get("cls")) if isinstance(value, dict) else None
+            if isinstance(label, bool) or not isinstance(label, int):
+                raise ValueError("no integer 'label' or 'cls' field")
+        if abs(label) >= MAX_LABEL:
+            raise ValueError(f"label {label} is beyond {MAX_LABEL - 1}, the largest vitlab accepts")
         return label
-    except (ValueError, UnicodeDecodeError) as err:
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:
         raise DatasetFormatError(f"{where}: unreadable label ({err}); expected <key>.cls holding a decimal "
                                  "integer or <key>.json with an integer 'label'") from None
 
@@ -239,27 +245,56 @@ def _read_index_file(folder: Path) -> tuple[list[str], dict]:
     path = folder / INDEX_FILE
     try:
         index = json.loads(path.read_text())
-        urls = [str(folder / entry["url"]) for entry in index["shardlist"]]
+        urls = [shard_url_in(folder, entry["url"], path) for entry in index["shardlist"]]
     except (OSError, ValueError, KeyError, TypeError) as err:
+        if isinstance(err, DatasetFormatError):
+            raise
         raise DatasetFormatError(f"{path}: not a shard index ({type(err).__name__}: {err}); expected JSON with a "
                                  "'shardlist' of {{'url', 'nsamples'}} entries") from None
     return urls, index
 
 
-def _offsets_from_file(folder: Path, index: dict, urls: list[str]) -> list[ShardIndex] | None:
-    """The shard indexes stored by `write_shards`, when every shard still has the size recorded; else None."""
+def shard_url_in(folder: Path, url, index_path: Path) -> str:
+    """`folder/url` for a shard listed in an index.json; a URL that is not a plain file name inside `folder`
+    (absolute, `..`, a sub-path) is a `DatasetFormatError` naming the index and the URL."""
+    if not isinstance(url, str) or not url or os.path.isabs(url) or os.path.basename(url) != url or url in (".", ".."):
+        raise DatasetFormatError(f"{index_path}: shard url {url!r} is not a file name inside {folder} (an index "
+                                 "lists the shards beside it)")
+    return str(folder / url)
+
+
+def _offsets_from_file(folder: Path, index: dict, urls: list[str], on_error: str) -> list[ShardIndex]:
+    """The shard indexes stored by `write_shards` for every shard whose size and modification time (ns) are still
+    those recorded there (what make and ninja trust: an in-place edit changes the mtime); any other shard, or all of
+    them when `index.npz` is missing or older than these fingerprints, is indexed again from its tar headers."""
     path = folder / OFFSETS_FILE
-    if not path.is_file():
-        return None
-    entries = index["shardlist"]
-    if any(not os.path.isfile(u) or os.path.getsize(u) != e.get("filesize") for u, e in zip(urls, entries)):
-        return None  # a shard changed since it was written: index it again
-    with np.load(path, allow_pickle=False) as table:
-        shard, offsets, sizes, labels, keys = (table[k] for k in ("shard", "offset", "size", "label", "key"))
+    table = {}
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                table = {k: npz[k] for k in ("shard", "offset", "size", "label", "key", "shard_bytes",
+                                             "shard_mtime_ns")}
+        except KeyError:
+            table = {}  # written before the fingerprints: index the shards again
+        except (OSError, ValueError) as err:
+            raise DatasetFormatError(f"{path}: unreadable shard offsets ({type(err).__name__}: {err}); delete it "
+                                     "or re-run `vitlab shards`") from None
+    if table and not (len(table["shard_bytes"]) == len(table["shard_mtime_ns"]) == len(urls) and
+                      len({len(table[k]) for k in ("shard", "offset", "size", "label", "key")}) == 1):
+        raise DatasetFormatError(f"{path}: its arrays do not match the {len(urls)} shards of {folder / INDEX_FILE}")
     out = []
     for s, url in enumerate(urls):
-        rows = shard == s
-        out.append(ShardIndex(url, offsets[rows], sizes[rows], labels[rows], [str(k) for k in keys[rows]]))
+        stat = os.stat(url)
+        if not table or (stat.st_size, stat.st_mtime_ns) != (int(table["shard_bytes"][s]),
+                                                             int(table["shard_mtime_ns"][s])):
+            out.append(index_shard(url, on_error))  # changed since it was written (or no fingerprint): rescan
+            continue
+        rows = table["shard"] == s
+        offsets, sizes = table["offset"][rows], table["size"][rows]
+        if len(offsets) and (offsets.min() < 0 or sizes.min() < 0 or (offsets + sizes).max() > stat.st_size):
+            raise DatasetFormatError(f"{path}: offsets of shard {url} outside its {stat.st_size} bytes; delete it "
+                                     "or re-run `vitlab shards`")
+        out.append(ShardIndex(url, offsets, sizes, table["label"][rows], [str(k) for k in table["key"][rows]]))
     return out
 
 
@@ -290,10 +325,13 @@ class ShardDataset(EncodedImageDataset):
         if not self.shards:
             raise DatasetFormatError(f"no samples in the shards {urls[:3]}{' ...' if len(urls) > 3 else ''}")
         labels = np.concatenate([ix.labels for ix in self.shards])  # (N,)
-        if labels.min() < 0 or (classes is not None and labels.max() >= len(classes)):
-            bad = int(labels.min() if labels.min() < 0 else labels.max())
-            raise DatasetFormatError(f"{name}: label {bad} outside 0 … {len(classes or []) - 1} "
-                                     f"({len(classes or [])} classes in the index)")
+        limit = MAX_LABEL if classes is None else len(classes)
+        for ix in self.shards:
+            bad = np.flatnonzero((ix.labels < 0) | (ix.labels >= limit))
+            if len(bad):
+                raise DatasetFormatError(f"{name}: {ix.path}: sample {ix.keys[bad[0]]!r} has label "
+                                         f"{int(ix.labels[bad[0]])}, outside 0 … {limit - 1}"
+                                         + (f" ({limit} classes in the index)" if classes is not None else ""))
         if classes is None:
             classes = [f"class_{i}" for i in range(int(labels.max()) + 1)]
         super().__init__(classes, name, crop, on_error, mean, std)
@@ -307,12 +345,14 @@ class ShardDataset(EncodedImageDataset):
                   name: str = "shards") -> "ShardDataset":
         """`spec`: a folder (or a split name under `base`) holding `index.json`, or a brace pattern of tar files."""
         folder = Path(base or ".") / spec if not os.path.isabs(spec) else Path(spec)
+        if folder.is_dir():
+            check_complete(folder)
         if (folder / INDEX_FILE).is_file():
             urls, index = _read_index_file(folder)
             meta = index.get("vitlab", {})
             mean, std = tuple(meta.get("mean", IMAGENET_MEAN)), tuple(meta.get("std", IMAGENET_STD))
-            indexes = _offsets_from_file(folder, index, urls) if not any(not os.path.isfile(u) for u in urls) \
-                else None
+            indexes = _offsets_from_file(folder, index, urls, on_error) \
+                if not any(not os.path.isfile(u) for u in urls) else None
             return cls(urls, crop, meta.get("classes"), name, on_error, mean, std, indexes)
         if folder.is_dir():
             urls = sorted(str(p) for p in folder.glob("*.tar"))
@@ -405,57 +445,56 @@ def write_shards(dataset, out_dir: str | os.PathLike, prefix: str = "shard", sha
                               "--overwrite replaces them)")
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    order = np.arange(len(dataset)) if seed is None else np.random.default_rng(seed).permutation(len(dataset))
-    digits = max(9, len(str(len(dataset))))
-    shards: list[dict] = []
-    rows: dict[str, list] = {"shard": [], "offset": [], "size": [], "label": [], "key": []}
-    writer, tmp, count, written = None, None, 0, 0
-    started = int(time.time())
+    with staged_shard_set(out_dir, [f"{prefix}-*.tar", INDEX_FILE, OFFSETS_FILE]) as staging:
+        order = np.arange(len(dataset)) if seed is None else np.random.default_rng(seed).permutation(len(dataset))
+        digits = max(9, len(str(len(dataset))))
+        shards: list[dict] = []
+        rows: dict[str, list] = {"shard": [], "offset": [], "size": [], "label": [], "key": [], "shard_mtime_ns": []}
+        writer, tmp, count, written = None, None, 0, 0
+        started = int(time.time())
 
-    def close() -> None:
-        nonlocal writer
-        writer.close()
-        final = tmp.with_suffix("")  # drop ".tmp"
-        os.replace(tmp, final)
-        index = index_shard(final)  # read the headers back: the offsets readers will use
-        rows["shard"] += [len(shards)] * len(index)
-        rows["offset"] += index.offsets.tolist()
-        rows["size"] += index.sizes.tolist()
-        rows["label"] += index.labels.tolist()
-        rows["key"] += index.keys
-        shards.append({"url": final.name, "nsamples": len(index), "filesize": final.stat().st_size})
-        writer = None
+        def close() -> None:
+            nonlocal writer
+            writer.close()
+            index = index_shard(tmp)  # read the headers back: the offsets readers will use
+            stat = tmp.stat()  # renaming into out_dir keeps size and mtime: what readers check the index against
+            rows["shard"] += [len(shards)] * len(index)
+            rows["offset"] += index.offsets.tolist()
+            rows["size"] += index.sizes.tolist()
+            rows["label"] += index.labels.tolist()
+            rows["key"] += index.keys
+            rows["shard_mtime_ns"].append(stat.st_mtime_ns)
+            shards.append({"url": tmp.name, "nsamples": len(index), "filesize": stat.st_size})
+            writer = None
 
-    bar = tqdm(order.tolist(), desc=f"shards → {out_dir}", unit="img", disable=not progress if progress is not None
-               else None)
-    for i in bar:
-        if writer is None:
-            tmp = out_dir / f"{prefix}-{len(shards):06d}.tar.tmp"
-            # a whole-second mtime: a float one costs every member an extra 1 KiB PAX header
-            writer, count, written = TarWriter(str(tmp), encoder=False, mtime=started), 0, 0
-        data, ext, label = _encoded_sample(dataset, i)
-        key = f"{i:0{digits}d}"
-        name = dataset.classes[label] if 0 <= label < len(dataset.classes) else str(label)
-        meta = {"label": label, "class": name}
-        if isinstance(dataset, EncodedImageDataset):
-            meta["source"] = dataset.source(i)[2]
-        writer.write({"__key__": key, ext: data, "cls": str(label).encode(), "json": json.dumps(meta).encode()})
-        count, written = count + 1, written + len(data)
-        if count >= shard_size or (max_bytes and written >= max_bytes):
+        bar = tqdm(order.tolist(), desc=f"shards → {out_dir}", unit="img", disable=not progress if progress is not None
+                   else None)
+        for i in bar:
+            if writer is None:
+                tmp = staging / f"{prefix}-{len(shards):06d}.tar"
+                # a whole-second mtime: a float one costs every member an extra 1 KiB PAX header
+                writer, count, written = TarWriter(str(tmp), encoder=False, mtime=started), 0, 0
+            data, ext, label = _encoded_sample(dataset, i)
+            key = f"{i:0{digits}d}"
+            name = dataset.classes[label] if 0 <= label < len(dataset.classes) else str(label)
+            meta = {"label": label, "class": name}
+            if isinstance(dataset, EncodedImageDataset):
+                meta["source"] = dataset.source(i)[2]
+            writer.write({"__key__": key, ext: data, "cls": str(label).encode(), "json": json.dumps(meta).encode()})
+            count, written = count + 1, written + len(data)
+            if count >= shard_size or (max_bytes and written >= max_bytes):
+                close()
+        if writer is not None:
             close()
-    if writer is not None:
-        close()
-    np.savez(out_dir / (OFFSETS_FILE + ".tmp.npz"), shard=np.array(rows["shard"], np.int64),
-             offset=np.array(rows["offset"], np.int64), size=np.array(rows["size"], np.int64),
-             label=np.array(rows["label"], np.int64), key=np.array(rows["key"], dtype=str))
-    os.replace(out_dir / (OFFSETS_FILE + ".tmp.npz"), out_dir / OFFSETS_FILE)
-    index = {"__kind__": _INDEX_KIND, "wids_version": 1, "name": description or prefix, "shardlist": shards,
-             "vitlab": {"classes": list(dataset.classes), "num_samples": len(order), "mean": _rgb(dataset.mean),
-                        "std": _rgb(dataset.std), "seed": seed, "source": description}}
-    tmp_index = out_dir / (INDEX_FILE + ".tmp")
-    tmp_index.write_text(json.dumps(index, indent=1))
-    os.replace(tmp_index, out_dir / INDEX_FILE)
+        np.savez(staging / OFFSETS_FILE, shard=np.array(rows["shard"], np.int64),
+                 offset=np.array(rows["offset"], np.int64), size=np.array(rows["size"], np.int64),
+                 label=np.array(rows["label"], np.int64), key=np.array(rows["key"], dtype=str),
+                 shard_bytes=np.array([e["filesize"] for e in shards], np.int64),
+                 shard_mtime_ns=np.array(rows["shard_mtime_ns"], np.int64))
+        index = {"__kind__": _INDEX_KIND, "wids_version": 1, "name": description or prefix, "shardlist": shards,
+                 "vitlab": {"classes": list(dataset.classes), "num_samples": len(order), "mean": _rgb(dataset.mean),
+                            "std": _rgb(dataset.std), "seed": seed, "source": description}}
+        (staging / INDEX_FILE).write_text(json.dumps(index, indent=1))
     return out_dir
 
 
