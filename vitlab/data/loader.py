@@ -10,6 +10,7 @@ Augmentation is separate (:class:`vitlab.data.augment.DeviceAugment`), applied t
 from __future__ import annotations
 
 import os
+import signal
 import warnings
 from typing import Any, Iterator
 
@@ -20,7 +21,20 @@ from torch import Tensor
 from ._locate import DatasetFormatError
 from .encoded import DecodedOrFailure, DecodeFailure
 
-__all__ = ["DeviceLoader", "EncodedLoader", "epoch_seed", "sample_seed", "default_num_workers"]
+__all__ = ["DeviceLoader", "EncodedLoader", "epoch_seed", "sample_seed", "default_num_workers", "STOP_SIGNALS",
+           "ignore_stop_signals"]
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # preemption; SLURM's --signal: training stops at a step boundary
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader `worker_init_fn`: the worker ignores `STOP_SIGNALS`. A scheduler signals the whole process group
+    (SLURM: `kill -TERM -- -PGID`); the training process finishes its step and checkpoints, and needs its workers
+    alive for that. A worker left behind by a main process that died exits by itself (torch's parent watchdog
+    checks every few seconds); SIGKILL still ends it."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+
 
 
 def default_num_workers(cap: int = 8) -> int:
@@ -248,6 +262,7 @@ class EncodedLoader:
         batches = self.batches(self.epoch)[self.position:]
         loader = torch.utils.data.DataLoader(DecodedOrFailure(self.dataset), batch_sampler=batches,
                                              num_workers=self.num_workers, collate_fn=_collate,
+                                             worker_init_fn=ignore_stop_signals,
                                              pin_memory=self.device.type == "cuda")
         for images, labels, failures in loader:
             self.position += 1

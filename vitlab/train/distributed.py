@@ -12,12 +12,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..data.loader import STOP_SIGNALS
 from ..models import get_blocks
 
 __all__ = ["sync_batchnorm", "DistInfo", "setup_distributed", "teardown_distributed", "wrap_model", "all_reduce_sum", "eval_batch_size", "lockstep",
            "StopSignals", "STOP_SIGNALS"]
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # preemption; SLURM's --signal
 
 
 @dataclass(frozen=True)
