@@ -91,3 +91,101 @@ def test_sigterm_to_torchruns_process_group_stops_both_ranks_at_one_step_with_st
     stopped = int(text.split("stopped by SIGTERM after step ")[1].split(":")[0])
     assert stopped >= 3 and meta_step(out) == stopped
     assert status == 1 and "SignalException" in err  # torchrun's own status (see the docstring)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# elastic resume: the global batches are a function of (seed, epoch, global batch size) only
+RECORD_SAMPLES = '''"""Runs `vitlab train` and records, for every optimiser step, a digest and the label of each sample this rank's
+loader gave (before the device augmentation), in SEEN_DIR/rank<RANK>.jsonl."""
+import hashlib, json, os, sys
+import vitlab.train.loop as loop
+from vitlab.cli import main
+
+honest = loop._Run._optimizer_step
+
+
+def recording(self, micro_batches):
+    with open(os.path.join(os.environ["SEEN_DIR"], f"rank{os.environ.get('RANK', '0')}.jsonl"), "a") as seen:
+        for images, labels in micro_batches:
+            for image, label in zip(images, labels):
+                digest = hashlib.sha1(image.cpu().numpy().tobytes()).hexdigest()
+                seen.write(json.dumps([self.state.step + 1, digest, int(label)]) + "\\n")
+    return honest(self, micro_batches)
+
+
+loop._Run._optimizer_step = recording
+sys.exit(main(sys.argv[1:]))
+'''
+
+
+def global_batches(seen_dir: Path) -> dict[int, list]:
+    """{step: sorted [digest, label] of every sample of that step's global batch, over all ranks}."""
+    steps: dict[int, list] = {}
+    for path in seen_dir.glob("rank*.jsonl"):
+        for line in path.read_text().splitlines():
+            step, digest, label = json.loads(line)
+            steps.setdefault(step, []).append((digest, label))
+    return {step: sorted(samples) for step, samples in steps.items()}
+
+
+def recorded_train(tmp_path: Path, processes: int, shards: Path, out: Path, seen: Path, *extra: str) -> str:
+    driver = tmp_path / "record_samples.py"
+    driver.write_text(RECORD_SAMPLES)
+    seen.mkdir(exist_ok=True)
+    launcher = [sys.executable] if processes == 1 else [*TORCHRUN, str(processes)]
+    run = subprocess.run([*launcher, str(driver), "train", *train_args(shards, out, "epochs=2", *extra)],
+                         capture_output=True, text=True, env={**ENV, "SEEN_DIR": str(seen)}, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run.stdout
+
+
+@pytest.mark.parametrize("before, after", [(2, 1), (1, 2)])
+def test_a_shard_run_resumed_on_another_number_of_processes_sees_the_same_global_batches(shards, tmp_path, before,
+                                                                                          after):
+    """Stopped at step 5 of 12 (mid-epoch) on `before` processes and resumed on `after`: every global batch holds the
+    same decoded samples (same crops) as in an uninterrupted one-process run."""
+    straight = tmp_path / "straight_seen"
+    recorded_train(tmp_path, 1, shards, tmp_path / "straight", straight)
+    elastic = tmp_path / "elastic_seen"
+    recorded_train(tmp_path, before, shards, tmp_path / "elastic", elastic, "max_steps=5")
+    assert meta_step(tmp_path / "elastic") == 5
+    resumed = recorded_train(tmp_path, after, shards, tmp_path / "elastic", elastic)
+    assert "resumed at step 5" in resumed and f"written by {before} process(es), this run has {after}" in resumed
+    expected = global_batches(straight)
+    assert sorted(expected) == list(range(1, 13)) and all(len(batch) == 4 for batch in expected.values())
+    assert global_batches(elastic) == expected
+
+
+def _device_loaders(world_size: int, per_rank: int) -> list:
+    import torch
+
+    from vitlab.data.loader import DeviceLoader
+
+    images = torch.arange(42, dtype=torch.uint8).view(42, 1, 1, 1)  # sample i is the pixel value i
+    return [DeviceLoader(images, torch.arange(42), per_rank, shuffle=True, drop_last=True, device="cpu", seed=3,
+                         rank=rank, world_size=world_size) for rank in range(world_size)]
+
+
+def _steps(loaders: list, count: int) -> list[list[int]]:
+    """The next `count` global batches of the ranks' `loaders` (epochs roll over), each as sorted sample ids."""
+    out, iterators = [], [iter(loader) for loader in loaders]
+    while len(out) < count:
+        parts = [next(it, None) for it in iterators]  # every rank ends its epoch at the same batch
+        if parts[0] is None:
+            iterators = [iter(loader) for loader in loaders]
+            continue
+        out.append(sorted(sum((labels.tolist() for _, labels in parts), [])))
+    return out
+
+
+@pytest.mark.parametrize("before, after", [(2, 1), (1, 2)])
+def test_the_in_memory_loader_resumes_on_another_number_of_ranks_with_the_same_global_batches(before, after):
+    expected = _steps(_device_loaders(1, 8), 12)  # 5 global batches an epoch, 2 samples dropped
+    first = _device_loaders(before, 8 // before)
+    done = _steps(first, 3)
+    resumed = _device_loaders(after, 8 // after)
+    for loader in resumed:
+        loader.load_state_dict(first[0].state_dict())
+    assert done + _steps(resumed, 9) == expected
+    with pytest.raises(ValueError, match=r"global batch of 8 \(\d per rank x \d rank\(s\)\) but this loader has 4"):
+        _device_loaders(after, 4 // after)[0].load_state_dict(first[0].state_dict())

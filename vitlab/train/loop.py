@@ -314,12 +314,28 @@ class _Run:
         set_state_dict(self.model, self.optimizer, model_state_dict=weights, optim_state_dict=state["optimizer"],
                        options=StateDictOptions(full_state_dict=True))
         self.scheduler.load_state_dict(state["scheduler"])
-        self.data.train.load_state_dict(state["loader"])
-        self.augment_rng.set_state(state["augment_rng"][self.info.rank])
+        try:
+            self.data.train.load_state_dict(state["loader"])
+        except ValueError as err:
+            raise ValueError(f"{directory} cannot be resumed by this run: {err}") from None
+        self._restore_augment_rng(state["augment_rng"], directory, int(state["run"]["step"]))
         torch.set_rng_state(state["torch_rng"])
         self.state = RunState(**state["run"])
         self._schedule_change(state)
         return True
+
+    def _restore_augment_rng(self, saved: list, directory: Path, step: int) -> None:
+        """Each rank's device-augmentation generator as saved. A checkpoint from another number of processes
+        (elastic resume: the loaders give the same global batches, `EncodedLoader` the same crops) cannot continue
+        the per-rank streams: they restart from a seed of (seed, step, rank), said on rank 0."""
+        if len(saved) == self.info.world_size:
+            self.augment_rng.set_state(saved[self.info.rank])
+            return
+        self.augment_rng.manual_seed(self.config.seed * 9973 + self.info.rank + 1_000_003 * (step + 1))
+        if self.info.is_main:
+            print(f"{directory} was written by {len(saved)} process(es), this run has {self.info.world_size}: every "
+                  "global batch holds the same samples as before (elastic resume), but the random draws of the "
+                  "device augmentation (flips, mixup, ...) restart from a new per-process seed", flush=True)
 
     def _schedule_change(self, state: dict[str, Any]) -> None:
         """A resume with other `epochs` / `steps`: the schedule is rebuilt for the new length at the current step
