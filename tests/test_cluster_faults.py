@@ -189,3 +189,73 @@ def test_the_in_memory_loader_resumes_on_another_number_of_ranks_with_the_same_g
     assert done + _steps(resumed, 9) == expected
     with pytest.raises(ValueError, match=r"global batch of 8 \(\d per rank x \d rank\(s\)\) but this loader has 4"):
         _device_loaders(after, 4 // after)[0].load_state_dict(first[0].state_dict())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# an evaluation that raises on some DDP ranks only
+FAILING_EVALUATION = '''"""Runs `vitlab train` with an evaluation that raises on the ranks listed in FAIL_RANKS (comma-separated) at step
+FAIL_STEP; a failed rank waits 5 s (not 20) for the others to fail alike."""
+import os, sys
+import vitlab.train.distributed as distributed
+import vitlab.train.loop as loop
+from vitlab.cli import main
+from vitlab.train.data import TrainData
+
+honest = TrainData.evaluate
+
+
+def failing(self, model, info, autocast):
+    if str(info.rank) in os.environ["FAIL_RANKS"].split(",") and loop_step[0] == int(os.environ["FAIL_STEP"]):
+        raise OSError(f"injected failure on rank {info.rank}")
+    return honest(self, model, info, autocast)
+
+
+loop_step = [0]
+evaluate_and_save = loop._Run._evaluate_and_save
+
+
+def counting(self, *args, **kwargs):
+    loop_step[0] = self.state.step
+    return evaluate_and_save(self, *args, **kwargs)
+
+
+TrainData.evaluate, loop._Run._evaluate_and_save = failing, counting
+distributed.FAILURE_WAIT_S = 5.0
+sys.exit(main(sys.argv[1:]))
+'''
+
+
+def failing_evaluation(tmp_path: Path, shards: Path, out: Path, ranks: str) -> subprocess.CompletedProcess:
+    driver = tmp_path / "failing_evaluation.py"
+    driver.write_text(FAILING_EVALUATION)
+    command = [*TORCHRUN, "2", str(driver), "train",
+               *train_args(shards, out, "epochs=2", "eval_interval=4", "checkpoint_every_steps=2")]
+    try:
+        return subprocess.run(command, capture_output=True, text=True, timeout=120,
+                              env={**ENV, "FAIL_RANKS": ranks, "FAIL_STEP": "4"})
+    except subprocess.TimeoutExpired as hung:
+        pytest.fail(f"hung: an evaluation failing on rank(s) {ranks} did not end the run within 120 s "
+                    f"({(hung.stderr or b'')[-2000:]!r})")
+
+
+def test_an_evaluation_failing_on_one_ddp_rank_stops_every_rank_naming_it(shards, tmp_path):
+    """Rank 1's evaluation raises at step 4 (rank 0 waits in the evaluation's collectives): both ranks end with
+    EvaluationFailed naming rank 1 and its error, nothing is saved at step 4, and the step-2 checkpoint is intact
+    and resumes. When every rank's evaluation fails, the step is checkpointed first, as on one process."""
+    out = tmp_path / "one"
+    run = failing_evaluation(tmp_path, shards, out, "1")
+    assert run.returncode != 0
+    said = "evaluation at step 4 failed (rank 1: OSError: injected failure on rank 1); every rank stopped"
+    assert run.stderr.count(said) == 2, run.stderr[-3000:]  # rank 0 and rank 1
+    assert "the last good checkpoint (step 2)" in run.stderr and meta_step(out) == 2
+    again = subprocess.run([sys.executable, "-m", "vitlab", "train", *train_args(shards, out, "epochs=2",
+                            "eval_interval=4", "checkpoint_every_steps=2", "max_steps=5")],
+                           capture_output=True, text=True, env=ENV, timeout=120)
+    assert again.returncode == 0 and "resumed at step 2" in again.stdout, again.stderr[-2000:]
+
+    out = tmp_path / "both"
+    run = failing_evaluation(tmp_path, shards, out, "0,1")
+    assert run.returncode != 0
+    assert "evaluation at step 4 failed (rank " in run.stderr and "The training was checkpointed at step 4" in \
+        run.stderr, run.stderr[-3000:]
+    assert meta_step(out) == 4
