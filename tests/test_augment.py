@@ -347,7 +347,7 @@ def test_loader_resume_mid_epoch_reproduces_the_remaining_batches():
     rest = _epoch_ids(resumed)
     assert seen + rest == uninterrupted[len(uninterrupted) // 2:]
     assert resumed.epoch == 2 and resumed.position == 0
-    with pytest.raises(ValueError, match="batch_size"):
+    with pytest.raises(ValueError, match="global batch of 6"):
         DeviceLoader(images, labels, 5, True, True, "cpu").load_state_dict(state)
 
 

@@ -163,7 +163,7 @@ def test_loader_resumes_mid_epoch_exactly(folder):
     rest += [x for x, _ in again]
     assert len(taken) + len(rest) == len(uninterrupted) == 12
     assert all(torch.equal(a, b) for a, b in zip(taken + rest, uninterrupted))
-    with pytest.raises(ValueError, match="batch_size=4 but this loader has batch_size=2"):
+    with pytest.raises(ValueError, match=r"global batch of 4 \(4 per rank x 1 rank\(s\)\) but this loader has 2"):
         EncodedLoader(dataset, 2, True, True, "cpu", seed=3).load_state_dict(state)
 
 

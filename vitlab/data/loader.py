@@ -10,6 +10,7 @@ Augmentation is separate (:class:`vitlab.data.augment.DeviceAugment`), applied t
 from __future__ import annotations
 
 import os
+import signal
 import warnings
 from typing import Any, Iterator
 
@@ -20,7 +21,20 @@ from torch import Tensor
 from ._locate import DatasetFormatError
 from .encoded import DecodedOrFailure, DecodeFailure
 
-__all__ = ["DeviceLoader", "EncodedLoader", "epoch_seed", "sample_seed", "default_num_workers"]
+__all__ = ["DeviceLoader", "EncodedLoader", "epoch_seed", "sample_seed", "default_num_workers", "STOP_SIGNALS",
+           "ignore_stop_signals"]
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # preemption; SLURM's --signal: training stops at a step boundary
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader `worker_init_fn`: the worker ignores `STOP_SIGNALS`. A scheduler signals the whole process group
+    (SLURM: `kill -TERM -- -PGID`); the training process finishes its step and checkpoints, and needs its workers
+    alive for that. A worker left behind by a main process that died exits by itself (torch's parent watchdog
+    checks every few seconds); SIGKILL still ends it."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+
 
 
 def default_num_workers(cap: int = 8) -> int:
@@ -66,8 +80,9 @@ class DeviceLoader:
     Iteration yields the remaining batches of the current epoch, ``(images (B, C, H, W) uint8, labels (B,) int64)``,
     both on ``device``, then moves to the start of the next epoch. Breaking out of a loop keeps the position, and the
     next iteration continues from it. Exact resume: :meth:`state_dict` is (seed, epoch, batches already yielded in
-    that epoch), the same on every rank, so rank 0's copy restores all ranks; after :meth:`load_state_dict` the
-    remaining batches are identical to those of an uninterrupted run.
+    that epoch), the same on every rank, so rank 0's copy restores all ranks, also on another number of ranks with
+    the same global batch; after :meth:`load_state_dict` the remaining batches are identical to those of an
+    uninterrupted run (the same samples in every global batch when the number of ranks changed).
     """
 
     def __init__(self, images: Tensor, labels: Tensor, batch_size: int, shuffle: bool, drop_last: bool,
@@ -146,17 +161,31 @@ class DeviceLoader:
                 "drop_last": self.drop_last}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a :meth:`state_dict`; the dataset size, batch size, world size, shuffle and drop_last must match
-        (otherwise the remaining batches could not be the same), the seed is taken from ``state``."""
-        for key in ("num_samples", "batch_size", "world_size", "shuffle", "drop_last"):
-            if key in state and state[key] != getattr(self, key):
-                raise ValueError(f"DeviceLoader state has {key}={state[key]!r} but this loader has "
-                                 f"{key}={getattr(self, key)!r}; exact resume needs them equal")
+        """Restore a :meth:`state_dict`; the dataset size, global batch (batch_size · world_size), shuffle and
+        drop_last must match (otherwise the remaining batches could not be the same), the seed is taken from
+        ``state``. The world size may differ (elastic resume): global batch j of an epoch is positions
+        [j·G, (j+1)·G) of the permutation whatever the number of ranks sharing it."""
+        _check_resumable("DeviceLoader", self, state, ("num_samples", "shuffle", "drop_last"))
         position = int(state["position"])
         most = len(self) if self.drop_last else -(-(-(-self.num_samples // self.world_size)) // self.batch_size)
         if not 0 <= position <= most:  # without drop_last rank 0 (whose state is saved) may have one batch more
             raise ValueError(f"DeviceLoader state position {position} is outside [0, {most}]")
         self.seed, self.epoch, self.position = int(state["seed"]), int(state["epoch"]), position
+
+
+def _check_resumable(kind: str, loader, state: dict[str, Any], keys: tuple[str, ...]) -> None:
+    """`keys` and the global batch (batch_size · world_size) of a saved loader `state` equal `loader`'s: the
+    conditions under which the remaining global batches are those of the uninterrupted run (the world size, and so
+    the per-rank batch, may differ)."""
+    for key in keys:
+        if key in state and state[key] != getattr(loader, key):
+            raise ValueError(f"{kind} state has {key}={state[key]!r} but this loader has {key}="
+                             f"{getattr(loader, key)!r}; exact resume needs them equal")
+    batch, ranks = state.get("batch_size", loader.batch_size), state.get("world_size", loader.world_size)
+    if batch * ranks != loader.batch_size * loader.world_size:
+        raise ValueError(f"{kind} state has a global batch of {batch * ranks} ({batch} per rank x {ranks} rank(s)) "
+                         f"but this loader has {loader.batch_size * loader.world_size} ({loader.batch_size} x "
+                         f"{loader.world_size}); exact resume needs the same global batch")
 
 
 def sample_seed(seed: int, epoch: int, position: int) -> int:
@@ -248,6 +277,7 @@ class EncodedLoader:
         batches = self.batches(self.epoch)[self.position:]
         loader = torch.utils.data.DataLoader(DecodedOrFailure(self.dataset), batch_sampler=batches,
                                              num_workers=self.num_workers, collate_fn=_collate,
+                                             worker_init_fn=ignore_stop_signals,
                                              pin_memory=self.device.type == "cuda")
         for images, labels, failures in loader:
             self.position += 1
@@ -273,12 +303,11 @@ class EncodedLoader:
                 "drop_last": self.drop_last, "shuffle_buffer": self.shuffle_buffer, "skipped": self.skipped}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a :meth:`state_dict`; sizes, shuffle settings and world size must match (else the remaining
-        batches could not be the same)."""
-        for key in ("num_samples", "batch_size", "world_size", "shuffle", "drop_last", "shuffle_buffer"):
-            if key in state and state[key] != getattr(self, key):
-                raise ValueError(f"loader state has {key}={state[key]!r} but this loader has "
-                                 f"{key}={getattr(self, key)!r}; exact resume needs them equal")
+        """Restore a :meth:`state_dict`; the dataset size, global batch (batch_size · world_size) and shuffle
+        settings must match (else the remaining batches could not be the same). The world size may differ (elastic
+        resume): global batch j is positions [j·G, (j+1)·G) of the epoch's order, with the same crop seeds, whatever
+        the number of ranks sharing it."""
+        _check_resumable("loader", self, state, ("num_samples", "shuffle", "drop_last", "shuffle_buffer"))
         if not 0 <= int(state["position"]) <= len(self):
             raise ValueError(f"loader state position {state['position']} is outside [0, {len(self)}]")
         self.seed, self.epoch, self.position = int(state["seed"]), int(state["epoch"]), int(state["position"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -12,12 +13,14 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..data.loader import STOP_SIGNALS
 from ..models import get_blocks
 
 __all__ = ["sync_batchnorm", "DistInfo", "setup_distributed", "teardown_distributed", "wrap_model", "all_reduce_sum", "eval_batch_size", "lockstep",
-           "StopSignals", "STOP_SIGNALS"]
+           "StopSignals", "STOP_SIGNALS", "agree_on_failure", "FAILURE_WAIT_S"]
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # preemption; SLURM's --signal
+FAILURE_WAIT_S = 20.0  # how long a failed rank waits for the others to fail alike before it stops alone
+
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,28 @@ def lockstep(batches: Iterable, count: int, info: DistInfo) -> Iterator[tuple[An
                            "use a larger eval_subset (0: all) or fewer processes")
     for _ in range(most.item() - done):
         yield last, False
+
+
+def agree_on_failure(info: DistInfo, phase: str, message: str, wait_s: float | None = None) -> tuple[bool, str]:
+    """For a rank whose `phase` (e.g. "evaluation/step-30") raised, while the other ranks may be anywhere, even
+    inside a collective this rank will never join: no collective is used, only the process group's key-value store
+    (torchrun's). The rank publishes `message`, then waits up to `wait_s` (`FAILURE_WAIT_S`) for every rank to have
+    failed in the same phase. Returns (every rank failed, the first published message). Every rank that calls it
+    gets the same answer (one atomic decision in the store), so if every rank failed they may go on with
+    collectives together (e.g. a checkpoint); otherwise each must stop without one: a peer blocked in a collective
+    with this rank is released when this process exits (gloo: the connection closes; NCCL: torchrun stops the
+    ranks once one has exited)."""
+    store = dist.distributed_c10d._get_default_store()
+    prefix = f"vitlab/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/{phase}/"  # restarts share the store
+    order = store.add(prefix + "failed", 1)
+    store.set(prefix + str(order), message)
+    deadline = time.monotonic() + (FAILURE_WAIT_S if wait_s is None else wait_s)
+    while store.add(prefix + "failed", 0) < info.world_size and time.monotonic() < deadline:
+        time.sleep(0.05)
+    everyone = store.add(prefix + "failed", 0) >= info.world_size
+    decision = store.compare_set(prefix + "decision", "", "together" if everyone else "alone")
+    store.wait([prefix + "1"])
+    return decision == b"together", store.get(prefix + "1").decode()
 
 
 class StopSignals:

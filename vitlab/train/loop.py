@@ -47,8 +47,8 @@ from .checkpoint import (RunDirBusy, RunDirLock, find_checkpoint, load_training_
 from .clip import ClipData
 from .config import TrainConfig, config_to_dict
 from .data import TrainData, build_data, config_plan
-from .distributed import (STOP_SIGNALS, DistInfo, StopSignals, all_reduce_sum, setup_distributed, teardown_distributed,
-                          wrap_model)
+from .distributed import (STOP_SIGNALS, DistInfo, StopSignals, agree_on_failure, all_reduce_sum, setup_distributed,
+                          teardown_distributed, wrap_model)
 from .evaluate import resolve_checkpoint
 from ._malloc import keep_freed_memory
 from .logger import RunLogger, check_wandb
@@ -315,12 +315,28 @@ class _Run:
         set_state_dict(self.model, self.optimizer, model_state_dict=weights, optim_state_dict=state["optimizer"],
                        options=StateDictOptions(full_state_dict=True))
         self.scheduler.load_state_dict(state["scheduler"])
-        self.data.train.load_state_dict(state["loader"])
-        self.augment_rng.set_state(state["augment_rng"][self.info.rank])
+        try:
+            self.data.train.load_state_dict(state["loader"])
+        except ValueError as err:
+            raise ValueError(f"{directory} cannot be resumed by this run: {err}") from None
+        self._restore_augment_rng(state["augment_rng"], directory, int(state["run"]["step"]))
         torch.set_rng_state(state["torch_rng"])
         self.state = RunState(**state["run"])
         self._schedule_change(state)
         return True
+
+    def _restore_augment_rng(self, saved: list, directory: Path, step: int) -> None:
+        """Each rank's device-augmentation generator as saved. A checkpoint from another number of processes
+        (elastic resume: the loaders give the same global batches, `EncodedLoader` the same crops) cannot continue
+        the per-rank streams: they restart from a seed of (seed, step, rank), said on rank 0."""
+        if len(saved) == self.info.world_size:
+            self.augment_rng.set_state(saved[self.info.rank])
+            return
+        self.augment_rng.manual_seed(self.config.seed * 9973 + self.info.rank + 1_000_003 * (step + 1))
+        if self.info.is_main:
+            print(f"{directory} was written by {len(saved)} process(es), this run has {self.info.world_size}: every "
+                  "global batch holds the same samples as before (elastic resume), but the random draws of the "
+                  "device augmentation (flips, mixup, ...) restart from a new per-process seed", flush=True)
 
     def _schedule_change(self, state: dict[str, Any]) -> None:
         """A resume with other `epochs` / `steps`: the schedule is rebuilt for the new length at the current step
@@ -600,16 +616,28 @@ class _Run:
 
     def _evaluate_or_checkpoint(self) -> dict[str, float]:
         """The evaluation; if it raises (e.g. an unreadable validation image), `last/` is saved first (no new best),
-        so no training is lost, and the error says how to resume."""
+        so no training is lost, and the error says how to resume. Under torchrun the ranks agree first
+        (`agree_on_failure`, through the store: the others may wait in a collective this rank left): if every rank
+        failed they save together; if only some did, every rank stops without saving (a collective save would wait
+        for ranks that are still inside the evaluation), naming the failing rank, and `last/` keeps its step."""
         try:
-            return evaluate(self.wrapped, self.data, self.info, self.autocast)
+            result = evaluate(self.wrapped, self.data, self.info, self.autocast)
+            all_reduce_sum(torch.zeros((), device=self.info.device), self.info)  # a peer that failed after the
+            return result  # evaluation's own collectives is seen here, not in the save's
         except Exception as err:
-            step = self.state.step
+            step, failure, together = self.state.step, f"{type(err).__name__}: {err}", True
+            if self.info.enabled:  # failure: the first rank's, "rank 1: ValueError: ..."
+                together, failure = agree_on_failure(self.info, f"evaluation/step-{step}",
+                                                     f"rank {self.info.rank}: {failure}")
+            if not together:
+                raise EvaluationFailed(f"evaluation at step {step} failed ({failure}); every rank stopped without "
+                                       f"saving this step (this is rank {self.info.rank}) and {self._last_good()}: fix "
+                                       "the cause and run the same command again to resume there.") from err
             self.state.pending_eval = True
             self._save({}, is_best=False)
-            raise EvaluationFailed(f"evaluation at step {step} failed ({type(err).__name__}: {err}). The training was "
-                                   f"checkpointed at step {step} in {self.out_dir / 'last'}: fix the cause and run the "
-                                   f"same command again to resume there (step {step} is evaluated first).") from err
+            raise EvaluationFailed(f"evaluation at step {step} failed ({failure}). The training was checkpointed at "
+                                   f"step {step} in {self.out_dir / 'last'}: fix the cause and run the same command "
+                                   f"again to resume there (step {step} is evaluated first).") from err
 
     def _evaluate_and_save(self, logger, train_loss: float | None = None) -> dict[str, float]:
         """Evaluates, logs (one printed line with the train loss of the window that ends here beside the evaluation),
