@@ -8,6 +8,7 @@ field edits). Each case prints one JSON line: {"case", "kind", "file", "outcome"
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
 import os
 import random
@@ -157,7 +158,7 @@ def _jpeg(seed: int) -> bytes:
     from PIL import Image
 
     buffer = io.BytesIO()
-    Image.open(__import__("io").BytesIO(_png(seed, (16, 16)))).save(buffer, format="JPEG")
+    Image.open(io.BytesIO(_png(seed, (16, 16)))).save(buffer, format="JPEG")
     return buffer.getvalue()
 
 
@@ -182,8 +183,8 @@ class Idx(Reader):
         from data_fixtures import write_idx_dataset
 
         write_idx_dataset(folder, n_train=6, n_test=2, gz=False)
-        (folder / "train-labels-idx1-ubyte.gz").write_bytes(
-            __import__("gzip").compress((folder / "train-labels-idx1-ubyte").read_bytes()))
+        labels = folder / "train-labels-idx1-ubyte"
+        (folder / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(labels.read_bytes()))
         (folder / "train-labels-idx1-ubyte").unlink()
         return [("train-images-idx3-ubyte", "bytes"), ("train-images-idx3-ubyte", "idx"),
                 ("train-labels-idx1-ubyte.gz", "bytes")]
@@ -298,7 +299,8 @@ class CaptionTable(Reader):
             (folder / f"{k}.png").write_bytes(_png(k))
         rows = "".join(f"{k}.png\ta caption, number {k}\n" for k in range(3))
         (folder / "train.tsv").write_text("filepath\ttitle\n" + rows)
-        (folder / "val.csv").write_text("filepath,title\n" + "".join(f'{k}.png,"a caption, number {k}"\n' for k in range(3)))
+        quoted = "".join(f'{k}.png,"a caption, number {k}"\n' for k in range(3))
+        (folder / "val.csv").write_text("filepath,title\n" + quoted)
         return [("train.tsv", "table"), ("val.csv", "table"), ("train.tsv", "special")]
 
     def load(self, folder):
@@ -447,7 +449,7 @@ def safetensors_mutants(data: bytes, rng: random.Random, n: int) -> list[tuple[s
     return out + byte_mutants(data[:8 + size], rng, 6)
 
 
-def special_mutants(folder: Path, rel: str) -> list[tuple[str, object]]:
+def special_mutants() -> list[tuple[str, object]]:
     """The file replaced by a link to /dev/zero, a FIFO, a folder, an empty file."""
     return [("-> /dev/zero", "devzero"), ("-> fifo", "fifo"), ("-> folder", "folder"), ("empty", b"")]
 
@@ -455,7 +457,8 @@ def special_mutants(folder: Path, rel: str) -> list[tuple[str, object]]:
 def table_mutants(data: bytes, rng: random.Random, n: int) -> list[tuple[str, bytes]]:
     text = data.decode()
     lines = text.splitlines(keepends=True)
-    out = [("field of 200000 chars", (text + "0.png" + ("\t" if "\t" in text else ",") + "x" * 200_000 + "\n").encode()),
+    separator = "\t" if "\t" in text else ","
+    out = [("field of 200000 chars", (text + "0.png" + separator + "x" * 200_000 + "\n").encode()),
            ("invalid UTF-8", data + b"\xff\xfe.png\t\xc3\x28\n"),
            ("NUL byte", data.replace(b"caption", b"cap\x00tion", 1)),
            ("unclosed quote", data + b'"3.png\tnever closed\n'),
@@ -488,7 +491,7 @@ def mutants(reader: Reader, folder: Path, files: list[tuple[str, str]], seed: in
         elif how == "table":
             made = table_mutants(data, rng, n)
         elif how == "special":
-            made = special_mutants(folder, rel)
+            made = special_mutants()
         else:
             raise ValueError(how)
         out += [(rel, kind, content) for kind, content in made]
