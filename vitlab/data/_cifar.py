@@ -8,6 +8,7 @@ as `numpy.core.multiarray._reconstruct(numpy.ndarray, (0,), b'b')` followed by `
 unpickler that resolves exactly those three globals and refuses everything else."""
 from __future__ import annotations
 
+import io
 import pickle
 from pathlib import Path
 
@@ -63,12 +64,14 @@ class _CifarUnpickler(pickle.Unpickler):
 
 def load_cifar_pickle(path: str | Path) -> dict:
     """Reads one official CIFAR pickle (batch or meta) with the restricted unpickler; keys come back as bytes."""
+    with open(path, "rb") as f:
+        data = f.read()  # from memory: a crafted length field then reads past the end instead of allocating it
     try:
-        with open(path, "rb") as f:
-            obj = _CifarUnpickler(f, encoding="bytes").load()
+        obj = _CifarUnpickler(io.BytesIO(data), encoding="bytes").load()
     except UnsafePickleError as err:
         raise UnsafePickleError(f"{path}: {err}") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError) as err:
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError,
+            MemoryError) as err:  # what a corrupt opcode stream raises (AttributeError: APPEND on a non-list)
         raise DatasetFormatError(f"{path}: not a readable CIFAR pickle ({type(err).__name__}: {err})") from None
     if not isinstance(obj, dict):
         raise DatasetFormatError(f"{path}: expected a dict, found {type(obj).__name__}")
@@ -87,7 +90,10 @@ def _batch_arrays(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         got = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
         raise DatasetFormatError(f"{path}: b'data' must be a uint8 array of shape (N, 3072), found {got}")
-    labels = np.asarray(_key(batch, label_key, path), dtype=np.int64)
+    try:
+        labels = np.asarray(_key(batch, label_key, path), dtype=np.int64)
+    except (ValueError, TypeError, OverflowError) as err:
+        raise DatasetFormatError(f"{path}: {label_key!r} is not a list of integers ({err})") from None
     if labels.shape != (data.shape[0],):
         raise DatasetFormatError(f"{path}: {label_key!r} has {labels.size} entries for {data.shape[0]} images")
     return data, labels
@@ -95,7 +101,12 @@ def _batch_arrays(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]
 
 def _names(meta_path: Path, key: bytes) -> list[str]:
     names = _key(load_cifar_pickle(meta_path), key, meta_path)
-    return [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in names]
+    if not isinstance(names, list):
+        raise DatasetFormatError(f"{meta_path}: {key!r} must be a list of class names, found {type(names).__name__}")
+    try:
+        return [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in names]
+    except UnicodeDecodeError as err:
+        raise DatasetFormatError(f"{meta_path}: a class name in {key!r} is not UTF-8 ({err})") from None
 
 
 def read_cifar(root: Path, info: DatasetInfo, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -103,15 +114,16 @@ def read_cifar(root: Path, info: DatasetInfo, split: str) -> tuple[np.ndarray, n
     cifar100 = info.name == "cifar100"
     meta = locate_file(root, "meta" if cifar100 else "batches.meta", info)
     label_key = b"fine_labels" if cifar100 else b"labels"
-    parts = [_batch_arrays(locate_file(root, rel, info), label_key) for rel in info.required[split]
-             if rel not in ("meta", "batches.meta")]
+    paths = [locate_file(root, rel, info) for rel in info.required[split] if rel not in ("meta", "batches.meta")]
+    parts = [_batch_arrays(path, label_key) for path in paths]
     data = np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
     labels = np.concatenate([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
     classes = _names(meta, b"fine_label_names" if cifar100 else b"label_names")
     if len(classes) != info.num_classes:
         raise DatasetFormatError(f"{meta}: {len(classes)} class names, expected {info.num_classes}")
-    if labels.size and (labels.min() < 0 or labels.max() >= len(classes)):
-        raise DatasetFormatError(f"{root}: labels must lie in [0, {len(classes)}), found "
-                                 f"{labels.min()}..{labels.max()}")
+    for path, (_, part) in zip(paths, parts):
+        if part.size and (part.min() < 0 or part.max() >= len(classes)):
+            raise DatasetFormatError(f"{path}: labels must lie in [0, {len(classes)}), found "
+                                     f"{part.min()}..{part.max()}")
     images = data.reshape(-1, 3, 32, 32)  # (N, 3072) -> (N, C, H, W): R, G, B planes, each row-major
     return np.ascontiguousarray(images), labels, classes

@@ -39,8 +39,8 @@ from .._download import file_digests
 from ._gpt2 import find_gpt2_files
 from ._io import atomic_open, atomic_write_json, file_lock
 from ._sources import MissingSplitError, TextSource, _sanitise, resolve_source, verify_source
-from .tokenizers import (BPETokenizer, CharTokenizer, GPT2Tokenizer, Tokenizer, canonical_tokenizer_spec,
-                         load_tokenizer, parse_tokenizer_spec)
+from .tokenizers import (TOKENIZER_META, BPETokenizer, CharTokenizer, GPT2Tokenizer, Tokenizer,
+                         canonical_tokenizer_spec, load_tokenizer, parse_tokenizer_spec)
 
 __all__ = ["PreparedText", "prepare_text", "prepared_dir", "FORMAT_VERSION", "CorruptShardError"]
 
@@ -83,14 +83,15 @@ class PreparedText:
         recorded when it was written and ids < vocab_size (once per file change, see the module docstring); raises
         `CorruptShardError` naming the file otherwise."""
         root = Path(root)
-        meta = json.loads((root / "meta.json").read_text(encoding="utf-8"))
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{root}: prepared by another vitlab format ({meta.get('format_version')}); prepare it "
-                             "again")
-        tokenizer = load_tokenizer(root)
+        meta = _read_meta(root / "meta.json")
+        try:
+            tokenizer = load_tokenizer(root)
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as err:  # a corrupt saved tokenizer
+            raise CorruptShardError(f"{root / TOKENIZER_META}: the saved tokenizer is unreadable "
+                                    f"({type(err).__name__}: {str(err)[:200]}); prepare it again") from None
         if tokenizer.vocab_size != meta["vocab_size"]:
-            raise ValueError(f"{root}: meta.json says vocab_size {meta['vocab_size']}, the tokenizer has "
-                             f"{tokenizer.vocab_size}; prepare it again")
+            raise CorruptShardError(f"{root / 'meta.json'}: vocab_size {meta['vocab_size']}, the tokenizer has "
+                                    f"{tokenizer.vocab_size}; prepare it again")
         prepared = cls(root, meta["dataset"], tokenizer, dict(meta["splits"]), meta["vocab_size"],
                        np.dtype(meta["dtype"]).newbyteorder("<"), meta)
         for split, n in prepared.splits.items():
@@ -287,6 +288,34 @@ def _write_splits(root: Path, items: Iterable[tuple[str, str, bool]], splits: li
                 chars = 0
         flush()
     return counts, {split: digest.hexdigest() for split, digest in hashes.items()}
+
+
+def _read_meta(path: Path) -> dict:
+    """meta.json of a prepared folder, with the fields `PreparedText.load` uses checked; a corrupt one raises
+    `CorruptShardError` naming it."""
+    def corrupt(what: str) -> CorruptShardError:
+        return CorruptShardError(f"{path}: {what}; delete {path.parent} or call prepare_text again to rebuild it")
+
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as err:  # JSONDecodeError, UnicodeDecodeError; nesting deeper than Python's
+        raise corrupt(f"not readable JSON ({type(err).__name__}: {str(err)[:200]})") from None
+    if not isinstance(meta, dict):
+        raise corrupt(f"a JSON {type(meta).__name__}, expected an object")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise corrupt(f"prepared by another vitlab format ({str(meta.get('format_version'))[:40]}, this vitlab "
+                      f"reads {FORMAT_VERSION})")
+    checks = {"dataset": lambda v: isinstance(v, str),
+              "vocab_size": lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 2 ** 32,
+              "dtype": lambda v: v in ("uint16", "uint32"),
+              "splits": lambda v: isinstance(v, dict) and all(
+                  isinstance(k, str) and isinstance(n, int) and not isinstance(n, bool) and n >= 0
+                  for k, n in v.items()),
+              "shard_sha256": lambda v: isinstance(v, dict)}
+    for key, valid in checks.items():
+        if key not in meta or not valid(meta[key]):
+            raise corrupt(f"field {key!r} is missing or malformed ({str(meta.get(key))[:80]})")
+    return meta
 
 
 def _scan(path: Path, dtype: np.dtype) -> tuple[str, int, int]:
