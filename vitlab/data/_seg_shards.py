@@ -133,7 +133,7 @@ class SegmentationShardDataset(SegmentationDataset):
             index = json.loads(path.read_text())
             urls = [shard_url_in(Path(folder), entry["url"], path) for entry in index["shardlist"]]
             meta = index["vitlab"]
-        except (OSError, ValueError, KeyError, TypeError) as err:
+        except (OSError, ValueError, KeyError, TypeError, RecursionError) as err:  # RecursionError: nested too deep
             if isinstance(err, DatasetFormatError):
                 raise
             raise DatasetFormatError(f"{path}: not a shard index ({type(err).__name__}: {err}); expected JSON with a "

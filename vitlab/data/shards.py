@@ -29,6 +29,8 @@ import os
 import tarfile
 import time
 import warnings
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, NamedTuple
@@ -246,7 +248,7 @@ def _read_index_file(folder: Path) -> tuple[list[str], dict]:
     try:
         index = json.loads(path.read_text())
         urls = [shard_url_in(folder, entry["url"], path) for entry in index["shardlist"]]
-    except (OSError, ValueError, KeyError, TypeError) as err:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as err:  # RecursionError: nested too deep
         if isinstance(err, DatasetFormatError):
             raise
         raise DatasetFormatError(f"{path}: not a shard index ({type(err).__name__}: {err}); expected JSON with a "
@@ -276,7 +278,7 @@ def _offsets_from_file(folder: Path, index: dict, urls: list[str], on_error: str
                                              "shard_mtime_ns")}
         except KeyError:
             table = {}  # written before the fingerprints: index the shards again
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:  # a corrupt .npz (a zip)
             raise DatasetFormatError(f"{path}: unreadable shard offsets ({type(err).__name__}: {err}); delete it "
                                      "or re-run `vitlab shards`") from None
     if table and not (len(table["shard_bytes"]) == len(table["shard_mtime_ns"]) == len(urls) and

@@ -180,7 +180,7 @@ def _read_json(path: Path, strict: bool = False) -> Any:
     """The JSON in `path`; None when it is missing or (not `strict`) unreadable. `strict`: a file that is there but
     is not JSON (or nests deeper than json can parse) is a ValueError naming it."""
     try:
-        text = path.read_text()
+        text = path.read_bytes()
     except OSError:
         return None
     try:

@@ -151,7 +151,10 @@ def create_model(name: str | None = None, pretrained: bool = False, *,
         name, checkpoint_path, kwargs, segmentation = _from_described_weights(name, checkpoint_path, kwargs)
     elif name is None:
         raise TypeError("create_model() needs a model name, or a checkpoint_path whose weights describe their model")
-    canonical = resolve_model_name(name)
+    try:
+        canonical = resolve_model_name(name)
+    except ValueError as err:  # a name read from the weights' description: say which file gave it
+        raise ValueError(f"{checkpoint_path}: its model description: {err}" if checkpoint_path else str(err)) from None
     if segmentation is not None and features_only:
         raise ValueError(f"features_only=True needs an image model; {checkpoint_path} holds a segmentation model")
     cfg = {**_CFGS[canonical], **(pretrained_cfg_overlay or {})}
