@@ -94,3 +94,35 @@ def test_cli_decompression_bomb_names_the_image(tmp_path, capsys, monkeypatch):
 
     with pytest.raises(ImageDecodeError, match="bomb.png: .*decompression bomb"):
         open_image_file(bomb)
+
+
+def test_segment_on_an_ade20k_shards_run_uses_the_runs_normalisation(tmp_path, capsys):
+    """`vitlab segment RUN/best` of a segmentation run: its mean / std come from the run's segmentation.json (the
+    classification registry does not hold segmentation datasets), and asking that registry says which it holds."""
+    import json
+
+    from data_fixtures import write_ade
+    from vitlab.data import dataset_info
+    from vitlab.interpret import load_model
+    from vitlab.train import apply_overrides, get_preset, train
+
+    write_ade(tmp_path / "data")
+    assert main(["shards", "ade20k", str(tmp_path / "shards"), "--split", "training,validation",
+                 "--data-dir", str(tmp_path / "data"), "--shard-size", "3"]) == 0
+    train(apply_overrides(get_preset("ade20k_crate_alpha_b16_upernet"), [
+        "dataset=ade20k_shards", "model=vit_tiny_patch16_224", "pretrained=false", "model_kwargs.embed_dim=32",
+        "model_kwargs.depth=2", "model_kwargs.num_heads=2", "head=linear", "head_kwargs={}",
+        f"data_dir={tmp_path / 'shards'}", "image_size=32", "eval_mode=whole", "batch_size=2", "steps=1",
+        "warmup_steps=1", "eval_interval=1", "num_workers=0", "progress=false", f"out_dir={tmp_path / 'run'}"]))
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(photo)
+    capsys.readouterr()
+    assert main(["segment", str(tmp_path / "run" / "best"), str(photo), "--out", str(tmp_path / "o")]) == 0, \
+        capsys.readouterr().err
+    meta = json.loads((tmp_path / "run" / "segmentation.json").read_text())
+    model, _ = load_model(tmp_path / "run" / "best")
+    assert model.pretrained_cfg["mean"] == tuple(meta["mean"]) and model.pretrained_cfg["std"] == tuple(meta["std"])
+    with pytest.raises(KeyError) as err:  # UnknownDatasetError
+        dataset_info("ade20k_shards")
+    assert "'ade20k_shards' is not an image-classification dataset" in str(err.value)
+    assert "Did you mean" not in str(err.value)
