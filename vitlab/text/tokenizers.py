@@ -33,7 +33,7 @@ DEFAULT_BPE_VOCAB = 4096
 TOKENIZER_SPECS = ("char", "bpe", "bpe:N", "gpt2")
 TOKENIZER_META = "vitlab_tokenizer.json"  # kind, name, vocab_size, eot_id (+ the characters of a 'char' tokenizer)
 _MIN_BPE_VOCAB = 257  # 256 byte tokens + <|endoftext|>
-MAX_BPE_TRAIN_WORD = 256  # the longest word (in byte-level characters) BPE training sees; see BPETokenizer.train
+MAX_BPE_TRAIN_WORD = 256  # the longest word (byte-level characters) BPE training sees (BPETokenizer.train)
 
 
 class UnknownTokenizerError(ValueError):
