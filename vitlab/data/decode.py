@@ -56,8 +56,8 @@ try:
 except ImportError:  # optional at import time: Pillow decodes everything then
     simplejpeg = None
 
-__all__ = ["DecodeCrop", "ImageDecodeError", "decode_image", "read_file_bytes", "open_image_file", "MAX_IMAGE_FILE_BYTES",
-           "random_resized_crop_box", "center_crop_box"]
+__all__ = ["DecodeCrop", "ImageDecodeError", "decode_image", "read_file_bytes", "open_image_file",
+           "MAX_IMAGE_FILE_BYTES", "random_resized_crop_box", "center_crop_box"]
 
 Box = tuple[float, float, float, float]  # (left, upper, right, lower) in pixels, Pillow's convention
 _JPEG_MAGIC = b"\xff\xd8\xff"

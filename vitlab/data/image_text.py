@@ -81,7 +81,8 @@ def read_caption_table(path: str | os.PathLike, image_key: str = "filepath", cap
                     raise DatasetFormatError(f"{path}, line {line}: empty {image_key!r} or missing {caption_key!r}")
                 rows.append((str((path.parent / image).resolve()), caption))
     except UnicodeDecodeError:
-        raise DatasetFormatError(f"{path}: {_utf8_error_position(path)} is not UTF-8; save the table as UTF-8") from None
+        where = _utf8_error_position(path)
+        raise DatasetFormatError(f"{path}: {where} is not UTF-8; save the table as UTF-8") from None
     except csv.Error as err:
         raise DatasetFormatError(f"{path}, row {line + 1}: {err} (a field may hold up to "
                                  f"{MAX_CAPTION_FIELD_BYTES} characters)") from None
