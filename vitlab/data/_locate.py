@@ -50,6 +50,9 @@ def _unknown_dataset(name: str) -> UnknownDatasetError:
     import difflib
 
     names = all_dataset_names()
+    if name in names:  # a known name asked of the image-classification registry: say so, not "did you mean" itself
+        return UnknownDatasetError(f"dataset {name!r} is not an image-classification dataset; this needs one of: "
+                                   f"{', '.join(sorted(DATASETS))}")
     close = difflib.get_close_matches(name, names, n=3)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
     return UnknownDatasetError(f"unknown dataset {name!r}.{hint} Known: {', '.join(names)}")

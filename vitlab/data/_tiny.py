@@ -19,6 +19,7 @@ from PIL import Image, UnidentifiedImageError
 from .._download import cache_dir
 from ._locate import DatasetFormatError, MissingFileError, locate_file
 from ._sources import DatasetInfo
+from .decode import ImageDecodeError, open_image_file
 
 __all__ = ["read_tiny_imagenet", "tiny_imagenet_samples"]
 
@@ -83,8 +84,10 @@ def _fingerprint(root: Path, paths: list[str], labels: list[int]) -> str:
 
 def _decode(path: str) -> np.ndarray:
     try:
-        with Image.open(path) as img:
+        with open_image_file(path) as img:
             array = np.asarray(img.convert("RGB"))  # (H, W, 3); a few official images are grayscale
+    except ImageDecodeError as err:
+        raise DatasetFormatError(str(err)) from None
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise DatasetFormatError(f"{path}: cannot decode image ({type(err).__name__}: {err})") from None
     if array.shape != (_SIZE, _SIZE, 3):

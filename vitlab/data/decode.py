@@ -42,6 +42,7 @@ import io
 import math
 import os
 import random
+import stat
 import struct
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -55,7 +56,8 @@ try:
 except ImportError:  # optional at import time: Pillow decodes everything then
     simplejpeg = None
 
-__all__ = ["DecodeCrop", "ImageDecodeError", "decode_image", "random_resized_crop_box", "center_crop_box"]
+__all__ = ["DecodeCrop", "ImageDecodeError", "decode_image", "read_file_bytes", "open_image_file",
+           "MAX_IMAGE_FILE_BYTES", "random_resized_crop_box", "center_crop_box"]
 
 Box = tuple[float, float, float, float]  # (left, upper, right, lower) in pixels, Pillow's convention
 _JPEG_MAGIC = b"\xff\xd8\xff"
@@ -172,10 +174,40 @@ def _check_size(width: int, height: int) -> None:
                                f"PIL.Image.MAX_IMAGE_PIXELS = {limit} (possible decompression bomb)")
 
 
+# The most bytes read from one user-named image file: far above any real photo, far below the machine's memory.
+MAX_IMAGE_FILE_BYTES = 256 * 2**20
+
+
+def read_file_bytes(path: str | os.PathLike, limit: int = MAX_IMAGE_FILE_BYTES) -> bytes:
+    """The bytes of the regular file `path`, at most `limit` of them. Raises ImageDecodeError naming the path for
+    anything else (a device such as /dev/zero, a FIFO, a folder, a file over `limit`), so a user-named path can
+    neither hang the reader nor exhaust memory; FileNotFoundError / OSError when it cannot be opened."""
+    mode = os.stat(path).st_mode  # stat first: opening a FIFO would block until a writer appears
+    if not stat.S_ISREG(mode):
+        raise ImageDecodeError(f"{os.fspath(path)}: not a regular file (a device, FIFO, socket or folder)")
+    with open(path, "rb") as file:
+        data = file.read(limit + 1)
+    if len(data) > limit:
+        raise ImageDecodeError(f"{os.fspath(path)}: file larger than {limit} bytes (the limit for one image file)")
+    return data
+
+
+def open_image_file(path: str | os.PathLike, limit: int = MAX_IMAGE_FILE_BYTES) -> Image.Image:
+    """A Pillow image of the regular file `path`, read with `read_file_bytes` (use it as a context manager).
+    Raises ImageDecodeError naming the path when it is not an image Pillow reads or is over
+    ``PIL.Image.MAX_IMAGE_PIXELS`` (Pillow's decompression-bomb limit)."""
+    data = read_file_bytes(path, limit)
+    try:
+        return Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as err:
+        raise ImageDecodeError(f"{os.fspath(path)}: {err}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise ImageDecodeError(f"{os.fspath(path)}: not an image Pillow can read ({err})") from None
+
+
 def _read(data: bytes | bytearray | memoryview | str | os.PathLike) -> bytes | bytearray | memoryview:
     if isinstance(data, (str, os.PathLike)):
-        with open(data, "rb") as file:  # a missing file raises FileNotFoundError, not ImageDecodeError
-            return file.read()
+        return read_file_bytes(data)  # a missing file raises FileNotFoundError, not ImageDecodeError
     if isinstance(data, (bytes, bytearray, memoryview)):
         return data
     raise TypeError(f"data must be bytes, bytearray, memoryview or a path, got {type(data).__name__}")

@@ -44,24 +44,49 @@ CAPTION_EXTENSION = "txt"
 CLASS_CAPTIONED_DATASETS = {"fashion_mnist_captions": "fashion_mnist"}
 
 
+def _utf8_error_position(path: Path) -> str:
+    """'line L, byte offset B' of the first byte of `path` that is not UTF-8 (the error path only)."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        return f"line {line}, byte offset {err.start}"
+    return "a byte"
+
+
+# The longest field (caption or path) a caption table may hold; csv's default of 131072 bytes is too small for long
+# captions. csv.field_size_limit is process-wide, so it is raised once, here, to this documented bound.
+MAX_CAPTION_FIELD_BYTES = 16 * 2**20
+
+
 def read_caption_table(path: str | os.PathLike, image_key: str = "filepath", caption_key: str = "title",
                        separator: str = "\t") -> list[tuple[str, str]]:
-    """[(absolute image path, caption)] from a table with a header row; errors name the file, row and column."""
+    """[(absolute image path, caption)] from a UTF-8 table with a header row; errors name the file, row and column.
+    A field may hold up to MAX_CAPTION_FIELD_BYTES characters."""
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"caption table not found: {path}")
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle, delimiter=separator)
-        missing = [k for k in (image_key, caption_key) if k not in (reader.fieldnames or [])]
-        if missing:
-            raise DatasetFormatError(f"{path}: header {reader.fieldnames} has no column {missing[0]!r} (expected "
-                                     f"columns {image_key!r} and {caption_key!r}, separated by {separator!r})")
-        rows = []
-        for line, row in enumerate(reader, start=2):
-            image, caption = row[image_key], row[caption_key]
-            if not image or caption is None:
-                raise DatasetFormatError(f"{path}, line {line}: empty {image_key!r} or missing {caption_key!r}")
-            rows.append((str((path.parent / image).resolve()), caption))
+    csv.field_size_limit(max(csv.field_size_limit(), MAX_CAPTION_FIELD_BYTES))
+    rows, line = [], 1
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle, delimiter=separator)
+            missing = [k for k in (image_key, caption_key) if k not in (reader.fieldnames or [])]
+            if missing:
+                raise DatasetFormatError(f"{path}: header {reader.fieldnames} has no column {missing[0]!r} (expected "
+                                         f"columns {image_key!r} and {caption_key!r}, separated by {separator!r})")
+            for line, row in enumerate(reader, start=2):
+                image, caption = row[image_key], row[caption_key]
+                if not image or caption is None:
+                    raise DatasetFormatError(f"{path}, line {line}: empty {image_key!r} or missing {caption_key!r}")
+                rows.append((str((path.parent / image).resolve()), caption))
+    except UnicodeDecodeError:
+        where = _utf8_error_position(path)
+        raise DatasetFormatError(f"{path}: {where} is not UTF-8; save the table as UTF-8") from None
+    except csv.Error as err:
+        raise DatasetFormatError(f"{path}, row {line + 1}: {err} (a field may hold up to "
+                                 f"{MAX_CAPTION_FIELD_BYTES} characters)") from None
     if not rows:
         raise DatasetFormatError(f"{path}: no rows after the header")
     return rows
@@ -97,7 +122,7 @@ class CsvImageTextDataset(EncodedImageDataset):
     def source(self, index: int) -> tuple[str, torch.Tensor, str]:
         path, caption = self.pairs[index]
         tokens = self.tokenizer([caption])[0].long()  # (L,)
-        return path, tokens, path
+        return path, tokens, f"{self.table}, row {index + 2}: {path}"  # the name errors give: table, row and image
 
     def subset(self, n: int) -> "CsvImageTextDataset":
         """The first `n` pairs in table order (0 or n ≥ len: all)."""

@@ -94,17 +94,24 @@ def load_model(checkpoint: str | os.PathLike, model: str | None = None,
     from ..train import config_from_dict
 
     config = config_from_dict(json.loads((run_dir / "config.json").read_text())["config"])
-    return _with_run_preprocessing(net, config), label
+    return _with_run_preprocessing(net, config, run_dir), label
 
 
-def _with_run_preprocessing(net: nn.Module, config) -> nn.Module:
-    """Sets `pretrained_cfg` to what the run fed the model: its dataset's mean / std and channels, the model's input
-    size, no extra crop (the run's images were resized to the input size)."""
-    from ..data._locate import dataset_info
+def _with_run_preprocessing(net: nn.Module, config, run_dir: Path | None = None) -> nn.Module:
+    """Sets `pretrained_cfg` to what the run fed the model: its mean / std and channels (a segmentation run's
+    segmentation.json, else its image-classification dataset's), the model's input size, no extra crop (the run's
+    images were resized to the input size)."""
+    from ..data import dataset_info
+    from ..data.segmentation import is_segmentation_dataset
 
-    info = dataset_info(config.dataset)
+    if run_dir is not None and is_segmentation_dataset(config.dataset):  # not in the classification registry
+        meta = json.loads((run_dir / "segmentation.json").read_text())  # what the segmentation run normalised with
+        mean, std = tuple(meta["mean"]), tuple(meta["std"])
+    else:
+        info = dataset_info(config.dataset)
+        mean, std = tuple(info.mean), tuple(info.std)
     size = net.patch_embed.grid_size * net.patch_embed.patch_size
-    net.pretrained_cfg = {**getattr(net, "pretrained_cfg", {}), "mean": tuple(info.mean), "std": tuple(info.std),
-                          "input_size": (len(info.mean), size, size), "crop_pct": 1.0,
+    net.pretrained_cfg = {**getattr(net, "pretrained_cfg", {}), "mean": mean, "std": std,
+                          "input_size": (len(mean), size, size), "crop_pct": 1.0,
                           "num_classes": getattr(net, "num_classes", None), "dataset": config.dataset}
     return net

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data.decode import open_image_file
 from ..data.segmentation import is_segmentation_dataset, load_segmentation_dataset
 from ..models import create_model
 from ..models.segmentation import SegmentationModel
@@ -64,7 +65,7 @@ def _file_image(path: Path, channels: int, short_side: int) -> tuple[torch.Tenso
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
+        with open_image_file(path) as image:
             image = image.convert("L" if channels == 1 else "RGB")
             original = (image.size[1], image.size[0])  # (H, W)
             scale = short_side / min(image.size)

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.decode import open_image_file
 from ..models import get_blocks
 from .attention import attention_rollout, cls_attention, grid_shape, patch_features, pca_rgb, record_attention
 from .segment import _as_dicts, attention_scores, mass_threshold, maskcut, score_batch, upsample_mask
@@ -89,7 +90,7 @@ def load_inputs(specs: Sequence[str], cfg: dict, data_dir: str | os.PathLike | N
         path = Path(spec)
         if path.is_file():
             try:
-                with Image.open(path) as image:
+                with open_image_file(path) as image:
                     array, source = _preprocess_with_box(image, cfg)
             except (UnidentifiedImageError, OSError) as err:
                 raise ValueError(f"{path}: not an image Pillow can read ({err})") from None
@@ -314,7 +315,7 @@ def evaluate_mask_files(model: nn.Module, inputs: Inputs, masks_dir: str | os.Pa
         if not path.is_file():
             raise FileNotFoundError(f"no ground-truth mask {path} for image {name!r} (masks are named <image stem>.png)")
         try:
-            with Image.open(path) as mask:
+            with open_image_file(path) as mask:
                 targets.append(torch.from_numpy(_preprocess(mask, cfg)[..., 0] > 0))
         except (UnidentifiedImageError, OSError) as err:
             raise ValueError(f"{path}: not an image Pillow can read ({err})") from None

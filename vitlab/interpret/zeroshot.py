@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..convert import load_checkpoint
+from ..data.decode import open_image_file
 from ..data.templates import DEFAULT_TEMPLATES_FILE, read_templates
 from ..models import create_model, get_pretrained_cfg, is_model
 from ..text import load_text_tokenizer
@@ -100,7 +101,7 @@ def load_clip_images(paths: Sequence[str | os.PathLike], bundle: ClipBundle) -> 
     out = []
     for path in paths:
         try:
-            with Image.open(path) as image:
+            with open_image_file(path) as image:
                 image = image.convert("L" if bundle.in_chans == 1 else "RGB")
                 scale = bundle.image_size / min(image.size)
                 w, h = max(bundle.image_size, round(image.size[0] * scale)), max(bundle.image_size,

@@ -33,6 +33,7 @@ DEFAULT_BPE_VOCAB = 4096
 TOKENIZER_SPECS = ("char", "bpe", "bpe:N", "gpt2")
 TOKENIZER_META = "vitlab_tokenizer.json"  # kind, name, vocab_size, eot_id (+ the characters of a 'char' tokenizer)
 _MIN_BPE_VOCAB = 257  # 256 byte tokens + <|endoftext|>
+MAX_BPE_TRAIN_WORD = 256  # the longest word (byte-level characters) BPE training sees (BPETokenizer.train)
 
 
 class UnknownTokenizerError(ValueError):
@@ -178,16 +179,22 @@ class BPETokenizer(Tokenizer):
         """Trains a byte-level BPE of `vocab_size` tokens (fewer if the text has fewer distinct merges) on `texts`
         (strings, or one string); <|endoftext|> is added as a special token."""
         from tokenizers import Tokenizer as HFTokenizer
-        from tokenizers import decoders, models, pre_tokenizers, trainers
+        from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
 
         if vocab_size < _MIN_BPE_VOCAB:
             raise ValueError(f"bpe vocab_size must be >= {_MIN_BPE_VOCAB}, got {vocab_size}")
         hf = HFTokenizer(models.BPE())
-        hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        # For training only, words (GPT-2 regex pieces) are cut into runs of at most MAX_BPE_TRAIN_WORD characters:
+        # BPE training is quadratic in a word's length, and a text without spaces is one word (400 KB: 94 s).
+        # Words of normal text are far shorter, so their merges, and every encoding, are unchanged.
+        hf.pre_tokenizer = pre_tokenizers.Sequence([byte_level, pre_tokenizers.Split(
+            Regex(f"[\\s\\S]{{1,{MAX_BPE_TRAIN_WORD}}}"), behavior="isolated")])
         hf.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOT], show_progress=False,
                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
         hf.train_from_iterator([texts] if isinstance(texts, str) else texts, trainer=trainer)
+        hf.pre_tokenizer = byte_level  # encoding sees whole words, as GPT-2's tokenizer does
         return cls(hf, requested_vocab_size=vocab_size)
 
     def encode(self, text: str) -> list[int]:
