@@ -37,18 +37,22 @@ def short_alias(name: str) -> str | None:
 
 
 def register_model(fn: Callable[..., nn.Module] | None = None, *, name: str | None = None,
-                   cfg: dict[str, Any] | None = None):
-    """Decorator (or call): registers `fn` under `name` (default: its own name) and the name's short alias, with
-    its pretrained_cfg."""
+                   alias: str | None = None, cfg: dict[str, Any] | None = None):
+    """Decorator (or call): registers `fn` under `name` (default: its own name) and its short `alias`, with its
+    pretrained_cfg. Both are written out where the model is registered (`grep -rn NAME vitlab/` finds them); a
+    name of the `<family>_<size>_patch<P>_<img>` form must be given its alias, and the alias must be
+    `short_alias(name)`."""
 
     def wrap(fn):
         nonlocal name
         name = name or fn.__name__
         if name in _MODELS or name in _ALIASES:
             raise ValueError(f"model {name!r} is registered twice")
+        if alias != short_alias(name):
+            raise ValueError(f"model {name!r} registered with alias {alias!r}; its short alias is "
+                             f"{short_alias(name)!r}")
         _MODELS[name] = fn
         _CFGS[name] = dict(cfg or {})
-        alias = short_alias(name)
         if alias is not None:
             _ALIASES[alias] = name
         return fn

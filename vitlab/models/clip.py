@@ -267,5 +267,7 @@ def crate_alpha_clipa_huge_patch14_224(embed_dim: int = 1024, image_kwargs: dict
     return crate_alpha_clipa(embed_dim, {**huge, **(image_kwargs or {})}, text_kwargs, **image_overrides)
 
 
-register_model(crate_alpha_clipa_large_patch14_224, cfg=_clipa_cfg("crate_alpha_CLIPA_L14.pth", 69.8))
-register_model(crate_alpha_clipa_huge_patch14_224, cfg=_clipa_cfg("crate_alpha_CLIPA_H14.pth", 72.3))
+register_model(crate_alpha_clipa_large_patch14_224, alias="crate_alpha_clipa_l14",
+               cfg=_clipa_cfg("crate_alpha_CLIPA_L14.pth", 69.8))
+register_model(crate_alpha_clipa_huge_patch14_224, alias="crate_alpha_clipa_h14",
+               cfg=_clipa_cfg("crate_alpha_CLIPA_H14.pth", 72.3))

@@ -122,17 +122,22 @@ class CRATE(ImageTransformer):
         return set()
 
 
-_SIZES = {"tiny": (384, 12, 6), "small": (576, 12, 12), "base": (768, 12, 12), "large": (1024, 24, 16)}
 _PAPER = "Yu et al. 2023, CRATE (official Ma-Lab-Berkeley/CRATE)"
 
-
-def _register_all() -> None:
-    for size, (dim, depth, heads) in _SIZES.items():
-        shape = dict(embed_dim=dim, depth=depth, num_heads=heads)
-        register_model(partial(CRATE, patch_size=16, **shape), name=f"crate_{size}_patch16_224",
-                       cfg=model_cfg(224, paper=_PAPER))
-        register_model(partial(CRATE, patch_size=4, img_size=32, num_classes=10, **shape), name=f"crate_{size}_patch4_32",
-                       cfg=model_cfg(32, CIFAR10_MEAN, CIFAR10_STD, num_classes=10, paper=_PAPER))
-
-
-_register_all()
+# name, short alias, patch_size, img_size (32: CIFAR, 10 classes), embed_dim, depth, num_heads
+_VARIANTS = [
+    ("crate_tiny_patch16_224", "crate_t16", 16, 224, 384, 12, 6),
+    ("crate_tiny_patch4_32", "crate_t4_32", 4, 32, 384, 12, 6),
+    ("crate_small_patch16_224", "crate_s16", 16, 224, 576, 12, 12),
+    ("crate_small_patch4_32", "crate_s4_32", 4, 32, 576, 12, 12),
+    ("crate_base_patch16_224", "crate_b16", 16, 224, 768, 12, 12),
+    ("crate_base_patch4_32", "crate_b4_32", 4, 32, 768, 12, 12),
+    ("crate_large_patch16_224", "crate_l16", 16, 224, 1024, 24, 16),
+    ("crate_large_patch4_32", "crate_l4_32", 4, 32, 1024, 24, 16),
+]
+for _name, _alias, _patch, _img, _dim, _depth, _heads in _VARIANTS:
+    _cifar = _img == 32
+    register_model(partial(CRATE, patch_size=_patch, **(dict(img_size=32, num_classes=10) if _cifar else {}),
+                           embed_dim=_dim, depth=_depth, num_heads=_heads), name=_name, alias=_alias,
+                   cfg=model_cfg(32, CIFAR10_MEAN, CIFAR10_STD, num_classes=10, paper=_PAPER) if _cifar
+                   else model_cfg(224, paper=_PAPER))

@@ -99,9 +99,6 @@ class CRATEAlpha(ImageTransformer):
         return {name for name, _ in self.named_parameters() if name not in decayed}
 
 
-_SIZES = {"tiny": (192, 12, 3), "small": (576, 12, 12), "base": (768, 12, 12), "large": (1024, 24, 16),
-          "huge": (1280, 32, 16)}
-_PATCHES = (32, 16, 14, 8)
 _PAPER = "Yang et al. 2024, CRATE-α (official UCSC-VLAA/CRATE-alpha)"
 # Official PyTorch-port weights (ImageNet-21K pre-trained, ImageNet-1K fine-tuned): 81.2 / 83.9 top-1.
 _HF = "https://huggingface.co/UCSC-VLAA/CRATE-alpha/resolve/main/torch/"
@@ -109,19 +106,40 @@ _OFFICIAL_WEIGHTS = {"crate_alpha_base_patch16_224": "crate_alpha_B16.pth",
                      "crate_alpha_large_patch14_224": "crate_alpha_L14.pth"}
 
 
-def _register_all() -> None:
-    for size, (dim, depth, heads) in _SIZES.items():
-        shape = dict(embed_dim=dim, depth=depth, num_heads=heads)
-        for patch in _PATCHES:
-            name = f"crate_alpha_{size}_patch{patch}_224"
-            weights = _OFFICIAL_WEIGHTS.get(name)
-            cfg = model_cfg(224, paper=_PAPER)
-            if weights:
-                cfg.update(url=_HF + weights, file_layout="crate_alpha_official")
-            register_model(partial(CRATEAlpha, patch_size=patch, **shape), name=name, cfg=cfg)
-        register_model(partial(CRATEAlpha, patch_size=4, img_size=32, num_classes=10, **shape),
-                       name=f"crate_alpha_{size}_patch4_32",
-                       cfg=model_cfg(32, CIFAR10_MEAN, CIFAR10_STD, num_classes=10, paper=_PAPER))
-
-
-_register_all()
+# name, short alias, patch_size, img_size (32: CIFAR, 10 classes), embed_dim, depth, num_heads
+_VARIANTS = [
+    ("crate_alpha_tiny_patch32_224", "crate_alpha_t32", 32, 224, 192, 12, 3),
+    ("crate_alpha_tiny_patch16_224", "crate_alpha_t16", 16, 224, 192, 12, 3),
+    ("crate_alpha_tiny_patch14_224", "crate_alpha_t14", 14, 224, 192, 12, 3),
+    ("crate_alpha_tiny_patch8_224", "crate_alpha_t8", 8, 224, 192, 12, 3),
+    ("crate_alpha_tiny_patch4_32", "crate_alpha_t4_32", 4, 32, 192, 12, 3),
+    ("crate_alpha_small_patch32_224", "crate_alpha_s32", 32, 224, 576, 12, 12),
+    ("crate_alpha_small_patch16_224", "crate_alpha_s16", 16, 224, 576, 12, 12),
+    ("crate_alpha_small_patch14_224", "crate_alpha_s14", 14, 224, 576, 12, 12),
+    ("crate_alpha_small_patch8_224", "crate_alpha_s8", 8, 224, 576, 12, 12),
+    ("crate_alpha_small_patch4_32", "crate_alpha_s4_32", 4, 32, 576, 12, 12),
+    ("crate_alpha_base_patch32_224", "crate_alpha_b32", 32, 224, 768, 12, 12),
+    ("crate_alpha_base_patch16_224", "crate_alpha_b16", 16, 224, 768, 12, 12),
+    ("crate_alpha_base_patch14_224", "crate_alpha_b14", 14, 224, 768, 12, 12),
+    ("crate_alpha_base_patch8_224", "crate_alpha_b8", 8, 224, 768, 12, 12),
+    ("crate_alpha_base_patch4_32", "crate_alpha_b4_32", 4, 32, 768, 12, 12),
+    ("crate_alpha_large_patch32_224", "crate_alpha_l32", 32, 224, 1024, 24, 16),
+    ("crate_alpha_large_patch16_224", "crate_alpha_l16", 16, 224, 1024, 24, 16),
+    ("crate_alpha_large_patch14_224", "crate_alpha_l14", 14, 224, 1024, 24, 16),
+    ("crate_alpha_large_patch8_224", "crate_alpha_l8", 8, 224, 1024, 24, 16),
+    ("crate_alpha_large_patch4_32", "crate_alpha_l4_32", 4, 32, 1024, 24, 16),
+    ("crate_alpha_huge_patch32_224", "crate_alpha_h32", 32, 224, 1280, 32, 16),
+    ("crate_alpha_huge_patch16_224", "crate_alpha_h16", 16, 224, 1280, 32, 16),
+    ("crate_alpha_huge_patch14_224", "crate_alpha_h14", 14, 224, 1280, 32, 16),
+    ("crate_alpha_huge_patch8_224", "crate_alpha_h8", 8, 224, 1280, 32, 16),
+    ("crate_alpha_huge_patch4_32", "crate_alpha_h4_32", 4, 32, 1280, 32, 16),
+]
+for _name, _alias, _patch, _img, _dim, _depth, _heads in _VARIANTS:
+    if _img == 32:
+        _cfg = model_cfg(32, CIFAR10_MEAN, CIFAR10_STD, num_classes=10, paper=_PAPER)
+    else:
+        _cfg = model_cfg(224, paper=_PAPER)
+        if _name in _OFFICIAL_WEIGHTS:
+            _cfg.update(url=_HF + _OFFICIAL_WEIGHTS[_name], file_layout="crate_alpha_official")
+    register_model(partial(CRATEAlpha, patch_size=_patch, **(dict(img_size=32, num_classes=10) if _img == 32 else {}),
+                           embed_dim=_dim, depth=_depth, num_heads=_heads), name=_name, alias=_alias, cfg=_cfg)

@@ -71,20 +71,21 @@ class VisionTransformer(ImageTransformer):
         self.apply(trunc_normal_linear_init_)
 
 
-_SIZES = {"tiny": (192, 12, 3), "small": (384, 12, 6), "base": (768, 12, 12), "large": (1024, 24, 16)}
 _SMALL_IMAGE = dict(img_size=32, num_classes=10, pos_embed="sincos", class_token=True)
+_IMAGENET = model_cfg(224, INCEPTION_MEAN, INCEPTION_STD, crop_pct=0.9, paper="Dosovitskiy et al. 2021, timm")
+_CIFAR = model_cfg(32, CIFAR10_MEAN, CIFAR10_STD, num_classes=10,
+                   paper="Trockman & Kolter 2023, mimetic initialization (CIFAR ViT-Tiny)")
 
-
-def _register_all() -> None:
-    for size, (dim, depth, heads) in _SIZES.items():
-        cfg = model_cfg(224, INCEPTION_MEAN, INCEPTION_STD, crop_pct=0.9, paper="Dosovitskiy et al. 2021, timm")
-        register_model(partial(VisionTransformer, patch_size=16, embed_dim=dim, depth=depth, num_heads=heads),
-                       name=f"vit_{size}_patch16_224", cfg=cfg)
-    for patch in (2, 4):
-        cfg = model_cfg(32, CIFAR10_MEAN, CIFAR10_STD, num_classes=10,
-                        paper="Trockman & Kolter 2023, mimetic initialization (CIFAR ViT-Tiny)")
-        register_model(partial(VisionTransformer, patch_size=patch, embed_dim=192, depth=12, num_heads=3,
-                               **_SMALL_IMAGE), name=f"vit_tiny_patch{patch}_32", cfg=cfg)
-
-
-_register_all()
+# name, short alias, patch_size, embed_dim, depth, num_heads, the 32-px CIFAR setting (sin-cos, 10 classes)
+_VARIANTS = [
+    ("vit_tiny_patch16_224", "vit_t16", 16, 192, 12, 3, False),
+    ("vit_small_patch16_224", "vit_s16", 16, 384, 12, 6, False),
+    ("vit_base_patch16_224", "vit_b16", 16, 768, 12, 12, False),
+    ("vit_large_patch16_224", "vit_l16", 16, 1024, 24, 16, False),
+    ("vit_tiny_patch2_32", "vit_t2_32", 2, 192, 12, 3, True),
+    ("vit_tiny_patch4_32", "vit_t4_32", 4, 192, 12, 3, True),
+]
+for _name, _alias, _patch, _dim, _depth, _heads, _small in _VARIANTS:
+    register_model(partial(VisionTransformer, patch_size=_patch, embed_dim=_dim, depth=_depth, num_heads=_heads,
+                           **(_SMALL_IMAGE if _small else {})),
+                   name=_name, alias=_alias, cfg=_CIFAR if _small else _IMAGENET)
