@@ -20,7 +20,7 @@ import torch
 
 from vitlab._profile import cpu_name
 from vitlab.train import apply_overrides, get_preset, train
-from vitlab.train.loop import resolve_precision
+from vitlab.train.build import resolve_precision
 
 PRESETS = ["fashion_mnist_vit", "fashion_mnist_vit_mimetic", "fashion_mnist_crate", "fashion_mnist_crate_mimetic",
            "fashion_mnist_crate_alpha", "fashion_mnist_crate_alpha_mimetic"]

@@ -1,4 +1,4 @@
-"""Sliding-window segmentation evaluation (`vitlab.train.seg_eval.slide_inference`): evaluation images per second,
+"""Sliding-window segmentation evaluation (`vitlab.train.tasks.seg_eval.slide_inference`): evaluation images per second,
 seconds per image and peak memory of three ways to get an image's logits, for a few segmentation models.
 
   batched     vitlab's sliding window: every window of the call's images stacked and run `--batch-windows` (16) per
@@ -56,7 +56,7 @@ import torch
 import vitlab
 from vitlab._profile import cpu_name, peak_rss_bytes, reset_peak_rss, rss_bytes
 from vitlab.models.segmentation import create_segmentation_model
-from vitlab.train.seg_eval import slide_inference, whole_inference, window_starts
+from vitlab.train.tasks.seg_eval import slide_inference, whole_inference, window_starts
 
 CPU_MODELS = ["crate_alpha_small_patch16_224:upernet:256", "vit_small_patch16_224:upernet:256",
               "vit_small_patch16_224:linear"]

@@ -11,7 +11,7 @@ Warm-up steps (and compilation) are not timed; CUDA is synchronised around every
 
 Reported per model: images/s (median over `--repeats` windows of `--steps` steps), MFU = images/s × training FLOPs
 per image (`vitlab._profile.count_flops(model, one image, backward=True)`, torch.utils.flop_counter) / the device's
-dense bf16 peak (`vitlab.train.loop.peak_flops`, or `--peak-tflops`), and peak memory: on CUDA the model's own
+dense bf16 peak (`vitlab.train.build.peak_flops`, or `--peak-tflops`), and peak memory: on CUDA the model's own
 share (its parameters, gradients and optimiser state, plus the step's peak above what was allocated before it, from
 `torch.cuda.max_memory_allocated`), on CPU the process's peak resident set size (one number for all models).
 
@@ -42,8 +42,8 @@ import torch
 
 import vitlab
 from vitlab._profile import count_flops, time_per_call
-from vitlab.train.data import soft_cross_entropy
-from vitlab.train.loop import peak_flops
+from vitlab.train.tasks.classification import soft_cross_entropy
+from vitlab.train.build import peak_flops
 from vitlab.train.optim import build_optimizer
 
 # name on the command line → (library, architecture); the same configuration in both libraries
@@ -304,7 +304,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="model.set_grad_checkpointing() where the model has it")
     parser.add_argument("--grad-clip", type=float, default=0.0, help="max gradient norm (0: no clipping)")
     parser.add_argument("--peak-tflops", type=float, default=0.0,
-                        help="device peak for MFU; 0: vitlab.train.loop.peak_flops (known GPUs only)")
+                        help="device peak for MFU; 0: vitlab.train.build.peak_flops (known GPUs only)")
     parser.add_argument("--tiny", action="store_true", help=f"shrink every model: {TINY_KWARGS}")
     parser.add_argument("--json", help="write the report here")
     args = parser.parse_args(argv)

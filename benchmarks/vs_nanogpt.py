@@ -20,7 +20,7 @@ Reported per run, then medians over the pairs and ratios vitlab / nanoGPT:
   took beyond a median iteration; vitlab: minus each evaluation's time in its log);
 - training tokens/s: nanoGPT from its per-iteration `time ...ms` lines, iterations with an evaluation left out;
   vitlab from metrics.jsonl (the log windows' steps over their seconds; evaluations lie outside the windows);
-- the final validation loss, evaluated the same way for both: vitlab's whole-split loss (`LMData.evaluate`) of
+- the final validation loss, evaluated the same way for both: vitlab's whole-split loss (`LMTask.evaluate`) of
   nanoGPT's ckpt.pt (the checkpoint train.py keeps: its best estimate, normally iteration 2000; read with
   `vitlab.train.generate.load_nanogpt_checkpoint`) and of vitlab's last step; the 20-random-batch estimate of both
   final models on the same windows (`eval_batches=20`); and nanoGPT's own printed estimate;
@@ -202,13 +202,13 @@ def evaluate_lm(model: torch.nn.Module, eval_batches: int, data_dir: str | None)
     batches of the preset's batch (the same windows for every model: the loader is at its start)."""
     from vitlab.train import apply_overrides, get_preset
     from vitlab.train.distributed import setup_distributed
-    from vitlab.train.lm import build_lm_data
-    from vitlab.train.loop import evaluate
+    from vitlab.train.tasks.lm import build_lm_task
+    from vitlab.train.evaluate import evaluate
 
     overrides = [f"block_size={model.block_size}", f"eval_batches={eval_batches}"]
     config = apply_overrides(get_preset(PRESET), overrides + ([f"data_dir={data_dir}"] if data_dir else []))
     info = setup_distributed("cpu")
-    return evaluate(model, build_lm_data(config, info), info, nullcontext())["eval_loss"]
+    return evaluate(model, build_lm_task(config, info), info, nullcontext())["eval_loss"]
 
 
 def final_losses(model: torch.nn.Module, data_dir: str | None) -> dict:

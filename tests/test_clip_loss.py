@@ -1,4 +1,4 @@
-"""vitlab.train.clip_loss: CLIP's symmetric InfoNCE against a hand computation, open_clip's ClipLoss, and 2 gloo
+"""vitlab.train.tasks.clip_loss: CLIP's symmetric InfoNCE against a hand computation, open_clip's ClipLoss, and 2 gloo
 processes (gathered loss and gradients equal the one-process loss on the whole batch, with the DDP factors)."""
 import math
 
@@ -9,7 +9,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
-from vitlab.train.clip_loss import ClipLoss, gather_features
+from vitlab.train.tasks.clip_loss import ClipLoss, gather_features
 
 
 def _normalised(*shape: int) -> torch.Tensor:

@@ -14,7 +14,7 @@ from vitlab.data.templates import DEFAULT_TEMPLATES_FILE, read_templates
 from vitlab.text import CaptionTokenizer
 from vitlab.text.tokenizers import BPETokenizer
 from vitlab.train import apply_overrides, get_preset, train
-from vitlab.train.clip import build_clip_tokenizer
+from vitlab.train.tasks.clip import build_clip_tokenizer
 from vitlab.train.config import OverrideError
 
 TINY = ["model_kwargs.image_kwargs={'patch_size': 7, 'embed_dim': 32, 'depth': 2, 'num_heads': 2}",
@@ -56,11 +56,11 @@ def test_fashion_captions_train_and_zero_shot_with_held_out_templates(tmp_path, 
 
 
 def test_training_captions_never_use_held_out_templates(tmp_path):
-    from vitlab.train.clip import build_clip_data
+    from vitlab.train.tasks.clip import build_clip_task
     from vitlab.train.distributed import DistInfo
 
     config = apply_overrides(get_preset("fashion_mnist_clip_crate_alpha"), TINY)
-    data = build_clip_data(config, DistInfo(0, 1, 0, torch.device("cpu")))
+    data = build_clip_task(config, DistInfo(0, 1, 0, torch.device("cpu")))
     templates = read_templates(DEFAULT_TEMPLATES_FILE)
     train_text = set(data.tokenizer.decode(data.caption_table.flatten(0, 1)))
     eval_text = set(data.tokenizer.decode(data.eval_caption_table.flatten(0, 1)))

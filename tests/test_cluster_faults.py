@@ -199,9 +199,9 @@ import os, sys
 import vitlab.train.distributed as distributed
 import vitlab.train.loop as loop
 from vitlab.cli import main
-from vitlab.train.data import TrainData
+from vitlab.train.tasks.classification import ClassificationTask
 
-honest = TrainData.evaluate
+honest = ClassificationTask.evaluate
 
 
 def failing(self, model, info, autocast):
@@ -219,7 +219,7 @@ def counting(self, *args, **kwargs):
     return evaluate_and_save(self, *args, **kwargs)
 
 
-TrainData.evaluate, loop._Run._evaluate_and_save = failing, counting
+ClassificationTask.evaluate, loop._Run._evaluate_and_save = failing, counting
 distributed.FAILURE_WAIT_S = 5.0
 sys.exit(main(sys.argv[1:]))
 '''

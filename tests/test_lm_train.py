@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-import vitlab.train.lm as lm
+import vitlab.train.tasks.lm as lm
 from vitlab.cli import main
 from vitlab.train import apply_overrides, get_preset, train
 
@@ -81,8 +81,8 @@ class _Oracle(torch.nn.Module):
         return 50.0 * torch.nn.functional.one_hot((idx + 1) % self.vocab, self.vocab).float()
 
 
-def _lm_data(tokens: np.ndarray, vocab: int, block: int, windows: int) -> lm.LMData:
-    return lm.LMData(train=lm.TokenWindows(tokens, 2, block, torch.device("cpu"), 0), eval_tokens=tokens,
+def _lm_data(tokens: np.ndarray, vocab: int, block: int, windows: int) -> lm.LMTask:
+    return lm.LMTask(train=lm.TokenWindows(tokens, 2, block, torch.device("cpu"), 0), eval_tokens=tokens,
                      eval_tensor=lm._as_tensor(tokens, torch.device("cpu")), eval_windows=windows, eval_batch_size=3, vocab_size=vocab, block_size=block, tokenizer=None,
                      root=None, dataset="synthetic", train_size=len(tokens))
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import vitlab.train.build as build
 import vitlab.train.loop as loop
 from vitlab.data.loader import default_num_workers
 from vitlab.train import train
@@ -197,34 +198,34 @@ def test_the_start_up_summary_states_the_decode_size_of_encoded_images(tmp_path,
 def test_cpu_bf16_flags_read_the_cpus_matrix_instructions(tmp_path):
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_tile amx_bf16\n\nprocessor\t: 1\n")
-    assert loop.cpu_bf16_flags(str(cpuinfo)) == ["amx_bf16", "avx512_bf16"]
+    assert build.cpu_bf16_flags(str(cpuinfo)) == ["amx_bf16", "avx512_bf16"]
     cpuinfo.write_text("processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n")  # Arm (e.g. Graviton 3)
-    assert loop.cpu_bf16_flags(str(cpuinfo)) == ["bf16"]
+    assert build.cpu_bf16_flags(str(cpuinfo)) == ["bf16"]
     cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx avx2 fma\n")
-    assert loop.cpu_bf16_flags(str(cpuinfo)) == []
-    assert loop.cpu_bf16_flags(str(tmp_path / "missing")) == []
+    assert build.cpu_bf16_flags(str(cpuinfo)) == []
+    assert build.cpu_bf16_flags(str(tmp_path / "missing")) == []
 
 
 @needs_fashion
 def test_bf16_on_a_cpu_without_bf16_units_is_called_out_at_start_up(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(loop, "cpu_bf16_flags", lambda cpuinfo="/proc/cpuinfo": [])
+    monkeypatch.setattr(build, "cpu_bf16_flags", lambda cpuinfo="/proc/cpuinfo": [])
     train(tiny_run(tmp_path, precision="bf16", max_steps=1, device="cpu"))
     assert "precision=bf16 on a CPU without bf16 matrix instructions" in capsys.readouterr().out
-    monkeypatch.setattr(loop, "cpu_bf16_flags", lambda cpuinfo="/proc/cpuinfo": ["amx_bf16"])
+    monkeypatch.setattr(build, "cpu_bf16_flags", lambda cpuinfo="/proc/cpuinfo": ["amx_bf16"])
     train(tiny_run(tmp_path, "run2", precision="bf16", max_steps=1, device="cpu"))
     assert "without bf16 matrix instructions" not in capsys.readouterr().out
 
 
 def test_precision_auto_is_bf16_on_cuda_and_amx_cpus_only(monkeypatch):
     import torch
-    monkeypatch.setattr(loop, "cpu_bf16_flags", lambda cpuinfo="/proc/cpuinfo": ["amx_bf16", "avx512_bf16"])
-    assert loop.resolve_precision("auto", torch.device("cpu")) == "bf16"
-    monkeypatch.setattr(loop, "cpu_bf16_flags", lambda cpuinfo="/proc/cpuinfo": ["avx512_bf16"])
-    assert loop.resolve_precision("auto", torch.device("cpu")) == "fp32"  # not measured without AMX: stays fp32
-    monkeypatch.setattr(loop, "cpu_bf16_flags", lambda cpuinfo="/proc/cpuinfo": [])
-    assert loop.resolve_precision("auto", torch.device("cpu")) == "fp32"
-    assert loop.resolve_precision("auto", torch.device("cuda")) == "bf16"
-    assert loop.resolve_precision("bf16", torch.device("cpu")) == "bf16"
-    assert loop.resolve_precision("fp32", torch.device("cuda")) == "fp32"
+    monkeypatch.setattr(build, "cpu_bf16_flags", lambda cpuinfo="/proc/cpuinfo": ["amx_bf16", "avx512_bf16"])
+    assert build.resolve_precision("auto", torch.device("cpu")) == "bf16"
+    monkeypatch.setattr(build, "cpu_bf16_flags", lambda cpuinfo="/proc/cpuinfo": ["avx512_bf16"])
+    assert build.resolve_precision("auto", torch.device("cpu")) == "fp32"  # not measured without AMX: stays fp32
+    monkeypatch.setattr(build, "cpu_bf16_flags", lambda cpuinfo="/proc/cpuinfo": [])
+    assert build.resolve_precision("auto", torch.device("cpu")) == "fp32"
+    assert build.resolve_precision("auto", torch.device("cuda")) == "bf16"
+    assert build.resolve_precision("bf16", torch.device("cpu")) == "bf16"
+    assert build.resolve_precision("fp32", torch.device("cuda")) == "fp32"
     with pytest.raises(ValueError, match="'auto', 'bf16' or 'fp32'"):
-        loop.resolve_precision("fp16", torch.device("cpu"))
+        build.resolve_precision("fp16", torch.device("cpu"))

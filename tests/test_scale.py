@@ -15,7 +15,8 @@ import vitlab
 from vitlab.models import TransformerBlocks, get_blocks
 from vitlab.train import TrainConfig, apply_overrides, get_preset, train
 from vitlab.train.distributed import DistInfo, wrap_model
-from vitlab.train.loop import _FREE_ON_RESUME, build_model
+from vitlab.train.build import build_model
+from vitlab.train.resume import FREE_ON_RESUME
 
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare" / "input.txt"
 needs_shakespeare = pytest.mark.skipif(not SHAKESPEARE.is_file(), reason="../shared/data/tinyshakespeare absent")
@@ -122,7 +123,7 @@ def test_grad_checkpointing_config_key():
     assert build_model(config).grad_checkpointing is True
     config.grad_checkpointing = False
     assert build_model(config).grad_checkpointing is False
-    assert "grad_checkpointing" in _FREE_ON_RESUME  # a run may resume with it switched: results do not change
+    assert "grad_checkpointing" in FREE_ON_RESUME  # a run may resume with it switched: results do not change
 
 
 def test_grad_checkpointing_config_key_reaches_both_clip_towers():

@@ -1,4 +1,4 @@
-"""vitlab.train.seg_eval: the confusion matrix and mmsegmentation's metrics on a hand-computed example, and
+"""vitlab.train.tasks.seg_eval: the confusion matrix and mmsegmentation's metrics on a hand-computed example, and
 whole / sliding-window inference (mmseg's window rule, overlap averaging, inputs smaller than the crop)."""
 import math
 
@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitlab.train.distributed import DistInfo
-from vitlab.train.seg_eval import (ConfusionMatrix, confusion_matrix, predict_logits, segmentation_metrics,
+from vitlab.train.tasks.seg_eval import (ConfusionMatrix, confusion_matrix, predict_logits, segmentation_metrics,
                                    slide_inference, whole_inference, window_starts)
 
 # A 3x3 label map with 4 classes. Class 2 is only predicted (IoU 0, accuracy undefined); class 3 is predicted only

@@ -112,16 +112,16 @@ def test_one_owner_per_stage(tmp_path):
     """Encoded ADE20K: SegCrop in the workers does every random stage, the device only normalises; in-memory scenes:
     the device flips image and mask together."""
     from vitlab.train.distributed import DistInfo
-    from vitlab.train.segmentation import build_segmentation_data
+    from vitlab.train.tasks.segmentation import build_segmentation_task
 
     write_ade(tmp_path / "data")
     info = DistInfo(0, 1, 0, torch.device("cpu"))
-    ade = build_segmentation_data(apply_overrides(get_preset("ade20k_crate_alpha_b16_upernet"), [
+    ade = build_segmentation_task(apply_overrides(get_preset("ade20k_crate_alpha_b16_upernet"), [
         f"data_dir={tmp_path / 'data'}", "image_size=32", "batch_size=2", "num_workers=0"]), info)
     crop = ade.train.dataset.crop
     assert crop.train and crop.hflip and crop.photometric and crop.scale == (128, 32) and not ade.transform.hflip
     assert not ade.eval.dataset.crop.train
-    scenes = build_segmentation_data(apply_overrides(get_preset("fashion_scenes_vit_linear"), TINY), info)
+    scenes = build_segmentation_task(apply_overrides(get_preset("fashion_scenes_vit_linear"), TINY), info)
     assert scenes.transform.hflip
     images = torch.arange(16, dtype=torch.uint8).view(1, 1, 4, 4).repeat(64, 1, 1, 1)
     masks = images[:, 0].clone()  # a mask equal to the image: any flip must move both the same way

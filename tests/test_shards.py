@@ -22,7 +22,7 @@ from vitlab.data.augment import AugmentConfig
 from vitlab.data.loader import EncodedLoader
 from vitlab.data.shards import buffered_order, expand_shard_urls, index_shard
 from vitlab.train import TrainConfig, get_preset, train
-from vitlab.train.data import config_plan, plan_augmentation
+from vitlab.train.tasks.classification import config_plan, plan_augmentation
 from vitlab.train.presets import PRESETS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,7 +90,7 @@ def test_an_imagefolder_batch_is_cropped_exactly_once(folder, monkeypatch):
     import kornia.augmentation as K
 
     import vitlab.data.decode as decode
-    from vitlab.train.data import build_data
+    from vitlab.train.tasks import build_task as build_data
     from vitlab.train.distributed import DistInfo
 
     calls = {"decoder": 0, "device": 0}
@@ -262,7 +262,7 @@ def test_bad_shards_raise_naming_the_file_or_are_counted_and_skipped(tmp_path):
 
 
 def test_train_subset_and_eval_subset_apply_to_every_dataset_kind(folder, tmp_path):
-    from vitlab.train.data import build_data
+    from vitlab.train.tasks import build_task as build_data
     from vitlab.train.distributed import DistInfo
 
     write_shards(load_dataset("imagefolder", "train", data_dir=folder), tmp_path / "s" / "train", prefix="train",

@@ -119,7 +119,7 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path):
 
 @needs_fashion
 def test_nan_guard_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
-    import vitlab.train.data as data
+    import vitlab.train.tasks.classification as data
 
     calls = {"n": 0}
     honest = data.soft_cross_entropy
@@ -227,12 +227,12 @@ def test_gradient_accumulation_matches_the_full_batch_and_tensorboard_logs(tmp_p
 
 @needs_fashion
 def test_test_flip_evaluates_the_mean_logits_of_each_image_and_its_mirror(tmp_path, monkeypatch):
-    import vitlab.train.data as train_data
+    import vitlab.train.tasks.classification as train_data
 
     config = tiny_run(tmp_path, max_steps=20, eval_subset=256, epochs=1, eval_every=1)
     config.augment.test_flip = True
     seen = {"calls": 0, "batches": []}
-    original = train_data.TrainData.evaluate
+    original = train_data.ClassificationTask.evaluate
 
     def spy(self, model, info, autocast):
         def counted(x):
@@ -243,7 +243,7 @@ def test_test_flip_evaluates_the_mean_logits_of_each_image_and_its_mirror(tmp_pa
         seen["calls"] = 0
         return original(self, counted, info, autocast)
 
-    monkeypatch.setattr(train_data.TrainData, "evaluate", spy)
+    monkeypatch.setattr(train_data.ClassificationTask, "evaluate", spy)
     result = train(config)
     assert seen["calls"] == 2 * len(seen["batches"])  # each batch, then its mirror
     model = vitlab.load(config.out_dir).eval()

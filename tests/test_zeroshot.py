@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vitlab.train.zeroshot import retrieval_recall, zero_shot_classifier, zero_shot_logits
+from vitlab.train.tasks.zeroshot import retrieval_recall, zero_shot_classifier, zero_shot_logits
 
 
 class Lookup(torch.nn.Module):

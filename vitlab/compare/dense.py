@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from ..data.segmentation import load_segmentation_dataset
-from ..train.seg_eval import confusion_matrix, segmentation_metrics
+from ..train.tasks.seg_eval import confusion_matrix, segmentation_metrics
 from .runner import Study
 
 __all__ = ["background_baseline", "dense_report"]

@@ -5,7 +5,7 @@ decoded on access in DataLoader workers: ImageFolder trees (`ImageFolderDataset`
 The decode stage is owned here, once: `decode_image(source, self.crop, rng)` reads the bytes, decodes, crops and
 resizes to a fixed `size × size` uint8 image. `self.crop` (a `DecodeCrop`) says which crop: the training
 random-resized crop or the evaluation resize + centre crop. Nothing after it crops again: the training engine builds
-the device augmentation without a crop for these datasets (`vitlab.train.data.plan_augmentation`).
+the device augmentation without a crop for these datasets (`vitlab.train.tasks.classification.plan_augmentation`).
 
 Items are addressed as `dataset[(index, seed)]`: the seed of the sample's crop comes with the index, so a crop
 depends only on (run seed, epoch, position), never on which worker decodes it, and a resumed run decodes the same

@@ -25,7 +25,7 @@ from ..data.decode import open_image_file
 from ..data.segmentation import is_segmentation_dataset, load_segmentation_dataset
 from ..models import create_model
 from ..models.segmentation import SegmentationModel
-from ..train.seg_eval import predict_logits
+from ..train.tasks.seg_eval import predict_logits
 from .._figures import figure_format, new_figure, save_figure, styled
 
 __all__ = ["SegmentationRun", "load_segmentation_run", "load_segmentation_inputs", "plot_predictions"]
@@ -45,7 +45,7 @@ class SegmentationRun:
 def load_segmentation_run(run: str | os.PathLike) -> SegmentationRun:
     """The model of a segmentation run directory (its best/, else last/ weights; or a checkpoint inside one)."""
     from ..train import config_from_dict
-    from ..train.evaluate import resolve_checkpoint
+    from ..train.checkpoint import resolve_checkpoint
 
     weights, run_dir = resolve_checkpoint(run)
     config_file, meta_file = run_dir / "config.json", run_dir / "segmentation.json"

@@ -27,8 +27,8 @@ from ..data.templates import DEFAULT_TEMPLATES_FILE, read_templates
 from ..models import create_model, get_pretrained_cfg, is_model
 from ..text import load_text_tokenizer
 from ..train import config_from_dict, zero_shot_classifier
-from ..train.clip import CLIP_ASSET, load_run_tokenizer
-from ..train.evaluate import resolve_checkpoint
+from ..train.tasks.clip import CLIP_ASSET, load_run_tokenizer
+from ..train.checkpoint import resolve_checkpoint
 
 __all__ = ["ClipBundle", "load_clip", "load_clip_images", "zero_shot_predict"]
 

@@ -23,7 +23,7 @@ from typing import Any, Callable
 import torch
 from safetensors.torch import load_file, save_file
 
-__all__ = ["write_text_atomic", "save_checkpoint", "find_checkpoint", "load_training_state", "remove_stale_temporaries", "RunDirLock",
+__all__ = ["write_text_atomic", "save_checkpoint", "find_checkpoint", "resolve_checkpoint", "load_training_state", "remove_stale_temporaries", "RunDirLock",
            "RunDirBusy", "strict_json", "move_run_aside", "WEIGHTS", "STATE"]
 
 WEIGHTS, STATE = "model.safetensors", "state.pt"
@@ -145,6 +145,21 @@ def find_checkpoint(directory: str | os.PathLike) -> Path | None:
             return candidate
     return None
 
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> tuple[Path, Path]:
+    """(weights file, run directory) for a run directory (its `best/`, else `last/`), a checkpoint directory, or a
+    weights file inside one."""
+    path = Path(path)
+    if path.is_file():
+        return path, path.parent.parent
+    for candidate in (path / "best", path / "last", path):
+        found = find_checkpoint(candidate)
+        if found is not None:
+            run_dir = path if candidate != path else path.parent
+            return found / WEIGHTS, run_dir
+    raise FileNotFoundError(f"no checkpoint at {path}: expected a run directory with best/ or last/, a checkpoint "
+                            f"directory holding {WEIGHTS}, or the weights file itself")
 
 def load_training_state(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(weights, state) of a checkpoint directory, read safely (safetensors; `weights_only=True`)."""

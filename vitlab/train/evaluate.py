@@ -1,40 +1,37 @@
-"""`vitlab eval CHECKPOINT`: evaluate a saved run's weights on its evaluation split."""
+"""Evaluation: `evaluate` runs a task's evaluation in eval mode; `vitlab eval CHECKPOINT` (`evaluate_checkpoint`)
+evaluates a saved run's weights on its evaluation split."""
 from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from ..convert import load_checkpoint
-from .checkpoint import WEIGHTS, find_checkpoint
+from .build import autocast_for, build_model
+from .checkpoint import resolve_checkpoint
 from .config import apply_overrides, config_from_dict
-from .data import build_data
-from .distributed import setup_distributed, teardown_distributed
+from .distributed import DistInfo, setup_distributed, teardown_distributed
+from .tasks import Task, build_task
 
-__all__ = ["evaluate_checkpoint", "resolve_checkpoint"]
+__all__ = ["evaluate", "evaluate_checkpoint", "resolve_checkpoint"]
 
 
-def resolve_checkpoint(path: str | os.PathLike) -> tuple[Path, Path]:
-    """(weights file, run directory) for a run directory (its `best/`, else `last/`), a checkpoint directory, or a
-    weights file inside one."""
-    path = Path(path)
-    if path.is_file():
-        return path, path.parent.parent
-    for candidate in (path / "best", path / "last", path):
-        found = find_checkpoint(candidate)
-        if found is not None:
-            run_dir = path if candidate != path else path.parent
-            return found / WEIGHTS, run_dir
-    raise FileNotFoundError(f"no checkpoint at {path}: expected a run directory with best/ or last/, a checkpoint "
-                            f"directory holding {WEIGHTS}, or the weights file itself")
+def evaluate(model: nn.Module, task: Task, info: DistInfo, autocast) -> dict[str, float]:
+    """The task's evaluation over its whole evaluation split (e.g. images: loss, top-1, top-5; text: loss,
+    perplexity), in eval mode, summed across ranks."""
+    was_training = model.training
+    model.eval()
+    try:
+        return task.evaluate(model, info, autocast)
+    finally:
+        model.train(was_training)
 
 
 def evaluate_checkpoint(path: str | os.PathLike, overrides: list[str] | None = None) -> dict[str, Any]:
     """Rebuilds the run's model and data from its config.json (with `key=value` overrides, e.g. eval_split=val),
-    loads the weights strictly and returns loss, top-1 and top-5."""
-    from .loop import _autocast, build_model, evaluate
-
+    loads the weights strictly and returns the task's evaluation (e.g. loss, top-1 and top-5)."""
     weights, run_dir = resolve_checkpoint(path)
     config_file = run_dir / "config.json"
     if not config_file.is_file():
@@ -47,10 +44,10 @@ def evaluate_checkpoint(path: str | os.PathLike, overrides: list[str] | None = N
     config.checkpoint, config.pretrained, config.init = None, False, None
     info = setup_distributed(config.device)
     try:
-        data = build_data(config, info)
-        model = build_model(config, data)
+        task = build_task(config, info)
+        model = build_model(config, task)
         load_checkpoint(model, weights)
-        result = evaluate(model.to(info.device), data, info, _autocast(config, info.device))
+        result = evaluate(model.to(info.device), task, info, autocast_for(config, info.device))
     finally:
         teardown_distributed()
-    return {**result, "checkpoint": str(weights), "eval_split": config.eval_split, data.unit: data.eval_size}
+    return {**result, "checkpoint": str(weights), "eval_split": config.eval_split, task.unit: task.eval_size}

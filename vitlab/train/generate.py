@@ -22,7 +22,7 @@ from torch import nn
 from ..convert import load_checkpoint
 from ..models import create_model
 from .config import config_from_dict
-from .evaluate import resolve_checkpoint
+from .checkpoint import resolve_checkpoint
 
 __all__ = ["load_language_model", "generate_text", "load_nanogpt_checkpoint"]
 

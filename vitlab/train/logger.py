@@ -5,16 +5,37 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import platform
+import subprocess
 import sys
 import uuid
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import strict_json, write_text_atomic
+import torch
 
-__all__ = ["RunLogger", "truncate_metrics", "check_wandb"]
+from .. import __version__
+from .checkpoint import strict_json, write_text_atomic
+from .config import TrainConfig, config_to_dict
+
+__all__ = ["RunLogger", "truncate_metrics", "check_wandb", "git_commit", "run_provenance"]
 
 WANDB_MISSING = "wandb=true needs the wandb package: pip install wandb (or leave wandb=false)"
+
+
+def git_commit() -> str | None:
+    """The git commit of the vitlab checkout in use (None outside a git checkout)."""
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).parent).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def run_provenance(config: TrainConfig, preset: str | None, argv: list[str] | None) -> dict[str, Any]:
+    """What config.json records besides the config: the preset, versions, the commit and the command."""
+    return {"preset": preset, "config": config_to_dict(config), "vitlab": __version__, "git_commit": git_commit(),
+            "torch": torch.__version__, "python": platform.python_version(), "command": argv or sys.argv}
 
 
 def check_wandb() -> None:

@@ -21,13 +21,9 @@ import contextlib
 import dataclasses
 import json
 import math
-import platform
 import signal
-import subprocess
 import sys
 import time
-import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,39 +31,26 @@ import torch
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
-from .. import __version__
-from .._profile import count_flops, cpu_bf16_flags
-from ..convert import load_checkpoint
-from ..init import mimetic_init_, norm_matched_init_
-from ..models import create_model
+from .._profile import count_flops
 from ..models._hub import METADATA_KEY, model_spec
-from ..models.segmentation import SegmentationModel
+from .build import autocast_for, build_model, describe_model, describe_precision, peak_flops, tied_names
 from .checkpoint import (RunDirBusy, RunDirLock, find_checkpoint, load_training_state, move_run_aside,
                          remove_stale_temporaries, save_checkpoint, write_text_atomic)
-from .clip import ClipData
 from .config import TrainConfig, config_to_dict
-from .data import TrainData, build_data, config_plan
 from .distributed import (STOP_SIGNALS, DistInfo, StopSignals, agree_on_failure, all_reduce_sum, setup_distributed,
                           teardown_distributed, wrap_model)
-from .evaluate import resolve_checkpoint
+from .evaluate import evaluate
 from ._malloc import keep_freed_memory
-from .logger import RunLogger, check_wandb
+from .logger import RunLogger, check_wandb, git_commit, run_provenance
 from .optim import build_optimizer, build_scheduler
+from .resume import RunState, check_same_run, rebuild_schedule, restore_augment_rng, saved_config
+from .tasks import build_task
 
 __all__ = ["train", "evaluate", "build_model", "TrainingDiverged", "EvaluationFailed", "RunInterrupted", "peak_flops",
            "git_commit", "EXIT_INTERRUPTED", "STOP_SIGNALS"]
 
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
-# Settings a resumed run may change: they do not alter the results (`epochs` / `steps` extend or shorten the schedule:
-# said when it happens, see _Run._schedule_change).
-_FREE_ON_RESUME = {"max_steps", "progress", "tensorboard", "log_every", "num_workers", "device", "data_dir",
-                   "download", "out_dir", "compile", "grad_checkpointing", "resume", "checkpoint_every_steps",
-                   "checkpoint_every_minutes", "wandb", "wandb_project", "epochs", "steps"}
 EXIT_INTERRUPTED = 75  # sysexits.h EX_TEMPFAIL: stopped by a signal with last/ written; run the same command again
-
-
-_BEST_FIELD = {"top1": "best_top1", "eval_loss": "best_loss", "miou": "best_miou",
-               "zeroshot_top1": "best_zeroshot_top1"}  # primary metric → RunState
 
 
 class TrainingDiverged(RuntimeError):
@@ -88,143 +71,6 @@ class RunInterrupted(SystemExit):
 
     def __str__(self) -> str:
         return self.message
-
-
-@dataclass
-class RunState:
-    step: int = 0
-    epoch: int = 0
-    best_top1: float = -1.0
-    best_loss: float = math.inf  # language models: best/ keeps the lowest evaluation loss
-    best_miou: float = -1.0  # semantic segmentation: best/ keeps the highest mIoU
-    best_zeroshot_top1: float = -1.0  # CLIP with a zero-shot task: best/ keeps the highest zero-shot top-1
-    pending_eval: bool = False  # checkpointed because this step's evaluation failed: a resume evaluates it first
-
-
-def _tied_names(model: nn.Module) -> dict[str, str]:
-    """{alias: first name} of parameters registered under two names (a language model's tied output head)."""
-    first: dict[int, str] = {}
-    tied = {}
-    for name, param in model.named_parameters(remove_duplicate=False):
-        if id(param) in first:
-            tied[name] = first[id(param)]
-        else:
-            first[id(param)] = name
-    return tied
-
-
-def peak_flops(device: torch.device) -> float | None:
-    """Dense bf16 peak of known accelerators (for MFU), else None."""
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    for key, value in (("H200", 989e12), ("H100", 989e12), ("A100", 312e12), ("L40S", 362e12), ("A10", 125e12)):
-        if key in name:
-            return value
-    return None
-
-
-def build_model(config: TrainConfig, data=None) -> nn.Module:
-    """The configured model for the dataset's classes, channels and image size; init, then starting weights, then
-    (segmentation: `config.head` on the backbone) gradient checkpointing when `grad_checkpointing` is set."""
-    kwargs = dict(config.model_kwargs)
-    if data is not None:
-        _check_family(config, data)
-        kwargs = _merge_kwargs(data.model_kwargs(), kwargs)
-    model = create_model(config.model, pretrained=config.pretrained, **kwargs)
-    if config.init == "mimetic":
-        mimetic_init_(model, seed=config.seed, **config.init_kwargs)
-    elif config.init == "norm_matched":
-        norm_matched_init_(model, seed=config.seed, **config.init_kwargs)
-    elif config.init is not None:
-        raise ValueError(f"init must be None, 'mimetic' or 'norm_matched', got {config.init!r}")
-    if config.checkpoint:  # a weight file, or a run / checkpoint directory (its best/, else last/ weights)
-        weights = Path(config.checkpoint)
-        if weights.is_dir():
-            weights, _ = resolve_checkpoint(weights)
-        load_checkpoint(model, weights, skip_head="auto", adapt=config.checkpoint_adapt)
-    if isinstance(data, ClipData):
-        data.check_model(model)
-    if config.freeze_text:
-        if not hasattr(model, "text"):
-            raise ValueError(f"freeze_text=true needs a CLIP model with a text tower; {config.model!r} has none")
-        model.text.requires_grad_(False)  # CLIPA: the image tower learns against a fixed text tower
-    if config.head is not None:  # the backbone's classifier is pruned; the head is new
-        num_classes = data.num_classes if data is not None else model.num_classes
-        model = SegmentationModel(model, num_classes, config.head, **config.head_kwargs)
-    if config.grad_checkpointing:
-        model.set_grad_checkpointing()
-    return model
-
-
-def _merge_kwargs(from_data: dict, from_user: dict) -> dict:
-    """The data's constructor arguments overridden by the user's; nested dicts (a CLIP model's image_kwargs /
-    text_kwargs) merge key by key."""
-    out = dict(from_data)
-    for key, value in from_user.items():
-        out[key] = {**out[key], **value} if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
-def _check_family(config: TrainConfig, data) -> None:
-    """A language model for text data, an image model for images, a head for segmentation data (and only there):
-    said plainly, before anything is built."""
-    from ..models import get_pretrained_cfg
-
-    task = get_pretrained_cfg(config.model).get("task")
-    is_clip_data = isinstance(data, ClipData)
-    if (task == "clip") != is_clip_data:
-        need = "a CLIP model (e.g. clip, crate_alpha_clipa_l14)" if is_clip_data else "a model that is not a CLIP model"
-        raise ValueError(f"dataset {config.dataset!r} needs {need}; model {config.model!r} has task {task!r}")
-    is_lm = task == "lm"
-    if is_lm != (data.unit == "tokens"):
-        kind = "a language model (e.g. gpt_char_tiny, crate_lm_char_tiny)" if not is_lm else "an image model"
-        raise ValueError(f"dataset {config.dataset!r} needs {kind}; model {config.model!r} is "
-                         f"{'a language model' if is_lm else 'an image model'}")
-    if config.head is not None and data.primary[0] != "miou":
-        raise ValueError(f"head={config.head!r} is for semantic segmentation datasets; {config.dataset!r} is not one "
-                         "(leave head unset)")
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """'bf16' or 'fp32' for a `precision` setting on `device`. `auto` is bf16 autocast on CUDA and on a CPU with AMX
-    bf16 tiles (`amx_bf16`, where benchmarks/bf16_cpu.py measured 2.1-2.4x fp32's train steps), fp32 elsewhere
-    (a CPU without bf16 matrix units emulates bf16 products, several times slower than fp32)."""
-    if precision not in ("auto", "bf16", "fp32"):
-        raise ValueError(f"precision must be 'auto', 'bf16' or 'fp32', got {precision!r}")
-    if precision != "auto":
-        return precision
-    return "bf16" if device.type == "cuda" or (device.type == "cpu" and "amx_bf16" in cpu_bf16_flags()) else "fp32"
-
-
-def _autocast(config: TrainConfig, device: torch.device):
-    bf16 = resolve_precision(config.precision, device) == "bf16"
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
-
-
-def evaluate(model: nn.Module, data, info: DistInfo, autocast) -> dict[str, float]:
-    """The data's evaluation over its whole evaluation split (images: loss, top-1, top-5; text: loss, perplexity),
-    in eval mode, summed across ranks."""
-    was_training = model.training
-    model.eval()
-    try:
-        return data.evaluate(model, info, autocast)
-    finally:
-        model.train(was_training)
-
-
-def git_commit() -> str | None:
-    """The git commit of the vitlab checkout in use (None outside a git checkout)."""
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                              cwd=Path(__file__).parent).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def _provenance(config: TrainConfig, preset: str | None, argv: list[str] | None) -> dict[str, Any]:
-    return {"preset": preset, "config": config_to_dict(config), "vitlab": __version__, "git_commit": git_commit(),
-            "torch": torch.__version__, "python": platform.python_version(), "command": argv or sys.argv}
 
 
 class _Run:
@@ -264,14 +110,14 @@ class _Run:
         """Data, model, optimiser, schedule; the state of `last/` when resuming; the provenance record."""
         config, info = self.config, self.info
         torch.manual_seed(config.seed)  # identical initial weights on every rank
-        self.data = build_data(config, info)
-        self.model = build_model(config, self.data).to(info.device)
+        self.task = build_task(config, info)
+        self.model = build_model(config, self.task).to(info.device)
         self.lock = self._lock()
         # wrap first: FSDP2's fully_shard replaces the parameters, and the optimiser must hold the new ones
         self.wrapped = wrap_model(self.model, info, config.distributed)
         self.optimizer = build_optimizer(self.model, config.optimizer, config.lr, config.weight_decay, config.betas,
                                          config.layer_decay)
-        self.steps_per_epoch = len(self.data.train) // config.grad_accum_steps
+        self.steps_per_epoch = len(self.task.train) // config.grad_accum_steps
         if self.steps_per_epoch < 1:
             raise ValueError("fewer training batches than grad_accum_steps: no optimiser step per epoch")
         self.total_steps = config.steps or max(1, math.ceil(config.epochs * self.steps_per_epoch))
@@ -281,20 +127,47 @@ class _Run:
         self.eval_interval = config.eval_interval or max(1, round(config.eval_every * self.steps_per_epoch))
         self.augment_rng = torch.Generator().manual_seed(config.seed * 9973 + info.rank)  # CPU: no device sync
         self.state = RunState()
-        self.autocast = _autocast(config, info.device)
-        self.tied = _tied_names(self.model)  # e.g. lm_head.weight → transformer.wte.weight: stored once
+        self.autocast = autocast_for(config, info.device)
+        self.tied = tied_names(self.model)  # e.g. lm_head.weight → transformer.wte.weight: stored once
         if not config.resume and info.is_main:
             self._move_aside()
         self.resumed = config.resume and self._resume()
         if info.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            provenance = {**_provenance(config, preset, argv), "data_files": [list(f) for f in self.data.files]}
+            provenance = {**run_provenance(config, preset, argv), "data_files": [list(f) for f in self.task.files]}
             write_text_atomic(self.out_dir / "config.json", json.dumps(provenance, indent=1))
-            self.data.save_assets(self.out_dir)
+            self.task.save_assets(self.out_dir)
         if config.compile:
             self.wrapped.compile()
 
     # -- checkpoints ----------------------------------------------------------------------------------------------
+    def _resume(self) -> bool:
+        """The state of `last/`, when there is one: weights, optimiser, schedule, loader position, random streams."""
+        if self.info.is_main and self.out_dir.is_dir():
+            remove_stale_temporaries(self.out_dir)  # under the lock: left by a writer that died
+        directory = find_checkpoint(self.out_dir / "last")
+        if directory is None:
+            return False
+        weights, state = load_training_state(directory)
+        saved = saved_config(self.out_dir, state, self.info.is_main)
+        check_same_run(self.config, self.out_dir, saved)
+        weights.update({alias: weights[name] for alias, name in self.tied.items() if name in weights})
+        set_state_dict(self.model, self.optimizer, model_state_dict=weights, optim_state_dict=state["optimizer"],
+                       options=StateDictOptions(full_state_dict=True))
+        self.scheduler.load_state_dict(state["scheduler"])
+        try:
+            self.task.train.load_state_dict(state["loader"])
+        except ValueError as err:
+            raise ValueError(f"{directory} cannot be resumed by this run: {err}") from None
+        step = int(state["run"]["step"])
+        restore_augment_rng(self.augment_rng, state["augment_rng"], self.config, self.info.rank,
+                            self.info.world_size, directory, step)
+        torch.set_rng_state(state["torch_rng"])
+        self.state = RunState.from_saved(state["run"], self.task.primary[0])
+        rebuild_schedule(self.config, saved, self.scheduler, step, self.steps_per_epoch, self.total_steps,
+                         self.out_dir, self.info.is_main)
+        return True
+
     def _move_aside(self) -> None:
         """resume=false: what a previous run left in out_dir is moved aside (said, never deleted)."""
         moved = move_run_aside(self.out_dir)
@@ -302,99 +175,6 @@ class _Run:
             dest, names = moved
             print(f"resume=false: moved the previous run in {self.out_dir} ({', '.join(names)}) to {dest}; nothing "
                   "was deleted. This run starts at step 0.", flush=True)
-
-    def _resume(self) -> bool:
-        if self.info.is_main and self.out_dir.is_dir():
-            remove_stale_temporaries(self.out_dir)  # under the lock: left by a writer that died
-        directory = find_checkpoint(self.out_dir / "last")
-        if directory is None:
-            return False
-        weights, state = load_training_state(directory)
-        self._check_same_run(state)
-        weights.update({alias: weights[name] for alias, name in self.tied.items() if name in weights})
-        set_state_dict(self.model, self.optimizer, model_state_dict=weights, optim_state_dict=state["optimizer"],
-                       options=StateDictOptions(full_state_dict=True))
-        self.scheduler.load_state_dict(state["scheduler"])
-        try:
-            self.data.train.load_state_dict(state["loader"])
-        except ValueError as err:
-            raise ValueError(f"{directory} cannot be resumed by this run: {err}") from None
-        self._restore_augment_rng(state["augment_rng"], directory, int(state["run"]["step"]))
-        torch.set_rng_state(state["torch_rng"])
-        self.state = RunState(**state["run"])
-        self._schedule_change(state)
-        return True
-
-    def _restore_augment_rng(self, saved: list, directory: Path, step: int) -> None:
-        """Each rank's device-augmentation generator as saved. A checkpoint from another number of processes
-        (elastic resume: the loaders give the same global batches, `EncodedLoader` the same crops) cannot continue
-        the per-rank streams: they restart from a seed of (seed, step, rank), said on rank 0."""
-        if len(saved) == self.info.world_size:
-            self.augment_rng.set_state(saved[self.info.rank])
-            return
-        self.augment_rng.manual_seed(self.config.seed * 9973 + self.info.rank + 1_000_003 * (step + 1))
-        if self.info.is_main:
-            print(f"{directory} was written by {len(saved)} process(es), this run has {self.info.world_size}: every "
-                  "global batch holds the same samples as before (elastic resume), but the random draws of the "
-                  "device augmentation (flips, mixup, ...) restart from a new per-process seed", flush=True)
-
-    def _schedule_change(self, state: dict[str, Any]) -> None:
-        """A resume with other `epochs` / `steps`: the schedule is rebuilt for the new length at the current step
-        (so the learning rate jumps to the new curve's value there); said on rank 0. Shortening below the step
-        already reached is refused."""
-        saved = self._saved_config(state)
-        if saved is None:  # nothing to compare with (a checkpoint older than the config copy, no config.json)
-            return
-        saved = {**config_to_dict(TrainConfig()), **saved}
-        old_total = saved["steps"] or max(1, math.ceil(saved["epochs"] * self.steps_per_epoch))
-        if old_total == self.total_steps:
-            return
-        step = self.state.step
-        if self.total_steps < step:
-            raise ValueError(f"{self.out_dir} is at step {step}; epochs/steps now give {self.total_steps} steps, fewer "
-                             "than already trained. Give at least as many, or start afresh with resume=false")
-        old_lr = self.scheduler.get_last_lr()[0]
-        self.scheduler.last_epoch = step - 1
-        with warnings.catch_warnings():  # "step() before optimizer.step()": a re-evaluation, not a training step
-            warnings.simplefilter("ignore")
-            self.scheduler.step()  # the rebuilt schedule's value at this step
-        if self.info.is_main:
-            print(f"schedule changed on resume: {old_total} → {self.total_steps} steps (epochs {saved['epochs']} → "
-                  f"{self.config.epochs}, steps {saved['steps']} → {self.config.steps}). The {self.config.schedule} "
-                  f"schedule is rebuilt for the new length: at step {step} the learning rate moves from "
-                  f"{old_lr:.4g} to {self.scheduler.get_last_lr()[0]:.4g}, so this run is not the run a "
-                  f"{self.total_steps}-step schedule from step 0 would give.", flush=True)
-
-    def _saved_config(self, state: dict[str, Any]) -> dict[str, Any] | None:
-        """The config the run began with: the copy in `last/state.pt`, else (older checkpoints) `config.json`."""
-        saved_file = self.out_dir / "config.json"
-        in_state = json.loads(state["config"]) if "config" in state else None
-        try:
-            from_file = json.loads(saved_file.read_text())["config"] if saved_file.is_file() else None
-        except (ValueError, KeyError, TypeError) as err:  # truncated or not ours
-            if in_state is None:
-                raise ValueError(f"{saved_file} is unreadable ({type(err).__name__}: {err}) and the checkpoint holds "
-                                 "no copy of the config; restore the file, or start a new run with "
-                                 "out_dir=...") from None
-            if self.info.is_main:
-                print(f"{saved_file} is unreadable ({type(err).__name__}: {err}); checking the config against the "
-                      "copy in last/state.pt instead (config.json is rewritten)")
-            from_file = None
-        return in_state if in_state is not None else from_file
-
-    def _check_same_run(self, state: dict[str, Any]) -> None:
-        """A run resumes only under the config it was started with (up to settings that do not change results)."""
-        saved = self._saved_config(state)
-        if saved is None:
-            return
-        current = config_to_dict(self.config)
-        saved = {**config_to_dict(TrainConfig()), **saved}  # keys added since the run began: their defaults
-        changed = [f"{k}: {saved.get(k)!r} → {current[k]!r}" for k in current
-                   if k not in _FREE_ON_RESUME and json.dumps(saved.get(k), default=str) != json.dumps(current[k], default=str)]
-        if changed:
-            raise ValueError(f"{self.out_dir} holds a run started with another config ({'; '.join(changed)}); resume "
-                             "it unchanged, start a new run with out_dir=..., or restart this one with resume=false (the "
-                             "old run is moved aside, not deleted)")
 
     def _last_good(self) -> str:
         """Where the last good checkpoint is, or that there is none: a message names only what exists."""
@@ -427,7 +207,7 @@ class _Run:
         if not self.info.is_main:
             return
         run = dataclasses.asdict(self.state)
-        state = {"optimizer": optim, "scheduler": self.scheduler.state_dict(), "loader": self.data.train.state_dict(),
+        state = {"optimizer": optim, "scheduler": self.scheduler.state_dict(), "loader": self.task.train.state_dict(),
                  "augment_rng": rngs, "torch_rng": torch.get_rng_state(), "run": run,
                  "config": json.dumps(config_to_dict(self.config), default=str)}  # checked on resume
         metadata = {"architecture": self.model.pretrained_cfg.get("architecture", self.config.model),
@@ -445,7 +225,7 @@ class _Run:
             sync = i == accum - 1 or not isinstance(self.wrapped, nn.parallel.DistributedDataParallel)
             with contextlib.nullcontext() if sync else self.wrapped.no_sync():
                 with self.autocast:
-                    loss = self.data.loss(self.wrapped, batch, self.augment_rng) / accum
+                    loss = self.task.loss(self.wrapped, batch, self.augment_rng) / accum
                 loss.backward()
             total += loss.detach()
         if self.config.grad_clip > 0:
@@ -460,13 +240,13 @@ class _Run:
         accum = self.config.grad_accum_steps
         while True:
             group = []
-            for batch in self.data.train:
+            for batch in self.task.train:
                 group.append(batch)
                 if len(group) == accum:
                     yield group
                     group = []
             self.state.epoch += 1
-            self.data.train.set_epoch(self.state.epoch)
+            self.task.train.set_epoch(self.state.epoch)
 
     def run(self) -> dict[str, Any]:
         config, info = self.config, self.info
@@ -475,7 +255,7 @@ class _Run:
                            config.progress, config.wandb_project if config.wandb else None,
                            config_to_dict(self.config))
         peak = config.peak_tflops * 1e12 or peak_flops(info.device)  # MFU on known (or given) peaks only
-        flops = count_flops(self.model, self.data.example_input(info.device), backward=True) if peak else 0
+        flops = count_flops(self.model, self.task.example_input(info.device), backward=True) if peak else 0
         if info.is_main:
             self._summary()
         metrics: dict[str, Any] = {}
@@ -513,14 +293,13 @@ class _Run:
                     window_start = time.perf_counter()
                 if step < stop:
                     self._step_boundary(logger)
-            if self.data.primary[0] not in metrics:  # resumed at its last step: nothing trained; where it stands
-                metrics = evaluate(self.wrapped, self.data, self.info, self.autocast)
+            if self.task.primary[0] not in metrics:  # resumed at its last step: nothing trained; where it stands
+                metrics = evaluate(self.wrapped, self.task, self.info, self.autocast)
         finally:
             self.stop.restore()
             logger.close()
             self._unlock()
-        name = self.data.primary[0]
-        best = {f"best_{name}": getattr(self.state, _BEST_FIELD[name])}
+        best = {f"best_{self.task.primary[0]}": self.state.best}
         return {**metrics, "step": self.state.step, **best, "out_dir": str(self.out_dir)}
 
     # -- start-up summary, first step, signals and checkpoints between evaluations --------------------------------
@@ -529,30 +308,13 @@ class _Run:
         config, info = self.config, self.info
         resumed = f"resumed at step {self.state.step}" if self.resumed else "new run"
         print(f"{self.out_dir}: {resumed}; {self.total_steps} steps ({self.steps_per_epoch}/epoch), "
-              f"{self.data.describe()}, {info.world_size} process(es) on {info.device}")
-        kwargs = _merge_kwargs(self.data.model_kwargs(), config.model_kwargs)
-        params = sum(p.numel() for p in self.model.parameters())
-        example = self.data.example_input(torch.device("meta"))
-        shape = " + ".join(str(tuple(t.shape[1:])) for t in (example if isinstance(example, tuple) else (example,)))
-        label = getattr(self.model, "pretrained_cfg", {}).get("label", config.model)
-        described = label if label != config.model else f"{label} {json.dumps(kwargs, default=str)}"
-        print(f"model: {described}; {params:,} parameters "
-              f"({sum(p.numel() for p in self.model.parameters() if p.requires_grad):,} trained); input per sample "
-              f"{shape}")
-        if isinstance(self.data, TrainData) and config_plan(config).train_decode is not None:
-            how = (f"image_size={config.image_size}" if config.image_size else
-                   "image_size not set: the 224 px default for encoded images; set image_size=N to change it")
-            print(f"IMAGES ARE DECODED AT {self.data.image_size} x {self.data.image_size} px ({how})")
+              f"{self.task.describe()}, {info.world_size} process(es) on {info.device}")
+        print(describe_model(config, self.task, self.model))
+        for note in self.task.notes():
+            print(note)
         per_device = config.batch_size // (info.world_size * config.grad_accum_steps)
-        precision = resolve_precision(config.precision, info.device)
-        why = {"cuda": ": CUDA", "cpu": ": this CPU has amx_bf16"}.get(info.device.type, "")
-        why = why if precision == "bf16" else ""
-        auto = f" (auto{why})" if config.precision == "auto" else ""
-        print(f"precision: {'bf16 autocast' if precision == 'bf16' else 'fp32'}{auto}")
-        if info.device.type == "cpu" and config.precision == "bf16" and not cpu_bf16_flags():
-            print("precision=bf16 on a CPU without bf16 matrix instructions (no amx_bf16 / avx512_bf16 in "
-                  "/proc/cpuinfo): its bf16 matrix products are emulated and slower than fp32 "
-                  "(benchmarks/bf16_cpu.py measures by how much); precision=fp32 is the fast choice here")
+        for line in describe_precision(config, info.device):
+            print(line)
         print(f"batch: {config.batch_size} global = {info.world_size} process(es) x {config.grad_accum_steps} "
               f"accumulation step(s) x {per_device} per device; workers per process {config.num_workers}")
         every = [f"every {self.eval_interval} steps (with evaluation)"]
@@ -560,7 +322,7 @@ class _Run:
         every += [f"every {config.checkpoint_every_minutes:g} min"] if config.checkpoint_every_minutes else []
         print(f"checkpoints: {self.out_dir / 'last'} {', '.join(every)}, and on SIGTERM / SIGUSR1 (then exit "
               f"{EXIT_INTERRUPTED})")
-        for path, digest in self.data.files:  # which files were read, and what they were verified against
+        for path, digest in self.task.files:  # which files were read, and what they were verified against
             print(f"data: {path} ({digest})")
         sys.stdout.flush()
 
@@ -608,7 +370,7 @@ class _Run:
         record = {"step": self.state.step, "epoch": round(self.state.step / self.steps_per_epoch, 3),
                   "elapsed_s": round(time.perf_counter() - self.started, 3),
                   "train_loss": loss, "lr": self.scheduler.get_last_lr()[0],
-                  f"{self.data.unit}_per_s": window_steps * self.data.samples_per_batch(self.config.batch_size) / seconds}
+                  f"{self.task.unit}_per_s": window_steps * self.task.samples_per_batch(self.config.batch_size) / seconds}
         if peak:
             record["mfu"] = samples_per_s * flops / peak / self.info.world_size
         logger.log(record, echo=echo)
@@ -621,7 +383,7 @@ class _Run:
         failed they save together; if only some did, every rank stops without saving (a collective save would wait
         for ranks that are still inside the evaluation), naming the failing rank, and `last/` keeps its step."""
         try:
-            result = evaluate(self.wrapped, self.data, self.info, self.autocast)
+            result = evaluate(self.wrapped, self.task, self.info, self.autocast)
             all_reduce_sum(torch.zeros((), device=self.info.device), self.info)  # a peer that failed after the
             return result  # evaluation's own collectives is seen here, not in the save's
         except Exception as err:
@@ -654,10 +416,8 @@ class _Run:
             raise TrainingDiverged(f"the evaluation at step {self.state.step} gave non-finite {', '.join(nonfinite)}; "
                                    f"nothing was saved and {self._last_good()}. Lower lr, add warmup or set grad_clip.")
         self.state.pending_eval = False
-        name, mode = self.data.primary
-        best = getattr(self.state, _BEST_FIELD[name])
-        is_best = result[name] > best if mode == "max" else result[name] < best
-        setattr(self.state, _BEST_FIELD[name], result[name] if is_best else best)
+        name, mode = self.task.primary
+        is_best = self.state.improves(result[name], name, mode)
         self._save(result, is_best)
         return result
 

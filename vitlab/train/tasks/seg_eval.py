@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .distributed import DistInfo, all_reduce_sum
+from ..distributed import DistInfo, all_reduce_sum
 
 __all__ = ["confusion_matrix", "ConfusionMatrix", "segmentation_metrics", "whole_inference", "slide_inference",
            "window_starts", "predict_logits"]

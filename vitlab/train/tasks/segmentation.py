@@ -1,6 +1,6 @@
-"""Semantic segmentation for the training engine: `SegData` has the interface `TrainData` and `LMData` have
-(`model_kwargs`, `loss`, `evaluate`, `example_input`, `unit`, `samples_per_batch`, `primary`, `files`), for the
-datasets of `vitlab.data.segmentation` (ADE20K folders or shards, Fashion-MNIST scenes).
+"""Semantic segmentation for the training engine: `SegmentationTask` implements `vitlab.train.tasks.Task` for the
+datasets of `vitlab.data.segmentation` (ADE20K folders or shards, Fashion-MNIST scenes); `config.model` is the
+backbone and `config.head` the head put on it (`prepare_model`).
 
 One owner per stage:
   encoded data (ADE20K): the loader workers decode and apply `SegCrop` once to image and mask together (random
@@ -10,7 +10,7 @@ No other augmentation applies to segmentation; asking for one is an error.
 
 Evaluation: 'whole' image or 'slide' windows of `image_size` with stride `eval_stride`; logits resized to the
 annotation's size; one confusion matrix summed over ranks gives mIoU, mean accuracy, all-pixel accuracy and per-class
-IoU (`vitlab.train.seg_eval`). `best/` keeps the highest mIoU.
+IoU (`vitlab.train.tasks.seg_eval`). `best/` keeps the highest mIoU.
 """
 from __future__ import annotations
 
@@ -23,14 +23,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.loader import DeviceLoader, EncodedLoader
-from ..data.segmentation import SegCrop, load_segmentation_dataset
-from .checkpoint import write_text_atomic
-from .config import TrainConfig
-from .distributed import DistInfo, all_reduce_sum, eval_batch_size, lockstep
+from ...data.loader import DeviceLoader, EncodedLoader
+from ...data.segmentation import SegCrop, load_segmentation_dataset
+from ...models import SegmentationModel
+from ..checkpoint import write_text_atomic
+from ..config import TrainConfig
+from ..distributed import DistInfo, all_reduce_sum, eval_batch_size, lockstep
+from ._contract import check_model_family, per_rank_batch, refuse_freeze_text
 from .seg_eval import ConfusionMatrix, predict_logits, segmentation_metrics
 
-__all__ = ["SegData", "SegDeviceTransform", "build_segmentation_data"]
+__all__ = ["SegmentationTask", "SegDeviceTransform", "build_segmentation_task"]
 
 _AUGMENT_ALLOWED = {"hflip"}
 
@@ -59,7 +61,7 @@ class SegDeviceTransform(nn.Module):
 
 
 @dataclass
-class SegData:
+class SegmentationTask:
     """Semantic segmentation for the engine (see the module docstring)."""
     train: DeviceLoader | EncodedLoader
     eval: DeviceLoader | EncodedLoader
@@ -77,8 +79,21 @@ class SegData:
     mean: tuple = ()
     std: tuple = ()
     files: list = field(default_factory=list)
+    config: TrainConfig | None = None
+    name = "segmentation"
     unit = "images"
     primary = ("miou", "max")  # best/ keeps the highest mIoU
+
+    def check_model(self, name: str) -> None:
+        check_model_family(self.config, name, "image")
+
+    def prepare_model(self, model: nn.Module, config: TrainConfig) -> nn.Module:
+        """`config.head` on the backbone, whose classifier is pruned; the head is new."""
+        refuse_freeze_text(config)
+        return SegmentationModel(model, self.num_classes, config.head, **config.head_kwargs)
+
+    def notes(self) -> list[str]:
+        return []
 
     def model_kwargs(self) -> dict:
         """The backbone's input (the head gets `num_classes`)."""
@@ -144,17 +159,14 @@ def _check_augment(config: TrainConfig) -> None:
                          "together in the loader; in-memory scenes take augment.hflip only")
 
 
-def build_segmentation_data(config: TrainConfig, info: DistInfo) -> SegData:
+def build_segmentation_task(config: TrainConfig, info: DistInfo) -> SegmentationTask:
     """Both splits of a segmentation dataset, placed like image classification data (in-memory on the device,
     encoded through loader workers, eval batches of one image of its own size)."""
     if config.head is None:
         raise ValueError(f"dataset {config.dataset!r} is semantic segmentation: choose a head, head=linear or "
                          "head=upernet (config.model is the backbone)")
     _check_augment(config)
-    per_rank = config.batch_size // (info.world_size * config.grad_accum_steps)
-    if per_rank * info.world_size * config.grad_accum_steps != config.batch_size or per_rank < 1:
-        raise ValueError(f"batch_size {config.batch_size} is not divisible by world size {info.world_size} × "
-                         f"grad_accum_steps {config.grad_accum_steps}")
+    per_rank = per_rank_batch(config, info)
     common = dict(data_dir=config.data_dir, on_error=config.data_errors)
     size = config.image_size or 512
     scale = (4 * size, size)  # mmsegmentation's ADE20K (2048, 512) for crop 512, kept in proportion for other crops
@@ -181,9 +193,9 @@ def build_segmentation_data(config: TrainConfig, info: DistInfo) -> SegData:
                                    num_workers=config.num_workers, shuffle_buffer=0, **common_loader)
         image_size = size
     transform = SegDeviceTransform(train_set.mean, train_set.std, hflip=in_memory and config.augment.hflip)
-    return SegData(train=train, eval=evaluation, transform=transform.to(info.device),
+    return SegmentationTask(train=train, eval=evaluation, transform=transform.to(info.device),
                    num_classes=len(train_set.classes), class_names=list(train_set.classes),
                    ignore_index=train_set.ignore_index, in_chans=train_set.in_chans, image_size=image_size,
                    train_size=len(train_set), eval_size=len(eval_set), eval_mode=config.eval_mode,
                    eval_stride=config.eval_stride, palette=list(train_set.palette), mean=tuple(train_set.mean),
-                   std=tuple(train_set.std), files=files)
+                   std=tuple(train_set.std), files=files, config=config)

@@ -1,6 +1,4 @@
-"""Contrastive image–text training (CLIP, CLIPA) for the engine: `ClipData` has the interface of `TrainData`,
-`LMData` and `SegData` (`model_kwargs`, `loss`, `evaluate`, `example_input`, `unit`, `samples_per_batch`,
-`primary`, `files`, `save_assets`, `describe`).
+"""Contrastive image–text training (CLIP, CLIPA) for the engine: `ClipTask` implements `vitlab.train.tasks.Task`.
 
 Datasets (`is_clip_dataset`):
   `image_text:ROOT`            captioned images, a caption table or webdataset shards per split
@@ -36,20 +34,21 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import load_dataset
-from ..data.image_text import CLASS_CAPTIONED_DATASETS, is_image_text_dataset, load_image_text_dataset
-from ..data.loader import DeviceLoader, EncodedLoader
-from ..data.templates import DEFAULT_TEMPLATES_FILE, class_names_from_file, read_templates
-from ..text import BPETokenizer, CaptionTokenizer, load_text_tokenizer, load_tokenizer, parse_tokenizer_spec
-from .checkpoint import write_text_atomic
+from ...data import load_dataset
+from ...data.image_text import CLASS_CAPTIONED_DATASETS, is_image_text_dataset, load_image_text_dataset
+from ...data.loader import DeviceLoader, EncodedLoader
+from ...data.templates import DEFAULT_TEMPLATES_FILE, class_names_from_file, read_templates
+from ...text import BPETokenizer, CaptionTokenizer, load_text_tokenizer, load_tokenizer, parse_tokenizer_spec
+from ..checkpoint import write_text_atomic
 from .clip_loss import ClipLoss
-from .config import TrainConfig
-from .data import config_plan
-from .distributed import DistInfo, all_reduce_sum
+from ..config import TrainConfig
+from .classification import config_plan
+from ..distributed import DistInfo, all_reduce_sum
+from ._contract import check_model_family, per_rank_batch
 from .segmentation import SegDeviceTransform
 from .zeroshot import retrieval_recall, zero_shot_classifier
 
-__all__ = ["ClipData", "ClipDeviceTransform", "ZeroShotTask", "build_clip_data", "is_clip_dataset",
+__all__ = ["ClipTask", "ClipDeviceTransform", "ZeroShotTask", "build_clip_task", "is_clip_dataset",
            "build_clip_tokenizer", "load_run_tokenizer", "CLIP_ASSET"]
 
 CLIP_ASSET = "clip.json"  # what `vitlab zeroshot RUN` needs to rebuild the run's preprocessing and tokenizer
@@ -103,7 +102,7 @@ class _Towers:
 
 
 @dataclass
-class ClipData:
+class ClipTask:
     """Contrastive image–text training for the engine (see the module docstring)."""
     train: DeviceLoader | EncodedLoader
     transform: ClipDeviceTransform
@@ -122,6 +121,8 @@ class ClipData:
     std: tuple = ()
     files: list = field(default_factory=list)
     tokenizer_path: str | None = None  # where a 'clip' / 'bert' vocabulary was read from (None: the search places)
+    config: TrainConfig | None = None
+    name = "clip"
     unit = "images"
 
     def __post_init__(self) -> None:
@@ -137,8 +138,12 @@ class ClipData:
         text = {"vocab_size": self.tokenizer.vocab_size} if isinstance(self.tokenizer, CaptionTokenizer) else {}
         return {"image_kwargs": {"img_size": self.image_size, "in_chans": self.in_chans}, "text_kwargs": text}
 
-    def check_model(self, model: nn.Module) -> None:
-        """The text tower takes this tokenizer's ids and context length (said plainly before training)."""
+    def check_model(self, name: str) -> None:
+        check_model_family(self.config, name, "clip")
+
+    def prepare_model(self, model: nn.Module, config: TrainConfig) -> nn.Module:
+        """The text tower takes this tokenizer's ids and context length (said plainly before training); with
+        `freeze_text` the image tower learns against a fixed text tower (CLIPA)."""
         text = model.text
         if self.tokenizer.vocab_size > text.vocab_size:
             raise ValueError(f"tokenizer {self.tokenizer_spec!r} has {self.tokenizer.vocab_size} tokens, the text "
@@ -146,6 +151,12 @@ class ClipData:
         if self.context_length > text.context_length:
             raise ValueError(f"context_length {self.context_length} exceeds the text tower's "
                              f"{text.context_length} positions")
+        if config.freeze_text:
+            text.requires_grad_(False)
+        return model
+
+    def notes(self) -> list[str]:
+        return []
 
     def example_input(self, device: torch.device):
         images = torch.zeros(2, self.in_chans, self.image_size, self.image_size, device=device)
@@ -302,7 +313,7 @@ def load_run_tokenizer(run_dir: str | Path, meta: dict | None = None):
 
 def _context_length(config: TrainConfig) -> int:
     """`context_length`, else the registered model's (CLIPA: 32), else CLIP's 77 for its BPE, else 32."""
-    from ..models import get_pretrained_cfg
+    from ...models import get_pretrained_cfg
 
     if config.context_length:
         return config.context_length
@@ -313,14 +324,6 @@ def _context_length(config: TrainConfig) -> int:
     if text_kwargs.get("context_length"):
         return int(text_kwargs["context_length"])
     return 77 if config.tokenizer == "clip" else 32
-
-
-def _per_rank(config: TrainConfig, info: DistInfo) -> int:
-    per_rank = config.batch_size // (info.world_size * config.grad_accum_steps)
-    if per_rank * info.world_size * config.grad_accum_steps != config.batch_size or per_rank < 1:
-        raise ValueError(f"batch_size {config.batch_size} is not divisible by world size {info.world_size} × "
-                         f"grad_accum_steps {config.grad_accum_steps}")
-    return per_rank
 
 
 def _templates(config: TrainConfig) -> list[str]:
@@ -338,11 +341,11 @@ def _check_augment(config: TrainConfig, encoded: bool) -> None:
         raise ValueError(f"augment.{asked[0]} does not apply to CLIP training here; image–text data takes {where}")
 
 
-def build_clip_data(config: TrainConfig, info: DistInfo) -> ClipData:
+def build_clip_task(config: TrainConfig, info: DistInfo) -> ClipTask:
     """Both splits of a CLIP dataset, the tokenizer, and the zero-shot task (see the module docstring)."""
     if config.head is not None:
         raise ValueError(f"head={config.head!r} is for semantic segmentation; {config.dataset!r} is image–text data")
-    per_rank = _per_rank(config, info)
+    per_rank = per_rank_batch(config, info)
     context = _context_length(config)
     templates = _templates(config)
     if config.dataset in CLASS_CAPTIONED_DATASETS:
@@ -350,7 +353,7 @@ def build_clip_data(config: TrainConfig, info: DistInfo) -> ClipData:
     return _image_text(config, info, per_rank, context, templates)
 
 
-def _class_captioned(config, info, per_rank, context, templates) -> ClipData:
+def _class_captioned(config, info, per_rank, context, templates) -> ClipTask:
     _check_augment(config, encoded=False)
     held = config.heldout_templates
     if not 0 <= held < len(templates):
@@ -377,16 +380,16 @@ def _class_captioned(config, info, per_rank, context, templates) -> ClipData:
     evaluation = DeviceLoader(eval_set.images, eval_set.labels, batch_size=max(per_rank, 256), shuffle=False,
                               drop_last=False, seed=0, **loader)
     transform = ClipDeviceTransform(train_set.mean, train_set.std, hflip=config.augment.hflip).to(info.device)
-    return ClipData(train=train, transform=transform, tokenizer=tokenizer, tokenizer_spec=config.tokenizer,
+    return ClipTask(train=train, transform=transform, tokenizer=tokenizer, tokenizer_spec=config.tokenizer,
                     context_length=context, in_chans=train_set.in_chans, image_size=train_set.images.shape[-1],
                     train_size=len(train_set), eval_pairs=evaluation, eval_size=len(eval_set),
                     zeroshot=ZeroShotTask(evaluation, names, eval_templates, len(eval_set)),
                     caption_table=table(train_templates), eval_caption_table=table(eval_templates),
                     mean=tuple(train_set.mean), std=tuple(train_set.std),
-                    files=list(dict.fromkeys(list(train_set.files) + list(eval_set.files))))
+                    files=list(dict.fromkeys(list(train_set.files) + list(eval_set.files))), config=config)
 
 
-def _image_text(config, info, per_rank, context, templates) -> ClipData:
+def _image_text(config, info, per_rank, context, templates) -> ClipTask:
     _check_augment(config, encoded=True)
     if config.heldout_templates:
         raise ValueError("heldout_templates applies to class-captioned datasets (fashion_mnist_captions); "
@@ -430,8 +433,8 @@ def _image_text(config, info, per_rank, context, templates) -> ClipData:
     if evaluation is None and zeroshot is None:
         raise ValueError("nothing to evaluate: set eval_split (image–caption pairs) and/or zeroshot_dataset")
     transform = ClipDeviceTransform(train_set.mean, train_set.std, hflip=False).to(info.device)
-    return ClipData(train=train, transform=transform, tokenizer=tokenizer, tokenizer_spec=config.tokenizer,
+    return ClipTask(train=train, transform=transform, tokenizer=tokenizer, tokenizer_spec=config.tokenizer,
                     context_length=context, in_chans=3, image_size=size, train_size=len(train_set),
                     eval_pairs=evaluation, eval_size=len(eval_set) if eval_set is not None else 0, zeroshot=zeroshot,
                     mean=tuple(train_set.mean), std=tuple(train_set.std), files=list(dict.fromkeys(files)),
-                    tokenizer_path=config.tokenizer_path)
+                    tokenizer_path=config.tokenizer_path, config=config)

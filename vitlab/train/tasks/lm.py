@@ -1,6 +1,6 @@
 """Language modelling on the same engine: token shards (vitlab.text) → (B, T) windows, next-token cross-entropy,
-validation loss and perplexity. `LMData` has the interface `TrainData` has for images (model_kwargs, loss, evaluate,
-example_input, unit, samples_per_batch, primary), so `vitlab train` runs both with one loop.
+validation loss and perplexity. `LMTask` implements `vitlab.train.tasks.Task`, so `vitlab train` runs it on the
+engine that trains the image tasks.
 
 Training windows are nanoGPT's `get_batch`: `batch` random offsets into the training tokens, x = tokens[o : o+T],
 y = tokens[o+1 : o+T+1]. The offsets of the global batch n of epoch e (batch_size · world_size windows) come from a
@@ -25,17 +25,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import TrainConfig
-from .distributed import DistInfo, all_reduce_sum, lockstep
+from ..config import TrainConfig
+from ..distributed import DistInfo, all_reduce_sum, lockstep
+from ._contract import check_model_family, per_rank_batch, refuse_freeze_text, refuse_head
 
-__all__ = ["LMData", "TokenWindows", "build_lm_data", "is_text_dataset"]
+__all__ = ["LMTask", "TokenWindows", "build_lm_task", "is_text_dataset"]
 
 _IN_MEMORY_BYTES = 1 << 30  # token arrays up to 1 GiB are held as one tensor (on the device); larger stay memmapped
 _EVAL_STREAM = 0xE7A1  # tells the random evaluation offsets' generator apart from the training batches' ones
 
 
 def is_text_dataset(name: str) -> bool:
-    from ..text import TEXT_DATASETS
+    from ...text import TEXT_DATASETS
 
     return name in TEXT_DATASETS or name.startswith("textfile:")
 
@@ -97,7 +98,7 @@ class TokenWindows:
 
 
 @dataclass
-class LMData:
+class LMTask:
     """Next-token prediction on a prepared text dataset (see the module docstring)."""
     train: TokenWindows
     eval_tokens: np.ndarray
@@ -112,8 +113,21 @@ class LMData:
     train_size: int  # tokens
     files: list = field(default_factory=list)  # (source path, verified digest) of the files the text came from
     eval_batches: int = 0  # > 0: that many random micro-batches per evaluation (nanoGPT's estimate); 0: eval_windows
+    config: TrainConfig | None = None
+    name = "lm"
     unit = "tokens"
     primary = ("eval_loss", "min")  # best/ keeps the lowest validation loss
+
+    def check_model(self, name: str) -> None:
+        check_model_family(self.config, name, "lm")
+        refuse_head(self.config)
+
+    def prepare_model(self, model: nn.Module, config: TrainConfig) -> nn.Module:
+        refuse_freeze_text(config)
+        return model
+
+    def notes(self) -> list[str]:
+        return []
 
     def model_kwargs(self) -> dict:
         return {"vocab_size": self.vocab_size, "block_size": self.block_size}
@@ -174,10 +188,10 @@ class LMData:
         return every[:, info.rank * per_rank:(info.rank + 1) * per_rank].reshape(-1)  # (N · per_rank,)
 
 
-def build_lm_data(config: TrainConfig, info: DistInfo) -> LMData:
+def build_lm_task(config: TrainConfig, info: DistInfo) -> LMTask:
     """Prepares (or reuses) the token shards of `config.dataset` with `config.tokenizer` (rank 0 first), and
     builds the training windows and the evaluation split (`eval_split`; 'val' for the validation split)."""
-    from ..text import prepare_text
+    from ...text import prepare_text
 
     def prepare():
         return prepare_text(config.dataset, tokenizer=config.tokenizer, data_dir=config.data_dir,
@@ -189,10 +203,7 @@ def build_lm_data(config: TrainConfig, info: DistInfo) -> LMData:
     if info.enabled and info.is_main:
         torch.distributed.barrier()
     block = config.block_size
-    per_rank = config.batch_size // (info.world_size * config.grad_accum_steps)
-    if per_rank * info.world_size * config.grad_accum_steps != config.batch_size or per_rank < 1:
-        raise ValueError(f"batch_size {config.batch_size} is not divisible by world size {info.world_size} × "
-                         f"grad_accum_steps {config.grad_accum_steps}")
+    per_rank = per_rank_batch(config, info)
     train_tokens = prepared.tokens(config.train_split)
     eval_split = config.eval_split
     eval_tokens = prepared.tokens(eval_split)
@@ -202,10 +213,10 @@ def build_lm_data(config: TrainConfig, info: DistInfo) -> LMData:
     windows = min(windows, config.eval_subset) if config.eval_subset else windows
     if config.eval_batches:  # random micro-batches of per_rank windows on each rank
         windows = config.eval_batches * per_rank * info.world_size
-    return LMData(train=TokenWindows(train_tokens, per_rank, block, info.device, config.seed, info.rank,
+    return LMTask(train=TokenWindows(train_tokens, per_rank, block, info.device, config.seed, info.rank,
                                      info.world_size),
                   eval_tokens=eval_tokens, eval_tensor=_as_tensor(eval_tokens, info.device), eval_windows=windows,
                   eval_batch_size=max(per_rank, 64),
                   vocab_size=prepared.vocab_size, block_size=block, tokenizer=prepared.tokenizer,
                   root=prepared.root, dataset=config.dataset, train_size=len(train_tokens),
-                  files=list(prepared.files), eval_batches=config.eval_batches)
+                  files=list(prepared.files), eval_batches=config.eval_batches, config=config)

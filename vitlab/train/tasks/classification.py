@@ -1,4 +1,5 @@
-"""Training and evaluation batches from a TrainConfig, and who owns each augmentation stage.
+"""Image classification (`ClassificationTask`): training and evaluation batches from a TrainConfig, and who owns
+each augmentation stage.
 
 Small datasets (TensorImageDataset) live on the training device and are sliced by `DeviceLoader` (airbench style);
 encoded datasets (ImageFolder trees, WebDataset shards) are decoded by DataLoader workers (`EncodedLoader`) into
@@ -18,14 +19,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import DecodeCrop, EncodedImageDataset, TensorImageDataset, dataset_info, load_dataset
-from ..data.augment import AugmentConfig, DeviceAugment
-from ..data.segmentation import SEGMENTATION_DATASETS, is_segmentation_dataset
-from ..data.loader import DeviceLoader, EncodedLoader
-from .config import TrainConfig
-from .distributed import DistInfo, all_reduce_sum, eval_batch_size, lockstep
+from ...data import DecodeCrop, EncodedImageDataset, TensorImageDataset, dataset_info, load_dataset
+from ...data.augment import AugmentConfig, DeviceAugment
+from ...data.segmentation import SEGMENTATION_DATASETS
+from ...data.loader import DeviceLoader, EncodedLoader
+from ..config import TrainConfig
+from ..distributed import DistInfo, all_reduce_sum, eval_batch_size, lockstep
+from ._contract import check_model_family, per_rank_batch, refuse_freeze_text, refuse_head
 
-__all__ = ["TrainData", "build_data", "AugmentationPlan", "plan_augmentation", "soft_cross_entropy"]
+__all__ = ["ClassificationTask", "build_classification_task", "AugmentationPlan", "plan_augmentation", "config_plan",
+           "soft_cross_entropy"]
+
 
 @dataclass(frozen=True)
 class AugmentationPlan:
@@ -70,9 +74,9 @@ def plan_augmentation(augment: AugmentConfig, encoded: bool, image_size: int | N
 
 
 def config_plan(config: TrainConfig) -> AugmentationPlan:
-    """`plan_augmentation` for a config, without loading any data (what `build_data` will do). Image–text data
+    """`plan_augmentation` for a config, without loading any data (what `build_classification_task` will do). Image–text data
     (`image_text:ROOT`) is encoded; a class-captioned CLIP dataset is placed as the images it captions."""
-    from ..data.image_text import CLASS_CAPTIONED_DATASETS, is_image_text_dataset
+    from ...data.image_text import CLASS_CAPTIONED_DATASETS, is_image_text_dataset
 
     if is_image_text_dataset(config.dataset):
         encoded = True
@@ -86,10 +90,9 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
 
 
 @dataclass
-class TrainData:
-    """Image classification for the engine. The engine talks to its data through `model_kwargs`, `loss`,
-    `evaluate`, `example_input`, `unit`, `samples_per_batch` and `primary` (the metric `best/` follows); `LMData`
-    (vitlab/train/lm.py) has the same interface for language modelling."""
+class ClassificationTask:
+    """Image classification (`vitlab.train.tasks.Task`): soft-target cross-entropy on device-augmented batches;
+    evaluation top-1, top-5 and loss; `best/` keeps the highest top-1."""
     train: DeviceLoader | EncodedLoader
     eval: DeviceLoader | EncodedLoader
     augment: DeviceAugment
@@ -99,11 +102,21 @@ class TrainData:
     train_size: int
     eval_size: int
     files: list = field(default_factory=list)  # (path, verified digest) of the files both splits were read from
+    config: TrainConfig | None = None
+    name = "classification"
     unit = "images"
     primary = ("top1", "max")  # best/ keeps the highest top-1
 
+    def check_model(self, name: str) -> None:
+        check_model_family(self.config, name, "image")
+        refuse_head(self.config)
+
     def model_kwargs(self) -> dict:
         return {"num_classes": self.num_classes, "in_chans": self.in_chans, "img_size": self.image_size}
+
+    def prepare_model(self, model: nn.Module, config: TrainConfig) -> nn.Module:
+        refuse_freeze_text(config)
+        return model
 
     def example_input(self, device: torch.device) -> torch.Tensor:
         return torch.zeros(1, self.in_chans, self.image_size, self.image_size, device=device)
@@ -113,6 +126,14 @@ class TrainData:
 
     def describe(self) -> str:
         return f"{self.train_size} train / {self.eval_size} eval images"
+
+    def notes(self) -> list[str]:
+        """Encoded images are decoded at one size: said in capitals, since a forgotten image_size costs a run."""
+        if self.config is None or config_plan(self.config).train_decode is None:
+            return []
+        how = (f"image_size={self.config.image_size}" if self.config.image_size else
+               "image_size not set: the 224 px default for encoded images; set image_size=N to change it")
+        return [f"IMAGES ARE DECODED AT {self.image_size} x {self.image_size} px ({how})"]
 
     def save_assets(self, out_dir) -> None:
         """Nothing beyond config.json is needed to rebuild an image run."""
@@ -154,23 +175,9 @@ def _loader(dataset, batch_size: int, train: bool, config: TrainConfig, info: Di
                          shuffle_buffer=config.shuffle_buffer)
 
 
-def build_data(config: TrainConfig, info: DistInfo):
-    """The run's data: `LMData` for a text dataset (vitlab/train/lm.py), `SegData` for semantic segmentation
-    (vitlab/train/segmentation.py), `ClipData` for image–text data (vitlab/train/clip.py), else `TrainData` (images): both splits
-    loaded and placed, each augmentation stage given to its one owner (`plan_augmentation`), the device
-    augmentation built from the training split's statistics."""
-    from .lm import build_lm_data, is_text_dataset
-
-    if is_text_dataset(config.dataset):
-        return build_lm_data(config, info)
-    if is_segmentation_dataset(config.dataset):
-        from .segmentation import build_segmentation_data
-
-        return build_segmentation_data(config, info)
-    from .clip import build_clip_data, is_clip_dataset
-
-    if is_clip_dataset(config.dataset):
-        return build_clip_data(config, info)
+def build_classification_task(config: TrainConfig, info: DistInfo) -> ClassificationTask:
+    """Both splits of an image classification dataset, loaded and placed, each augmentation stage given to its one
+    owner (`plan_augmentation`), the device augmentation built from the training split's statistics."""
     if config.head is not None:
         raise ValueError(f"head={config.head!r} is for semantic segmentation datasets ({', '.join(SEGMENTATION_DATASETS)}); "
                          f"{config.dataset!r} is not one (leave head unset)")
@@ -185,10 +192,7 @@ def build_data(config: TrainConfig, info: DistInfo):
     eval_set = load_dataset(config.dataset, config.eval_split, decode_crop=plan.eval_decode, **common)
     files = list(dict.fromkeys(train_set.files + eval_set.files))  # (path, digest), before subsetting
     train_set, eval_set = train_set.subset(config.train_subset), eval_set.subset(config.eval_subset)
-    per_rank = config.batch_size // (info.world_size * config.grad_accum_steps)
-    if per_rank * info.world_size * config.grad_accum_steps != config.batch_size or per_rank < 1:
-        raise ValueError(f"batch_size {config.batch_size} is not divisible by world size {info.world_size} × "
-                         f"grad_accum_steps {config.grad_accum_steps}")
+    per_rank = per_rank_batch(config, info)
     if len(train_set) < config.batch_size:
         raise ValueError(f"the training split has {len(train_set)} images, fewer than batch_size {config.batch_size}")
     if isinstance(train_set, EncodedImageDataset) and eval_set.num_classes != train_set.num_classes:
@@ -196,9 +200,9 @@ def build_data(config: TrainConfig, info: DistInfo):
                          f"{train_set.num_classes}")
     augment = DeviceAugment(plan.device, mean=train_set.mean, std=train_set.std,
                             num_classes=train_set.num_classes).to(info.device)
-    return TrainData(train=_loader(train_set, per_rank, True, config, info),
+    return ClassificationTask(train=_loader(train_set, per_rank, True, config, info),
                      eval=_loader(eval_set, eval_batch_size(len(eval_set), per_rank, info), False, config, info),
                      augment=augment,
                      num_classes=train_set.num_classes, in_chans=train_set.in_chans,
                      image_size=train_set.image_size, train_size=len(train_set), eval_size=len(eval_set),
-                     files=files)
+                     files=files, config=config)
