@@ -146,7 +146,6 @@ def find_checkpoint(directory: str | os.PathLike) -> Path | None:
     return None
 
 
-
 def resolve_checkpoint(path: str | os.PathLike) -> tuple[Path, Path]:
     """(weights file, run directory) for a run directory (its `best/`, else `last/`), a checkpoint directory, or a
     weights file inside one."""
