@@ -7,7 +7,6 @@ import sys
 
 import pytest
 
-import vitlab.train.lm_presets  # noqa: F401  (registers the language-model presets)
 from vitlab import create_model
 from vitlab.train import OverrideError, TrainConfig, apply_overrides, get_preset, list_presets, train
 

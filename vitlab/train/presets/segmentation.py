@@ -12,14 +12,12 @@ background): CPU-sized, one per family × head, minutes each on 2 cores; docs/re
 """
 from __future__ import annotations
 
-from ..data.augment import AugmentConfig
-from .config import TrainConfig
-from .presets import register_preset
+from ...data.augment import AugmentConfig
+from ..config import TrainConfig
 
-__all__: list[str] = []
+__all__ = ["PRESETS"]
 
 
-@register_preset
 def ade20k_crate_alpha_b16_upernet() -> TrainConfig:
     """CRATE-α-B/16 (official ImageNet-21K → 1K weights) + UPerNet on ADE20K at 512 × 512, the ViT-B UPerNet recipe
     of BEiT / MAE (160k iterations, batch 16, AdamW 1e-4, layer decay 0.65, slide evaluation).
@@ -46,43 +44,43 @@ def _scenes(model: str, head: str, **head_kwargs) -> TrainConfig:
                        grad_clip=1.0, log_every=50, eval_every=1)
 
 
-@register_preset
 def fashion_scenes_vit_linear() -> TrainConfig:
     """Small ViT + linear head on Fashion-MNIST scenes (64 × 64, 11 classes). Run: vitlab train
     fashion_scenes_vit_linear. Should reach: docs/results.md (the command and machine are there)."""
     return _scenes("vit_tiny_patch4_32", "linear")
 
 
-@register_preset
 def fashion_scenes_vit_upernet() -> TrainConfig:
     """Small ViT + UPerNet (32 channels) on Fashion-MNIST scenes. Run: vitlab train fashion_scenes_vit_upernet.
     Should reach: docs/results.md."""
     return _scenes("vit_tiny_patch4_32", "upernet", channels=32)
 
 
-@register_preset
 def fashion_scenes_crate_linear() -> TrainConfig:
     """Small CRATE + linear head on Fashion-MNIST scenes. Run: vitlab train fashion_scenes_crate_linear.
     Should reach: docs/results.md."""
     return _scenes("crate_tiny_patch4_32", "linear")
 
 
-@register_preset
 def fashion_scenes_crate_upernet() -> TrainConfig:
     """Small CRATE + UPerNet on Fashion-MNIST scenes. Run: vitlab train fashion_scenes_crate_upernet.
     Should reach: docs/results.md."""
     return _scenes("crate_tiny_patch4_32", "upernet", channels=32)
 
 
-@register_preset
 def fashion_scenes_crate_alpha_linear() -> TrainConfig:
     """Small CRATE-α + linear head on Fashion-MNIST scenes. Run: vitlab train fashion_scenes_crate_alpha_linear.
     Should reach: docs/results.md."""
     return _scenes("crate_alpha_tiny_patch4_32", "linear")
 
 
-@register_preset
 def fashion_scenes_crate_alpha_upernet() -> TrainConfig:
     """Small CRATE-α + UPerNet on Fashion-MNIST scenes. Run: vitlab train fashion_scenes_crate_alpha_upernet.
     Should reach: docs/results.md."""
     return _scenes("crate_alpha_tiny_patch4_32", "upernet", channels=32)
+
+
+PRESETS = (  # the semantic-segmentation presets, registered by vitlab.train.presets under their function names
+    ade20k_crate_alpha_b16_upernet, fashion_scenes_vit_linear, fashion_scenes_vit_upernet,
+    fashion_scenes_crate_linear, fashion_scenes_crate_upernet, fashion_scenes_crate_alpha_linear,
+    fashion_scenes_crate_alpha_upernet)

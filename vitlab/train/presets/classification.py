@@ -1,44 +1,15 @@
-"""Training presets as code (big_vision style): each is a function returning a TrainConfig, and its docstring says
-how to run it and what it should reach. `vitlab presets` lists them; `vitlab train NAME key=value ...` runs one.
+"""Image-classification presets: the mimetic paper's CIFAR / SVHN / Tiny ImageNet recipe, CRATE-α and CRATE on
+ImageNet, CRATE-α transfer fine-tuning, and the CPU-sized Fashion-MNIST presets of every family.
 
 Sources: ../shared/design/mimetic.md (the mimetic paper's CIFAR setup, and where the seed is silent, the first
 author's ConvMixer CIFAR pipeline) and ../shared/design/crate.md (the official CRATE / CRATE-α recipes).
 """
 from __future__ import annotations
 
-from typing import Callable
+from ...data.augment import AugmentConfig
+from ..config import TrainConfig
 
-from ..data.augment import AugmentConfig
-from .config import TrainConfig
-
-__all__ = ["PRESETS", "register_preset", "get_preset", "list_presets"]
-
-PRESETS: dict[str, Callable[[], TrainConfig]] = {}
-
-
-def register_preset(fn: Callable[[], TrainConfig]) -> Callable[[], TrainConfig]:
-    PRESETS[fn.__name__] = fn
-    return fn
-
-
-def get_preset(name: str) -> TrainConfig:
-    if name not in PRESETS:
-        import difflib
-
-        close = difflib.get_close_matches(name, PRESETS, n=3)
-        hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise ValueError(f"unknown preset {name!r}.{hint} `vitlab presets` lists all {len(PRESETS)}.")
-    return PRESETS[name]()
-
-
-def list_presets() -> list[str]:
-    return sorted(PRESETS)
-
-
-def describe(name: str) -> str:
-    """The first paragraph of a preset's docstring."""
-    return " ".join((PRESETS[name].__doc__ or "").strip().split("\n\n")[0].split())
-
+__all__ = ["PRESETS"]
 
 # ----------------------------------------------------------------------------------------------------------------
 # Mimetic initialization (Trockman & Kolter 2023): ViT-Tiny/2 at 32 px, default vs mimetic
@@ -61,7 +32,6 @@ def _mimetic_recipe(dataset: str, mimetic: bool, hflip: bool = True, **overrides
     return config
 
 
-@register_preset
 def cifar10_vit_tiny() -> TrainConfig:
     """Mimetic-paper baseline: ViT-Tiny/2 on CIFAR-10 with the default (trunc-normal) init, 100 epochs.
 
@@ -71,7 +41,6 @@ def cifar10_vit_tiny() -> TrainConfig:
     return _mimetic_recipe("cifar10", mimetic=False)
 
 
-@register_preset
 def cifar10_vit_tiny_mimetic() -> TrainConfig:
     """Mimetic paper: ViT-Tiny/2 on CIFAR-10 with mimetic init (α1 = β1 = 0.7, α2 = β2 = 0.4), 100 epochs.
 
@@ -80,7 +49,6 @@ def cifar10_vit_tiny_mimetic() -> TrainConfig:
     return _mimetic_recipe("cifar10", mimetic=True)
 
 
-@register_preset
 def cifar100_vit_tiny() -> TrainConfig:
     """Mimetic-paper recipe on CIFAR-100, default init.
 
@@ -89,7 +57,6 @@ def cifar100_vit_tiny() -> TrainConfig:
     return _mimetic_recipe("cifar100", mimetic=False)
 
 
-@register_preset
 def cifar100_vit_tiny_mimetic() -> TrainConfig:
     """Mimetic-paper recipe on CIFAR-100, mimetic init.
 
@@ -98,7 +65,6 @@ def cifar100_vit_tiny_mimetic() -> TrainConfig:
     return _mimetic_recipe("cifar100", mimetic=True)
 
 
-@register_preset
 def svhn_vit_tiny() -> TrainConfig:
     """Mimetic-paper recipe on SVHN (train split), default init; no horizontal flip (digits are not symmetric).
 
@@ -107,7 +73,6 @@ def svhn_vit_tiny() -> TrainConfig:
     return _mimetic_recipe("svhn", mimetic=False, hflip=False)
 
 
-@register_preset
 def svhn_vit_tiny_mimetic() -> TrainConfig:
     """Mimetic-paper recipe on SVHN, mimetic init; no horizontal flip.
 
@@ -116,7 +81,6 @@ def svhn_vit_tiny_mimetic() -> TrainConfig:
     return _mimetic_recipe("svhn", mimetic=True, hflip=False)
 
 
-@register_preset
 def tiny_imagenet_vit_tiny() -> TrainConfig:
     """Mimetic-paper recipe on Tiny ImageNet (64 px, 200 classes), default init; ViT-Tiny with patch 4 so the
     sequence keeps CIFAR's 16 × 16 = 256 patches.
@@ -126,7 +90,6 @@ def tiny_imagenet_vit_tiny() -> TrainConfig:
     return _mimetic_recipe("tiny_imagenet", mimetic=False, model="vit_tiny_patch4_32", eval_split="val")
 
 
-@register_preset
 def tiny_imagenet_vit_tiny_mimetic() -> TrainConfig:
     """Mimetic-paper recipe on Tiny ImageNet (64 px, patch 4), mimetic init.
 
@@ -151,7 +114,6 @@ def _crate_alpha_imagenet(**overrides) -> TrainConfig:
     return config
 
 
-@register_preset
 def crate_alpha_in21k_pretrain() -> TrainConfig:
     """CRATE-α-B/32 ImageNet-21K pre-training (official config): 91 epochs, 10 warmup, cosine to 1e-6, batch 4096,
     lr 8e-4 (5e-5 per 256), Adam β = (0.9, 0.95) with decoupled weight decay 0.1 on attention / stem / head
@@ -164,7 +126,6 @@ def crate_alpha_in21k_pretrain() -> TrainConfig:
     return _crate_alpha_imagenet()
 
 
-@register_preset
 def crate_alpha_in1k_finetune() -> TrainConfig:
     """CRATE-α ImageNet-1K fine-tuning (official config): as pre-training but lr 1.6e-4, RandAugment(2, 9) (magnitude
     9 of 10 = randaugment_m 27 on our 0-30 scale), label smoothing 0.1; the pre-trained /32 model is fine-tuned at
@@ -188,7 +149,6 @@ def _transfer(dataset: str, lr: float, epochs: int, eval_split: str = "test") ->
                        schedule="cosine", epochs=epochs, batch_size=256, pretrained=True, eval_every=10)
 
 
-@register_preset
 def crate_alpha_cifar10_finetune() -> TrainConfig:
     """Transfer fine-tuning of the official CRATE-α-B/16 weights on CIFAR-10 at 224 px: AdamW (wd 0.01), cosine,
     batch 256, lr 5e-5, 200 epochs, random-resized crop + flip + RandAugment.
@@ -198,7 +158,6 @@ def crate_alpha_cifar10_finetune() -> TrainConfig:
     return _transfer("cifar10", 5e-5, 200)
 
 
-@register_preset
 def crate_alpha_cifar100_finetune() -> TrainConfig:
     """Transfer fine-tuning of CRATE-α-B/16 on CIFAR-100 (lr 5e-5, 200 epochs, as CIFAR-10).
 
@@ -207,7 +166,6 @@ def crate_alpha_cifar100_finetune() -> TrainConfig:
     return _transfer("cifar100", 5e-5, 200)
 
 
-@register_preset
 def crate_alpha_flowers_finetune() -> TrainConfig:
     """Transfer fine-tuning of CRATE-α-B/16 on Oxford Flowers-102 (lr 1e-4, 400 epochs).
 
@@ -216,7 +174,6 @@ def crate_alpha_flowers_finetune() -> TrainConfig:
     return _transfer("flowers102", 1e-4, 400)
 
 
-@register_preset
 def crate_alpha_pets_finetune() -> TrainConfig:
     """Transfer fine-tuning of CRATE-α-B/16 on Oxford-IIIT Pets (lr 1e-4, 400 epochs; train on trainval).
 
@@ -227,7 +184,6 @@ def crate_alpha_pets_finetune() -> TrainConfig:
     return config
 
 
-@register_preset
 def crate_in1k() -> TrainConfig:
     """The original CRATE ImageNet-1K recipe (official code): Lion, lr 2.4e-4, weight decay 0.5 on every
     parameter, batch 2048, 5 warmup epochs, 150 epochs cosine, random-resized crop + flip, label smoothing 0.1.
@@ -272,7 +228,6 @@ def _fashion_vit(mimetic: bool) -> TrainConfig:
                        eval_every=1, init="mimetic" if mimetic else None)
 
 
-@register_preset
 def fashion_mnist_vit() -> TrainConfig:
     """A small ViT (width 96, depth 4, 3 heads, convolutional stem to a 4 × 4 grid, mean pooling, sin-cos positions)
     on Fashion-MNIST, default init, 4 epochs: the speedrun recipe, about two minutes on a 2-core CPU.
@@ -282,7 +237,6 @@ def fashion_mnist_vit() -> TrainConfig:
     return _fashion_vit(mimetic=False)
 
 
-@register_preset
 def fashion_mnist_vit_mimetic() -> TrainConfig:
     """The same small ViT on Fashion-MNIST with mimetic init (the README's main job).
 
@@ -291,7 +245,6 @@ def fashion_mnist_vit_mimetic() -> TrainConfig:
     return _fashion_vit(mimetic=True)
 
 
-@register_preset
 def fashion_mnist_crate() -> TrainConfig:
     """A small CRATE (width 96, depth 4, 3 heads, patch 7) on Fashion-MNIST, official init, 3 epochs.
 
@@ -300,7 +253,6 @@ def fashion_mnist_crate() -> TrainConfig:
     return _fashion("crate_tiny_patch4_32", False, **_FASHION_CRATE)
 
 
-@register_preset
 def fashion_mnist_crate_mimetic() -> TrainConfig:
     """The small CRATE with mimetic init (positive-semi-definite QK variant; VO is not initialised for tied
     attention, see docs/mimetic.md).
@@ -310,7 +262,6 @@ def fashion_mnist_crate_mimetic() -> TrainConfig:
     return _fashion("crate_tiny_patch4_32", True, **_FASHION_CRATE)
 
 
-@register_preset
 def fashion_mnist_crate_alpha() -> TrainConfig:
     """A small CRATE-α (width 96, depth 4, 3 heads, patch 7, overcomplete ratio 4) on Fashion-MNIST, JAX init,
     3 epochs.
@@ -320,7 +271,6 @@ def fashion_mnist_crate_alpha() -> TrainConfig:
     return _fashion("crate_alpha_tiny_patch4_32", False, **_FASHION_CRATE)
 
 
-@register_preset
 def fashion_mnist_crate_alpha_mimetic() -> TrainConfig:
     """The small CRATE-α with mimetic init (PSD QK variant).
 
@@ -329,6 +279,10 @@ def fashion_mnist_crate_alpha_mimetic() -> TrainConfig:
     return _fashion("crate_alpha_tiny_patch4_32", True, **_FASHION_CRATE)
 
 
-from . import lm_presets  # noqa: E402,F401  (registers the language-model presets)
-from . import seg_presets  # noqa: E402,F401  (registers the segmentation presets)
-from . import clip_presets  # noqa: E402,F401  (registers the CLIP presets)
+PRESETS = (  # the image-classification presets, registered by vitlab.train.presets under their function names
+    cifar10_vit_tiny, cifar10_vit_tiny_mimetic, cifar100_vit_tiny, cifar100_vit_tiny_mimetic, svhn_vit_tiny,
+    svhn_vit_tiny_mimetic, tiny_imagenet_vit_tiny, tiny_imagenet_vit_tiny_mimetic, crate_alpha_in21k_pretrain,
+    crate_alpha_in1k_finetune, crate_alpha_cifar10_finetune, crate_alpha_cifar100_finetune,
+    crate_alpha_flowers_finetune, crate_alpha_pets_finetune, crate_in1k, fashion_mnist_vit,
+    fashion_mnist_vit_mimetic, fashion_mnist_crate, fashion_mnist_crate_mimetic, fashion_mnist_crate_alpha,
+    fashion_mnist_crate_alpha_mimetic)

@@ -1,4 +1,4 @@
-"""Language-model presets (registered with the image presets in `presets.py`; `vitlab presets` lists them all).
+"""Language-model presets (registered with the others by `vitlab.train.presets`; `vitlab presets` lists them all).
 
 Sources: nanoGPT's `config/train_shakespeare_char.py` and the CPU command of its README (4 layers, 4 heads, width 128,
 context 64, batch 12, 2000 iterations, dropout 0), its `train_gpt2.py` GPT-2 (124M) OpenWebText recipe, which the
@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from .config import TrainConfig
-from .presets import register_preset
+from ..config import TrainConfig
 
-__all__ = ["MIMETIC_LM_VISION", "MIMETIC_LM_GPT2_SIGNS", "MIMETIC_LM_VO_SMALL_BETA"]
+__all__ = ["PRESETS", "MIMETIC_LM_VISION", "MIMETIC_LM_GPT2_SIGNS", "MIMETIC_LM_VO_SMALL_BETA"]
 
 # Mimetic init for language models, per component (mimetic.md: make both signs configurable).
 MIMETIC_LM_VISION = dict(alpha_qk=0.7, beta_qk=0.7, sign_qk=1, alpha_vo=0.4, beta_vo=0.4, sign_vo=-1)
@@ -35,7 +34,6 @@ def _shakespeare_char(model: str, init: str | None = None, init_kwargs: dict | N
                        model_kwargs={"dropout": 0.0})
 
 
-@register_preset
 def shakespeare_char_gpt() -> TrainConfig:
     """nanoGPT's CPU shakespeare_char run with vitlab's GPT (4 layers, 4 heads, width 128, context 64, batch 12,
     2000 steps, dropout 0; 0.80 M parameters, bias-free with exact GELU as nanoGPT's train.py).
@@ -45,7 +43,6 @@ def shakespeare_char_gpt() -> TrainConfig:
     return _shakespeare_char("gpt_char_tiny")
 
 
-@register_preset
 def shakespeare_char_gpt_mimetic() -> TrainConfig:
     """The same GPT with mimetic init of every attention layer (the vision recipe: QK +0.7 I, VO −0.4 I).
 
@@ -54,7 +51,6 @@ def shakespeare_char_gpt_mimetic() -> TrainConfig:
     return _shakespeare_char("gpt_char_tiny", "mimetic", MIMETIC_LM_VISION)
 
 
-@register_preset
 def shakespeare_char_gpt_mimetic_vo() -> TrainConfig:
     """The same GPT with the VO-only, small-β mimetic init (W_v W_proj ≈ 0.4 Z − 0.1 I; QK default).
 
@@ -63,7 +59,6 @@ def shakespeare_char_gpt_mimetic_vo() -> TrainConfig:
     return _shakespeare_char("gpt_char_tiny", "mimetic", MIMETIC_LM_VO_SMALL_BETA)
 
 
-@register_preset
 def shakespeare_char_crate() -> TrainConfig:
     """Causal CRATE (MSSA + ISTA, 16 layers at width 128: the GPT's parameter count) on shakespeare_char, same
     recipe and steps as shakespeare_char_gpt.
@@ -73,7 +68,6 @@ def shakespeare_char_crate() -> TrainConfig:
     return _shakespeare_char("crate_lm_char_tiny")
 
 
-@register_preset
 def shakespeare_char_crate_alpha() -> TrainConfig:
     """Causal CRATE-α (MSSA + overcomplete dictionary learning, width 128, the GPT's parameter count) on
     shakespeare_char, same recipe and steps as shakespeare_char_gpt.
@@ -95,7 +89,6 @@ def _openwebtext(model: str) -> TrainConfig:
                        model_kwargs={"vocab_size": 50304, "dropout": 0.0})
 
 
-@register_preset
 def openwebtext_gpt2() -> TrainConfig:
     """GPT-2 (124M) on OpenWebText (nanoGPT's recipe; needs the OpenWebText files and a GPU node).
 
@@ -104,7 +97,6 @@ def openwebtext_gpt2() -> TrainConfig:
     return _openwebtext("gpt2")
 
 
-@register_preset
 def openwebtext_crate_lm_base() -> TrainConfig:
     """Causal CRATE-B (about 60M) on OpenWebText with the GPT-2 recipe.
 
@@ -113,7 +105,6 @@ def openwebtext_crate_lm_base() -> TrainConfig:
     return _openwebtext("crate_lm_base")
 
 
-@register_preset
 def openwebtext_crate_alpha_lm_small() -> TrainConfig:
     """Causal CRATE-α-S (about 57M) on OpenWebText with the GPT-2 recipe.
 
@@ -122,7 +113,6 @@ def openwebtext_crate_alpha_lm_small() -> TrainConfig:
     return _openwebtext("crate_alpha_lm_small")
 
 
-@register_preset
 def openwebtext_crate_alpha_lm_base() -> TrainConfig:
     """Causal CRATE-α-B (about 120M) on OpenWebText with the GPT-2 recipe.
 
@@ -131,7 +121,6 @@ def openwebtext_crate_alpha_lm_base() -> TrainConfig:
     return _openwebtext("crate_alpha_lm_base")
 
 
-@register_preset
 def wikitext103_gpt() -> TrainConfig:
     """A 6-layer GPT (width 512, 8 heads) on WikiText-103 with GPT-2 BPE, context 512, default init: the
     language-model half of the mimetic paper's comparison (needs the WikiText-103 files and a GPU).
@@ -145,11 +134,16 @@ def wikitext103_gpt() -> TrainConfig:
                                              "dropout": 0.1})
 
 
-@register_preset
 def wikitext103_gpt_mimetic() -> TrainConfig:
     """wikitext103_gpt with mimetic init (vision signs; see MIMETIC_LM_GPT2_SIGNS and MIMETIC_LM_VO_SMALL_BETA in
-    vitlab/train/lm_presets.py for the alternatives, `init_kwargs.sign_qk=-1` etc. on the command line).
+    vitlab/train/presets/lm.py for the alternatives, `init_kwargs.sign_qk=-1` etc. on the command line).
 
     Run: vitlab train wikitext103_gpt_mimetic data_dir=/data
     Should reach: compare with wikitext103_gpt."""
     return dataclasses.replace(wikitext103_gpt(), init="mimetic", init_kwargs=dict(MIMETIC_LM_VISION))
+
+
+PRESETS = (  # the language-model presets, registered by vitlab.train.presets under their function names
+    shakespeare_char_gpt, shakespeare_char_gpt_mimetic, shakespeare_char_gpt_mimetic_vo, shakespeare_char_crate,
+    shakespeare_char_crate_alpha, openwebtext_gpt2, openwebtext_crate_lm_base, openwebtext_crate_alpha_lm_small,
+    openwebtext_crate_alpha_lm_base, wikitext103_gpt, wikitext103_gpt_mimetic)

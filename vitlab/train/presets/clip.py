@@ -11,11 +11,10 @@ scale (0.9, 1.0) (open_clip's default), the fine-tune's lr, length and warmup.
 """
 from __future__ import annotations
 
-from ..data.augment import AugmentConfig
-from .config import TrainConfig
-from .presets import register_preset
+from ...data.augment import AugmentConfig
+from ..config import TrainConfig
 
-__all__: list[str] = []
+__all__ = ["PRESETS"]
 
 
 def _clipa(model: str, image_size: int, **overrides) -> TrainConfig:
@@ -28,7 +27,6 @@ def _clipa(model: str, image_size: int, **overrides) -> TrainConfig:
     return TrainConfig(**{**config, **overrides})
 
 
-@register_preset
 def clipa_crate_alpha_l14_pretrain() -> TrainConfig:
     """CRATE-α-CLIPA-L/14 pre-training at 84 px, 32 text tokens (BERT WordPiece), batch 32k, AdamW lr 1e-3,
     weight decay 0.2, 1,600 warmup steps, cosine; zero-shot ImageNet-1K at every evaluation.
@@ -42,7 +40,6 @@ def clipa_crate_alpha_l14_pretrain() -> TrainConfig:
     return _clipa("crate_alpha_clipa_large_patch14_224", 84)
 
 
-@register_preset
 def clipa_crate_alpha_l14_finetune() -> TrainConfig:
     """CRATE-α-CLIPA-L/14 fine-tuning at 224 px from the 84 px pre-training (its `best/` weights, position
     embeddings interpolated from 6 × 6 to 16 × 16 patches by `checkpoint_adapt`), lr 1e-4 (our choice: the spec
@@ -55,7 +52,6 @@ def clipa_crate_alpha_l14_finetune() -> TrainConfig:
                   checkpoint="runs/clipa_crate_alpha_l14_pretrain/best")
 
 
-@register_preset
 def clipa_crate_alpha_h14_pretrain() -> TrainConfig:
     """CRATE-α-CLIPA-H/14 pre-training at 84 px (as the L/14 preset, larger image tower).
 
@@ -64,7 +60,6 @@ def clipa_crate_alpha_h14_pretrain() -> TrainConfig:
     return _clipa("crate_alpha_clipa_huge_patch14_224", 84)
 
 
-@register_preset
 def clipa_crate_alpha_h14_finetune() -> TrainConfig:
     """CRATE-α-CLIPA-H/14 fine-tuning at 224 px from the 84 px pre-training (as the L/14 fine-tune).
 
@@ -94,7 +89,6 @@ def _fashion_clip(image_model: str, **overrides) -> TrainConfig:
     return TrainConfig(**{**config, **overrides})
 
 
-@register_preset
 def fashion_mnist_clip_crate_alpha() -> TrainConfig:
     """A small CRATE-α CLIP on Fashion-MNIST captions (image tower = the fashion_mnist_crate_alpha classifier's),
     3 epochs, AdamW 2e-3 as the classifier; zero-shot test accuracy with 5 held-out templates.
@@ -104,10 +98,14 @@ def fashion_mnist_clip_crate_alpha() -> TrainConfig:
     return _fashion_clip("crate_alpha_tiny_patch4_32")
 
 
-@register_preset
 def fashion_mnist_clip_vit() -> TrainConfig:
     """The same CLIP with a small ViT image tower (width 96, depth 4, 3 heads, patch 7).
 
     Run: vitlab train fashion_mnist_clip_vit
     Should reach: not measured (the study uses the CRATE-α tower)."""
     return _fashion_clip("vit_tiny_patch4_32")
+
+
+PRESETS = (  # the CLIP presets, registered by vitlab.train.presets under their function names
+    clipa_crate_alpha_l14_pretrain, clipa_crate_alpha_l14_finetune, clipa_crate_alpha_h14_pretrain,
+    clipa_crate_alpha_h14_finetune, fashion_mnist_clip_crate_alpha, fashion_mnist_clip_vit)
