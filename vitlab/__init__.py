@@ -5,7 +5,8 @@ initialization.
 `vitlab --help` and `vitlab --version` start in a fraction of a second while `vitlab.create_model` works as usual."""
 from importlib import import_module as _import_module
 
-__version__ = "0.1.0"
+from ._version import __version__
+
 _EXPORTS = {  # public name -> the submodule that defines it
     "create_model": ".models", "list_models": ".models", "register_model": ".models", "is_model": ".models",
     "get_pretrained_cfg": ".models", "load": ".models", "save_pretrained": ".models", "from_pretrained": ".models",

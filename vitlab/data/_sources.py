@@ -8,24 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["Checksum", "RemoteFile", "DatasetInfo", "DATASETS", "IMAGENET_MEAN", "IMAGENET_STD"]
+from .._files import Checksum
+
+__all__ = ["RemoteFile", "DatasetInfo", "DATASETS", "IMAGENET_MEAN", "IMAGENET_STD"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass(frozen=True)
-class Checksum:
-    """The digests a file may have. Several are accepted where the same content ships in several packagings
-    (Fashion-MNIST: upstream gzip files and Debian's re-gzipped ones)."""
-    md5: tuple[str, ...] = ()
-    sha256: tuple[str, ...] = ()
-    source: str = ""
-
-    def describe(self) -> str:
-        """"md5 <a> or sha256 <b> (source)" — the wording used in every error message."""
-        parts = [f"md5 {value}" for value in self.md5] + [f"sha256 {value}" for value in self.sha256]
-        return " or ".join(parts) + (f" ({self.source})" if self.source else "")
 
 
 @dataclass(frozen=True)

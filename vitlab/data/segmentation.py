@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._locate import DatasetFormatError, DatasetNotFoundError, MissingFileError, search_places
+from .._files import DatasetNotFoundError, search_places
+from ._locate import DatasetFormatError, MissingFileError
 from ._seg_shards import SegmentationShardDataset, index_segmentation_shard, write_segmentation_shards
 from ._seg_source import SegmentationDataset, decode_mask, decode_rgb, reduce_zero_label
 from ._seg_transform import SegCrop

@@ -328,7 +328,7 @@ def save_pretrained(model: nn.Module, save_directory: str | os.PathLike) -> Path
     read. Returns the directory."""
     from safetensors.torch import save_file
 
-    from .. import __version__
+    from .._version import __version__
 
     spec = model_spec(model)
     directory = Path(save_directory)
