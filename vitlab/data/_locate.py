@@ -3,9 +3,10 @@
 A dataset's folder (`DatasetInfo.folders`, e.g. `cifar-10-batches-py`) is looked for in the places of
 `vitlab._files.search_places`: `data_dir` (the folder itself may also be the dataset's folder), `$VITLAB_DATA`,
 `./data`, `../shared/data` (both relative to the current directory and to the repository root),
-`/usr/share/datasets` (Debian's `dataset-fashion-mnist` installs `/usr/share/datasets/fashion-mnist/`). An explicit `data_dir` is never silently
-replaced: when it lacks the dataset, `DataDirMismatchError` says what was expected there and where the dataset was
-found instead (pass that), or `DatasetNotFoundError` lists every place when it is nowhere.
+`/usr/share/datasets` (Debian's `dataset-fashion-mnist` installs `/usr/share/datasets/fashion-mnist/`). An explicit
+`data_dir` is never silently replaced: when it lacks the dataset, `DataDirMismatchError` says what was expected
+there and where the dataset was found instead (pass that), or `DatasetNotFoundError` lists every place when it is
+nowhere.
 
 Files with a registered checksum are verified on every load (hashed once per process for a given path, size and
 mtime); `dataset_files` gives (path, verified digest) of the files a split used, for the run log."""
@@ -17,7 +18,7 @@ from pathlib import Path
 from .._archive import extract_archive
 from .._download import download
 from .._files import DatasetNotFoundError, download_dir, not_in_data_dir, search_places, verify_file
-from ._sources import DATASETS, DatasetInfo
+from ._sources import CLASS_CAPTIONED_DATASETS, DATASETS, IMAGE_TEXT_PREFIX, SEGMENTATION_DATASETS, DatasetInfo
 
 __all__ = ["UnknownDatasetError", "all_dataset_names", "MissingFileError", "DatasetFormatError", "find_data_root",
            "locate_file", "ensure_downloaded", "dataset_info", "resolve_split", "dataset_files"]
@@ -34,8 +35,6 @@ def all_dataset_names() -> list[str]:
     """Every dataset name `vitlab train dataset=...` takes, by kind: image classification, language modelling,
     semantic segmentation, image-text (CLIP); `textfile:PATH` and `image_text:ROOT` are patterns."""
     from ..text import TEXT_DATASETS
-    from .image_text import CLASS_CAPTIONED_DATASETS, IMAGE_TEXT_PREFIX
-    from .segmentation import SEGMENTATION_DATASETS
 
     text = [n for n in TEXT_DATASETS if n != "textfile"] + ["textfile:PATH"]
     return [*sorted(DATASETS), *text, *SEGMENTATION_DATASETS, *CLASS_CAPTIONED_DATASETS, f"{IMAGE_TEXT_PREFIX}ROOT"]

@@ -10,10 +10,18 @@ from dataclasses import dataclass, field
 
 from .._files import Checksum
 
-__all__ = ["RemoteFile", "DatasetInfo", "DATASETS", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = ["RemoteFile", "DatasetInfo", "DATASETS", "IMAGENET_MEAN", "IMAGENET_STD", "SEGMENTATION_DATASETS",
+           "IMAGE_TEXT_PREFIX", "CLASS_CAPTIONED_DATASETS"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# The names of the other dataset kinds, listed here so that an unknown name's error can list every kind
+# (vitlab/data/_locate.py) without importing their readers.
+SEGMENTATION_DATASETS = ("ade20k", "ade20k_shards", "fashion_mnist_scenes")
+IMAGE_TEXT_PREFIX = "image_text:"
+# Class-captioned CLIP datasets: name → the labelled image dataset whose class names caption it (on the device,
+# with prompt templates; vitlab/train/clip.py).
+CLASS_CAPTIONED_DATASETS = {"fashion_mnist_captions": "fashion_mnist"}
 
 
 @dataclass(frozen=True)
