@@ -16,7 +16,7 @@ from vitlab import count_flops
 def main(pattern: str = "") -> None:
     print("| model | alias | input | classes | params (M) | GMACs |")
     print("|---|---|---:|---:|---:|---:|")
-    from vitlab.models._registry import short_alias
+    from vitlab.models import short_alias
 
     names = vitlab.list_models(pattern)
     language = [n for n in names if vitlab.get_pretrained_cfg(n).get("task") == "lm"]

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 import vitlab
 from vitlab.convert import CheckpointMismatchError, load_checkpoint
-from vitlab.convert.checkpoint import convert_state_dict
+from vitlab.convert import convert_state_dict
 from vitlab.convert.official import detect_layout
 from vitlab.init import mimetic_init_
 from vitlab.interpret import patch_features, record_attention

@@ -25,7 +25,7 @@ from vitlab._download import ChecksumError, md5sum
 from vitlab.data import (DATASETS, Checksum, DatasetFormatError, DatasetNotFoundError, ImageFolderDataset,
                          MissingFileError, TensorImageDataset, UnsafeArchiveError, UnsafePickleError,
                          extract_archive, find_data_root, load_dataset)
-from vitlab.data import _locate
+from vitlab import _files
 from vitlab.data.decode import center_crop_box, random_resized_crop_box
 
 REAL_FASHION = Path(vitlab.__file__).resolve().parents[1].parent / "shared" / "data" / "fashion-mnist"
@@ -40,8 +40,8 @@ def _isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("VITLAB_CACHE", str(tmp_path / "cache"))
     (tmp_path / "cwd").mkdir()
     monkeypatch.chdir(tmp_path / "cwd")
-    monkeypatch.setattr(_locate, "_REPO_ROOT", tmp_path / "repo")
-    monkeypatch.setattr(_locate, "_SYSTEM_DATA", tmp_path / "usr-share-datasets")
+    monkeypatch.setattr(_files, "_REPO_ROOT", tmp_path / "repo")
+    monkeypatch.setattr(_files, "_SYSTEM_DATA", tmp_path / "usr-share-datasets")
 
 
 def fixture_checksums(monkeypatch, name, folder, keep_official=()):
@@ -268,9 +268,9 @@ def test_undecodable_image_names_file(tmp_path):
 # ---------------------------------------------------------------- the real Fashion-MNIST
 @pytest.mark.skipif(not REAL_FASHION.is_dir(), reason="../shared/data/fashion-mnist is absent")
 def test_real_fashion_mnist_loads_fast_from_shared_data(monkeypatch):
-    monkeypatch.setattr(_locate, "_REPO_ROOT", Path(vitlab.__file__).resolve().parents[1])
-    monkeypatch.setattr(_locate, "_SYSTEM_DATA", Path("/usr/share/datasets"))
-    monkeypatch.setattr(_locate, "_VERIFIED", set())
+    monkeypatch.setattr(_files, "_REPO_ROOT", Path(vitlab.__file__).resolve().parents[1])
+    monkeypatch.setattr(_files, "_SYSTEM_DATA", Path("/usr/share/datasets"))
+    monkeypatch.setattr(_files, "_VERIFIED", set())
     assert find_data_root("fashion_mnist").resolve() in {REAL_FASHION.resolve(), DEBIAN_FASHION.resolve()}
     start = time.perf_counter()
     train = load_dataset("fashion_mnist", "train")
@@ -287,8 +287,8 @@ def test_real_fashion_mnist_loads_fast_from_shared_data(monkeypatch):
 
 @pytest.mark.skipif(not DEBIAN_FASHION.is_dir(), reason="dataset-fashion-mnist (apt) is not installed")
 def test_debian_fashion_mnist_package_is_found_and_verifies(monkeypatch):
-    monkeypatch.setattr(_locate, "_SYSTEM_DATA", DEBIAN_FASHION.parent)
-    monkeypatch.setattr(_locate, "_VERIFIED", set())
+    monkeypatch.setattr(_files, "_SYSTEM_DATA", DEBIAN_FASHION.parent)
+    monkeypatch.setattr(_files, "_VERIFIED", set())
     assert find_data_root("fashion_mnist") == DEBIAN_FASHION  # no other copy is searched in this test
     test = load_dataset("fashion_mnist", "test")  # checked against the Debian sha256s
     assert test.images.shape == (10000, 1, 28, 28) and test.labels.bincount().tolist() == [1000] * 10

@@ -61,7 +61,7 @@ def _problem(record: dict) -> str | None:
     message, path = record["message"], Path(record["file"])
     if not record["user_error"]:
         return f"{record['type']} is not a one-line user error: {message[:300]}"
-    if "\n" in message and record["type"] != "vitlab.convert.checkpoint.CheckpointMismatchError":
+    if "\n" in message and record["type"] != "vitlab.models.weights.CheckpointMismatchError":
         # the mismatch report lists each key that differs under a first line naming the file, by design
         return f"{record['type']}: message of {message.count(chr(10)) + 1} lines: {message[:300]}"
     if len(message) > 2000:

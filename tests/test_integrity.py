@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from data_fixtures import tar_bytes
 
-import vitlab.data._locate as locate
+import vitlab._files as locate
 import vitlab.text.prepare as prepare_module
 from vitlab._download import ChecksumError
 from vitlab.data import DatasetNotFoundError, UnsafeArchiveError, extract_archive, find_data_root

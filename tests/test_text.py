@@ -15,7 +15,7 @@ import pytest
 from data_fixtures import tar_bytes
 from local_http import server  # noqa: F401  (the fixture)
 
-import vitlab.data._locate as locate
+import vitlab._files as locate
 import vitlab.text._gpt2 as gpt2_module
 import vitlab.text._sources as sources_module
 from vitlab._download import ChecksumError

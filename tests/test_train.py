@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import vitlab
-from vitlab.convert.adapt import adapt_state_dict, resize_position_grid
+from vitlab.models.adapt import adapt_state_dict, resize_position_grid
 from vitlab.train import OverrideError, TrainConfig, TrainingDiverged, apply_overrides, get_preset, train
 from vitlab.train.optim import lr_factor, param_groups
 

@@ -5,7 +5,8 @@ initialization.
 `vitlab --help` and `vitlab --version` start in a fraction of a second while `vitlab.create_model` works as usual."""
 from importlib import import_module as _import_module
 
-__version__ = "0.1.0"
+from ._version import __version__
+
 _EXPORTS = {  # public name -> the submodule that defines it
     "create_model": ".models", "list_models": ".models", "register_model": ".models", "is_model": ".models",
     "get_pretrained_cfg": ".models", "load": ".models", "save_pretrained": ".models", "from_pretrained": ".models",
@@ -17,8 +18,16 @@ _EXPORTS = {  # public name -> the submodule that defines it
 __all__ = [*_EXPORTS, "__version__"]
 
 
+# imported with vitlab.models: they register the 'mimetic' init and the official checkpoint layouts with it, so that
+# `vitlab.create_model(..., init="mimetic")` and `create_model(name, pretrained=True)` of official weights work
+_PLUGINS = (".init", ".convert")
+
+
 def __getattr__(name: str):
     if name in _EXPORTS:
+        if _EXPORTS[name] == ".models":
+            for plugin in _PLUGINS:
+                _import_module(plugin, __name__)
         value = getattr(_import_module(_EXPORTS[name], __name__), name)
         globals()[name] = value  # later look-ups skip this hook
         return value

@@ -22,7 +22,7 @@ def run_models(args: argparse.Namespace) -> int:
         print(f"no {'model with published weights' if args.pretrained else 'model'} matches {args.pattern!r}",
               file=sys.stderr)
         return 1
-    from .models._registry import short_alias
+    from .models import short_alias
 
     for name in names:
         cfg = get_pretrained_cfg(name)

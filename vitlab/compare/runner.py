@@ -126,7 +126,7 @@ def code_version() -> dict[str, str | None]:
     """{vitlab: version, git_commit: HEAD or None, source_hash: sha256 over the package's .py files (relative path
     and bytes), which also catches uncommitted changes}. Results are stale when `vitlab` or `source_hash` differ;
     the commit is recorded to say where a result came from."""
-    from .. import __version__
+    from .._version import __version__
 
     package = Path(__file__).resolve().parents[1]
     digest = hashlib.sha256()

@@ -1,5 +1,6 @@
 """Key maps from the official CRATE, CRATE-α and CRATE-α-CLIPA PyTorch layouts, Hugging Face ViT, and GPT-2
-(Hugging Face and nanoGPT) to this library's keys.
+(Hugging Face and nanoGPT) to this library's keys, registered with `vitlab.models.weights.register_layout` on import
+(so `load_checkpoint` and `create_model(pretrained=True)` read these files).
 
 See ../shared/design/official_layouts.md §1-2, 5-7. Both official CRATE models keep their weights under
 `transformer.layers.{i}` with `.0` the MSSA sub-block and `.1` the ISTA / ODL sub-block. Our GPT already uses the
@@ -8,12 +9,13 @@ GPT-2 names (nanoGPT's nn.Linear layout), so GPT-2 files need only HF's Conv1D w
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from functools import partial
-from typing import Callable, Mapping
+from typing import Mapping
 
 import torch
 from torch import nn
+
+from ..models.weights import LAYOUTS, Layout, detect_layout, register_layout
 
 __all__ = ["LAYOUTS", "detect_layout"]
 
@@ -223,35 +225,11 @@ def _from_gpt2(state_dict: Mapping[str, torch.Tensor], model: nn.Module, transpo
     return out
 
 
-@dataclass(frozen=True)
-class Layout:
-    name: str
-    marker: str | None  # a key only this layout has (None: recognised by `detect`)
-    convert: Callable[[Mapping[str, torch.Tensor], nn.Module], dict[str, torch.Tensor]]
-    after_load: Callable[[nn.Module], None] = lambda model: None
-    detect: Callable[[Mapping[str, torch.Tensor]], bool] | None = None  # for layouts told apart by shapes
-
-
-LAYOUTS: dict[str, Layout] = {
-    "crate_alpha_clipa_official": Layout("crate_alpha_clipa_official", "visual.transformer.resblocks.0.mlp.c_fc",
-                                         _from_crate_alpha_clipa),
-    "crate_official": Layout("crate_official", "to_patch_embedding.2.weight", _from_crate),
-    "crate_alpha_official": Layout("crate_alpha_official", "conv1.weight", _from_crate_alpha, _crate_alpha_head_eps),
-    "hf_vit": Layout("hf_vit", "embeddings.patch_embeddings.projection.weight", _from_hf_vit, _hf_layer_norm_eps),
-    "gpt2_hf": Layout("gpt2_hf", None, partial(_from_gpt2, transpose=True), detect=_is_gpt2_hf),
-    "nanogpt": Layout("nanogpt", None, partial(_from_gpt2, transpose=False), detect=_is_nanogpt_variant),
-}
-
-
-def detect_layout(state_dict: Mapping[str, torch.Tensor]) -> str:
-    """'crate_alpha_clipa_official' (key `visual.transformer.resblocks.0.mlp.c_fc`), 'crate_official',
-    'crate_alpha_official', 'hf_vit', 'gpt2_hf' (Conv1D c_attn (d, 3d)), 'nanogpt' (GPT-2 keys in nn.Linear layout
-    without the `transformer.` prefix or with mask buffers), or 'vitlab' (our keys, also timm's for the ViT and
-    nanoGPT's for GPT)."""
-    for layout in LAYOUTS.values():
-        if layout.detect is not None:
-            if layout.detect(state_dict):
-                return layout.name
-        elif layout.marker in state_dict or "vit." + layout.marker in state_dict:
-            return layout.name
-    return "vitlab"
+# registered with vitlab.models.weights (load_checkpoint, detect_layout), in detection order
+register_layout(Layout("crate_alpha_clipa_official", "visual.transformer.resblocks.0.mlp.c_fc",
+                       _from_crate_alpha_clipa))
+register_layout(Layout("crate_official", "to_patch_embedding.2.weight", _from_crate))
+register_layout(Layout("crate_alpha_official", "conv1.weight", _from_crate_alpha, _crate_alpha_head_eps))
+register_layout(Layout("hf_vit", "embeddings.patch_embeddings.projection.weight", _from_hf_vit, _hf_layer_norm_eps))
+register_layout(Layout("gpt2_hf", None, partial(_from_gpt2, transpose=True), detect=_is_gpt2_hf))
+register_layout(Layout("nanogpt", None, partial(_from_gpt2, transpose=False), detect=_is_nanogpt_variant))

@@ -2,11 +2,11 @@
 (ImageNet, ImageNet-21K, Flowers-102, Oxford-IIIT Pets, any folder of class folders) and WebDataset shards;
 semantic segmentation (ADE20K folders and shards, `load_segmentation_dataset`); checksum-verified, atomic,
 resumable downloads of the official files. See docs/data.md."""
-from ._archive import UnsafeArchiveError, extract_archive
+from .._archive import UnsafeArchiveError, extract_archive
+from .._files import Checksum, DatasetNotFoundError, search_places
 from ._cifar import UnsafePickleError
-from ._locate import (DatasetFormatError, DatasetNotFoundError, MissingFileError, dataset_info, ensure_downloaded,
-                      search_places)
-from ._sources import DATASETS, Checksum, DatasetInfo, RemoteFile
+from ._locate import DatasetFormatError, MissingFileError, dataset_info, ensure_downloaded
+from ._sources import DATASETS, DatasetInfo, RemoteFile
 from .datasets import ImageFolderDataset, TensorImageDataset, find_data_root, load_dataset
 from .decode import DecodeCrop, ImageDecodeError, decode_image
 from .encoded import DecodeFailure, EncodedImageDataset, check_images

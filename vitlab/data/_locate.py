@@ -1,11 +1,12 @@
 """Finding a dataset on disk, verifying its files, and downloading what is missing.
 
-Search order for a dataset's folder (`DatasetInfo.folders`, e.g. `cifar-10-batches-py`):
-`data_dir` (the folder itself may also be the dataset's folder), `$VITLAB_DATA`, `./data`, `../shared/data` (both
-relative to the current directory and to the repository root), `/usr/share/datasets` (Debian's
-`dataset-fashion-mnist` installs `/usr/share/datasets/fashion-mnist/`). An explicit `data_dir` is never silently
-replaced: when it lacks the dataset, `DataDirMismatchError` says what was expected there and where the dataset was
-found instead (pass that), or `DatasetNotFoundError` lists every place when it is nowhere.
+A dataset's folder (`DatasetInfo.folders`, e.g. `cifar-10-batches-py`) is looked for in the places of
+`vitlab._files.search_places`: `data_dir` (the folder itself may also be the dataset's folder), `$VITLAB_DATA`,
+`./data`, `../shared/data` (both relative to the current directory and to the repository root),
+`/usr/share/datasets` (Debian's `dataset-fashion-mnist` installs `/usr/share/datasets/fashion-mnist/`). An explicit
+`data_dir` is never silently replaced: when it lacks the dataset, `DataDirMismatchError` says what was expected
+there and where the dataset was found instead (pass that), or `DatasetNotFoundError` lists every place when it is
+nowhere.
 
 Files with a registered checksum are verified on every load (hashed once per process for a given path, size and
 mtime); `dataset_files` gives (path, verified digest) of the files a split used, for the run log."""
@@ -14,18 +15,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .._download import ChecksumError, download, file_digests
-from ._archive import extract_archive
-from ._sources import DATASETS, Checksum, DatasetInfo
+from .._archive import extract_archive
+from .._download import download
+from .._files import DatasetNotFoundError, download_dir, not_in_data_dir, search_places, verify_file
+from ._sources import CLASS_CAPTIONED_DATASETS, DATASETS, IMAGE_TEXT_PREFIX, SEGMENTATION_DATASETS, DatasetInfo
 
-__all__ = ["UnknownDatasetError", "all_dataset_names", "DatasetNotFoundError", "MissingFileError", "DatasetFormatError", "find_data_root", "locate_file",
-           "verify_file", "ensure_downloaded", "dataset_info", "resolve_split", "search_places", "download_dir",
-           "DataDirMismatchError", "not_in_data_dir", "dataset_files"]
-
-_REPO_ROOT = Path(__file__).resolve().parents[2]
-_SYSTEM_DATA = Path("/usr/share/datasets")  # Debian's dataset-* packages
-_VERIFIED: set[tuple[str, int, int]] = set()  # (path, size, mtime_ns) of files whose checksum matched
-_DIGESTS: dict[tuple[str, int, int], str] = {}  # the same key -> "md5 <hex>" / "sha256 <hex>" that matched
+__all__ = ["UnknownDatasetError", "all_dataset_names", "MissingFileError", "DatasetFormatError", "find_data_root",
+           "locate_file", "ensure_downloaded", "dataset_info", "resolve_split", "dataset_files"]
 
 
 class UnknownDatasetError(KeyError):
@@ -38,9 +34,7 @@ class UnknownDatasetError(KeyError):
 def all_dataset_names() -> list[str]:
     """Every dataset name `vitlab train dataset=...` takes, by kind: image classification, language modelling,
     semantic segmentation, image-text (CLIP); `textfile:PATH` and `image_text:ROOT` are patterns."""
-    from ..text._registry import TEXT_DATASETS
-    from .image_text import CLASS_CAPTIONED_DATASETS, IMAGE_TEXT_PREFIX
-    from .segmentation import SEGMENTATION_DATASETS
+    from ..text import TEXT_DATASETS
 
     text = [n for n in TEXT_DATASETS if n != "textfile"] + ["textfile:PATH"]
     return [*sorted(DATASETS), *text, *SEGMENTATION_DATASETS, *CLASS_CAPTIONED_DATASETS, f"{IMAGE_TEXT_PREFIX}ROOT"]
@@ -56,23 +50,6 @@ def _unknown_dataset(name: str) -> UnknownDatasetError:
     close = difflib.get_close_matches(name, names, n=3)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
     return UnknownDatasetError(f"unknown dataset {name!r}.{hint} Known: {', '.join(names)}")
-
-
-class DatasetNotFoundError(FileNotFoundError):
-    """No folder holding the dataset was found; the message lists every place looked in and how to get it."""
-
-
-class DataDirMismatchError(DatasetNotFoundError):
-    """An explicit data_dir lacks the dataset, which was found elsewhere: the message names both (pass the other)."""
-
-
-def not_in_data_dir(name: str, data_dir, wanted: str, found: list[Path]) -> DataDirMismatchError:
-    """The error for an explicit `data_dir` without dataset `name` that was found at `found`."""
-    where = "\n".join(f"  {path}" for path in found)
-    return DataDirMismatchError(f"{name}: not in data_dir {data_dir}: expected {wanted} there (or data_dir to be "
-                                f"that folder itself). The dataset was found at:\n{where}\nPass data_dir={found[0]} "
-                                "to use it (an explicit data_dir is never replaced by another place silently), or "
-                                "leave data_dir unset to search every place.")
 
 
 class MissingFileError(FileNotFoundError):
@@ -100,26 +77,6 @@ def resolve_split(info: DatasetInfo, split: str) -> str:
     if split not in info.splits:
         raise ValueError(f"{info.name} has no split {split!r}; valid: {', '.join(info.splits)}")
     return split
-
-
-def search_places(data_dir: str | os.PathLike | None = None) -> list[tuple[Path | None, str]]:
-    """(folder, why) in search order; folder None where an environment variable is unset."""
-    cwd = Path.cwd()
-    env = os.environ.get("VITLAB_DATA")
-    places: list[tuple[Path | None, str]] = [(Path(data_dir).expanduser(), "data_dir")] if data_dir else []
-    places += [(Path(env).expanduser() if env else None, "$VITLAB_DATA" + ("" if env else " (not set)")),
-               (cwd / "data", "./data"), (cwd.parent / "shared" / "data", "../shared/data"),
-               (_REPO_ROOT / "data", "<repository>/data"),
-               (_REPO_ROOT.parent / "shared" / "data", "<repository>/../shared/data"),
-               (_SYSTEM_DATA, "Debian's dataset packages")]
-    seen: set[Path] = set()
-    unique = []
-    for folder, why in places:
-        key = folder.resolve() if folder is not None else None
-        if key is None or key not in seen:
-            unique.append((folder, why))
-            seen.add(key)
-    return unique
 
 
 def _looks_like(folder: Path, info: DatasetInfo) -> bool:
@@ -166,37 +123,6 @@ def _not_found_message(info: DatasetInfo, places: list[tuple[Path | None, str]],
     if info.how_to_get:
         lines.append(info.how_to_get)
     return "\n".join(lines)
-
-
-def download_dir(data_dir: str | os.PathLike | None = None) -> Path:
-    """Where downloads go: `data_dir`, else `$VITLAB_DATA`, else `./data`."""
-    if data_dir is not None:
-        return Path(data_dir).expanduser()
-    if os.environ.get("VITLAB_DATA"):
-        return Path(os.environ["VITLAB_DATA"]).expanduser()
-    return Path.cwd() / "data"
-
-
-def verify_file(path: Path, checksum: Checksum | None) -> str | None:
-    """Raises `ChecksumError` naming `path`, its digest and the expected one(s) unless one accepted digest matches.
-    A file verified once (same size and modification time) is not hashed again in this process. Returns the digest
-    that matched ("md5 <hex>" or "sha256 <hex>"), None where no checksum is registered."""
-    if checksum is None or not (checksum.md5 or checksum.sha256):
-        return None
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    if key in _VERIFIED and key in _DIGESTS:
-        return _DIGESTS[key]
-    algorithms = tuple(name for name, values in (("md5", checksum.md5), ("sha256", checksum.sha256)) if values)
-    actual = file_digests(path, algorithms)
-    for name, accepted in (("sha256", checksum.sha256), ("md5", checksum.md5)):
-        if actual.get(name) in accepted:
-            _VERIFIED.add(key)
-            _DIGESTS[key] = f"{name} {actual[name]}"
-            return _DIGESTS[key]
-    got = ", ".join(f"{name} {value}" for name, value in actual.items())
-    raise ChecksumError(f"{path}: corrupt or not the official file: {got}; expected {checksum.describe()}. "
-                        "Delete it and fetch it again (download=True).")
 
 
 def locate_file(root: Path, relative: str, info: DatasetInfo) -> Path:

@@ -8,24 +8,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["Checksum", "RemoteFile", "DatasetInfo", "DATASETS", "IMAGENET_MEAN", "IMAGENET_STD"]
+from .._files import Checksum
+
+__all__ = ["RemoteFile", "DatasetInfo", "DATASETS", "IMAGENET_MEAN", "IMAGENET_STD", "SEGMENTATION_DATASETS",
+           "IMAGE_TEXT_PREFIX", "CLASS_CAPTIONED_DATASETS"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass(frozen=True)
-class Checksum:
-    """The digests a file may have. Several are accepted where the same content ships in several packagings
-    (Fashion-MNIST: upstream gzip files and Debian's re-gzipped ones)."""
-    md5: tuple[str, ...] = ()
-    sha256: tuple[str, ...] = ()
-    source: str = ""
-
-    def describe(self) -> str:
-        """"md5 <a> or sha256 <b> (source)" — the wording used in every error message."""
-        parts = [f"md5 {value}" for value in self.md5] + [f"sha256 {value}" for value in self.sha256]
-        return " or ".join(parts) + (f" ({self.source})" if self.source else "")
+# The names of the other dataset kinds, listed here so that an unknown name's error can list every kind
+# (vitlab/data/_locate.py) without importing their readers.
+SEGMENTATION_DATASETS = ("ade20k", "ade20k_shards", "fashion_mnist_scenes")
+IMAGE_TEXT_PREFIX = "image_text:"
+# Class-captioned CLIP datasets: name → the labelled image dataset whose class names caption it (on the device,
+# with prompt templates; vitlab/train/clip.py).
+CLASS_CAPTIONED_DATASETS = {"fashion_mnist_captions": "fashion_mnist"}
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ._locate import DatasetFormatError, MissingFileError
-from ._sources import IMAGENET_MEAN, IMAGENET_STD
+from ._sources import CLASS_CAPTIONED_DATASETS, IMAGE_TEXT_PREFIX, IMAGENET_MEAN, IMAGENET_STD
 from .decode import DecodeCrop
 from .encoded import EncodedImageDataset
 from .shard_set import check_complete, staged_shard_set
@@ -37,11 +37,7 @@ __all__ = ["CsvImageTextDataset", "read_caption_table", "CaptionShardDataset", "
            "load_image_text_dataset", "is_image_text_dataset", "IMAGE_TEXT_PREFIX", "CAPTION_EXTENSION"]
 
 Tokenizer = Callable[[list[str]], torch.Tensor]  # list of N captions -> (N, L) token ids
-IMAGE_TEXT_PREFIX = "image_text:"
 CAPTION_EXTENSION = "txt"
-# Class-captioned CLIP datasets: name → the labelled image dataset whose class names caption it (on the device,
-# with prompt templates; vitlab/train/clip.py).
-CLASS_CAPTIONED_DATASETS = {"fashion_mnist_captions": "fashion_mnist"}
 
 
 def _utf8_error_position(path: Path) -> str:

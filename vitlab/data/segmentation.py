@@ -25,11 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ._locate import DatasetFormatError, DatasetNotFoundError, MissingFileError, search_places
+from .._files import DatasetNotFoundError, search_places
+from ._locate import DatasetFormatError, MissingFileError
 from ._seg_shards import SegmentationShardDataset, index_segmentation_shard, write_segmentation_shards
 from ._seg_source import SegmentationDataset, decode_mask, decode_rgb, reduce_zero_label
 from ._seg_transform import SegCrop
-from ._sources import IMAGENET_MEAN, IMAGENET_STD
+from ._sources import IMAGENET_MEAN, IMAGENET_STD, SEGMENTATION_DATASETS
 from .shards import INDEX_FILE
 
 __all__ = ["ADE20KDataset", "SegCrop", "SegmentationDataset", "SegmentationShardDataset", "ADE20K_CLASSES",
@@ -38,7 +39,6 @@ __all__ = ["ADE20KDataset", "SegCrop", "SegmentationDataset", "SegmentationShard
            "decode_rgb", "decode_mask", "reduce_zero_label"]
 
 ADE20K_FOLDER = "ADEChallengeData2016"
-SEGMENTATION_DATASETS = ("ade20k", "ade20k_shards", "fashion_mnist_scenes")
 _SPLITS = {"training": "training", "train": "training", "validation": "validation", "val": "validation"}
 _PREFIXES = {"training": "ADE_train_", "validation": "ADE_val_"}
 

@@ -48,8 +48,7 @@ def _build_and_load(name: str, kwargs: dict[str, Any], weights: Path) -> nn.Modu
     """create_model(name, **kwargs) with the shapes the weights imply (vitlab/timm layout) filled in, then a strict
     `load_checkpoint` (layout auto: vitlab, timm ViT, official CRATE / CRATE-α)."""
     from ..convert import detect_layout, load_checkpoint, read_weights, unwrap_state_dict
-    from ..models import create_model, resolve_model_name
-    from ..models._hub import shape_kwargs
+    from ..models import create_model, resolve_model_name, shape_kwargs
 
     _refuse_language_model(resolve_model_name(name), weights)  # an unknown name fails before the file is read
     state_dict = unwrap_state_dict(read_weights(weights), str(weights))
@@ -66,8 +65,7 @@ def load_model(checkpoint: str | os.PathLike, model: str | None = None,
     reads (our safetensors / .pth, a timm ViT state dict, official CRATE / CRATE-α). The architecture as built,
     e.g. `vit_tiny_patch4_32(patch_size=7, embed_dim=96)`, is `model.pretrained_cfg['label']` (for titles). A
     segmentation run gives its backbone."""
-    from ..models import create_model, resolve_model_name
-    from ..models._hub import resolve_source
+    from ..models import create_model, resolve_model_name, resolve_source
     from ..models.segmentation import SegmentationModel
 
     path = Path(checkpoint)

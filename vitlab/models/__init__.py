@@ -3,11 +3,12 @@ one language-model skeleton; all registered with timm semantics."""
 from ._base import ImageTransformer
 from ._contract import TransformerBlocks, get_blocks
 from ._features import FeatureGetterNet, FeatureInfo
-from ._hub import describe_architecture, from_pretrained, load, model_spec, push_to_hub, read_spec, save_pretrained
+from ._hub import (METADATA_KEY, WeightSource, describe_architecture, from_pretrained, load, model_spec, push_to_hub,
+                   read_spec, resolve_source, save_pretrained, shape_kwargs)
 from ._layers import resample_position_embedding
 from ._lm_base import CausalLM
 from ._registry import (check_model_size, create_model, get_pretrained_cfg, has_pretrained_weights, is_model,
-                        list_models, register_model, resolve_model_name)
+                        list_models, register_init, register_model, resolve_model_name, short_alias)
 from .crate import CRATE, CrateBlock
 from .crate_alpha import CRATEAlpha
 from .crate_lm import CRATEAlphaLM, CRATELM
@@ -21,4 +22,5 @@ __all__ = ["TransformerBlocks", "get_blocks", "ImageTransformer", "VisionTransfo
            "is_model", "resolve_model_name", "get_pretrained_cfg", "has_pretrained_weights",
            "resample_position_embedding", "SegmentationModel", "create_segmentation_model", "CLIP", "TextTransformer",
            "create_clip_model", "FeatureGetterNet", "FeatureInfo", "load", "save_pretrained", "from_pretrained",
-           "push_to_hub", "describe_architecture", "model_spec", "read_spec", "check_model_size"]
+           "push_to_hub", "describe_architecture", "model_spec", "read_spec", "check_model_size", "short_alias",
+           "register_init", "METADATA_KEY", "resolve_source", "WeightSource", "shape_kwargs"]

@@ -34,6 +34,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .weights import read_weights, resolve_weights_path, unwrap_state_dict
+
 __all__ = ["METADATA_KEY", "HubMixin", "model_spec", "describe_architecture", "read_spec", "resolve_source",
            "merge_kwargs", "save_pretrained", "from_pretrained", "push_to_hub", "load", "WeightSource"]
 
@@ -203,8 +205,6 @@ def resolve_source(path: str | os.PathLike) -> WeightSource:
     `model.safetensors` (a run's best/ or last/, or a `save_pretrained` directory), or a run directory (its best/,
     else last/). The description comes from the file's metadata, else a `save_pretrained` config.json beside it,
     else (runs written before self-describing weights) the run's config.json."""
-    from ..convert.checkpoint import resolve_weights_path
-
     weights = resolve_weights_path(path)
     spec = _spec_from_metadata(weights)
     hub_config = _read_json(weights.parent / CONFIG_NAME, strict=True) if spec is None else None
@@ -256,7 +256,6 @@ def spec_from_run_config(run_dir: Path, weights: Path) -> dict[str, Any] | None:
     """The description of an older run's weights: the run's config.json (model, model_kwargs, head, head_kwargs)
     with the sizes its data set (classes, channels, image size, vocabulary, context) read from segmentation.json or
     the weights' shapes. None when the config names no registered model."""
-    from ..convert import read_weights, unwrap_state_dict
     from ._registry import get_pretrained_cfg, is_model, resolve_model_name
 
     config = (_read_json(run_dir / "config.json") or {}).get("config") or {}
@@ -328,7 +327,7 @@ def save_pretrained(model: nn.Module, save_directory: str | os.PathLike) -> Path
     read. Returns the directory."""
     from safetensors.torch import save_file
 
-    from .. import __version__
+    from .._version import __version__
 
     spec = model_spec(model)
     directory = Path(save_directory)

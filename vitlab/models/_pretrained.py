@@ -1,5 +1,5 @@
 """`create_model(..., pretrained=True)`: fetch the file named by the model's pretrained_cfg into the cache, verify
-it, and load it through the converters.
+it, and load it (`vitlab.models.weights.load_checkpoint`, official layouts through vitlab.convert's key maps).
 
 Verification: a cfg's `sha256` (the published file's digest) is checked after download and on every load from the
 cache; a mismatch deletes the file and raises `ChecksumError` naming the URL, the expected and the actual digest.
@@ -15,7 +15,7 @@ from pathlib import Path
 from torch import nn
 
 from .._download import ChecksumError, cache_dir, download, sha256sum
-from ..convert import load_checkpoint
+from .weights import load_checkpoint
 
 __all__ = ["load_pretrained", "fetch_weights"]
 

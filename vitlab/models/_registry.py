@@ -18,11 +18,12 @@ from torch import nn
 from ._constants import IMAGENET_MEAN, IMAGENET_STD, MAX_PARAMETERS
 
 __all__ = ["register_model", "list_models", "is_model", "create_model", "resolve_model_name", "get_pretrained_cfg",
-           "has_pretrained_weights", "check_model_size"]
+           "has_pretrained_weights", "check_model_size", "short_alias", "register_init"]
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 _CFGS: dict[str, dict[str, Any]] = {}
 _ALIASES: dict[str, str] = {}
+_INITS: dict[str, Callable[..., Any]] = {}  # create_model(init=NAME): filled by vitlab.init ('mimetic')
 _SIZE_LETTERS = {"tiny": "t", "small": "s", "base": "b", "large": "l", "huge": "h"}
 
 
@@ -34,6 +35,12 @@ def short_alias(name: str) -> str | None:
     family, size, patch, img = match.groups()
     suffix = "" if img == "224" else f"_{img}"
     return f"{family}_{_SIZE_LETTERS[size]}{patch}{suffix}"
+
+
+def register_init(name: str, fn: Callable[..., Any]) -> None:
+    """Makes `create_model(..., init=name, init_kwargs=...)` call `fn(model, **init_kwargs)` on the built model.
+    vitlab.init registers 'mimetic' when it is imported (`vitlab.create_model` imports it)."""
+    _INITS[name] = fn
 
 
 def register_model(fn: Callable[..., nn.Module] | None = None, *, name: str | None = None,
@@ -140,7 +147,8 @@ def create_model(name: str | None = None, pretrained: bool = False, *,
             directory. When the file describes its model (vitlab runs and `save_pretrained`; older runs through
             their config.json), `name` may be omitted and the stored constructor kwargs fill in those not passed;
             a segmentation run gives its `SegmentationModel` (backbone + head).
-        init: None for the family's default initialisation, or 'mimetic' (Trockman & Kolter 2023).
+        init: None for the family's default initialisation, or 'mimetic' (Trockman & Kolter 2023; any name given to
+            `register_init`).
         init_kwargs: keyword arguments for the chosen init, e.g. `dict(alpha_qk=0.7, beta_qk=0.7, seed=0)`.
         features_only: return a feature extractor (`FeatureGetterNet`, image models only) whose forward gives the
             (B, d, H/P, W/P) maps of the blocks `out_indices` selects (an int n: the last n, timm's ViT default 3;
@@ -178,12 +186,11 @@ def create_model(name: str | None = None, pretrained: bool = False, *,
     from ._hub import describe_architecture
 
     model.pretrained_cfg["label"] = describe_architecture(canonical, kwargs)  # the model as built, for titles
-    if init == "mimetic":
-        from ..init import mimetic_init_
-
-        mimetic_init_(model, **(init_kwargs or {}))
+    if isinstance(init, str) and init in _INITS:
+        _INITS[init](model, **(init_kwargs or {}))
     elif init is not None:
-        raise ValueError(f"unknown init {init!r}; expected None or 'mimetic'")
+        hint = "" if _INITS else " (the inits register when vitlab.init is imported)"
+        raise ValueError(f"unknown init {init!r}; expected {' or '.join(['None', *map(repr, _INITS)])}{hint}")
     elif init_kwargs:
         raise ValueError("init_kwargs given without init")
     if segmentation is not None:

@@ -14,6 +14,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from .._files import search_places
+
 __all__ = ["GPT2_FILES", "GPT2FilesNotFoundError", "find_gpt2_files", "gpt2_encoding", "tiktoken_cache_dir"]
 
 _BASE = "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/"
@@ -76,8 +78,6 @@ def find_gpt2_files(gpt2_files: str | os.PathLike | None = None,
                 return pair
             raise GPT2FilesNotFoundError(f"{why}={str(value)!r}: {folder} does not hold both vocab.bpe and "
                                          f"encoder.json.\n{_how_to_get()}")
-    from ..data._locate import search_places
-
     looked, notes = ["  gpt2_files argument (not given)", "  $VITLAB_GPT2_BPE (not set)"], []
     for folder, why in search_places(data_dir):
         if folder is not None:

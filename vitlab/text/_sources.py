@@ -1,7 +1,7 @@
 """Finding a text dataset's files and reading its splits as a stream of text pieces (never the whole corpus in
 memory).
 
-Data roots are searched as for image datasets (vitlab.data._locate.search_places): `data_dir` (which may also be the
+Data roots are searched as for image datasets (vitlab._files.search_places): `data_dir` (which may also be the
 dataset's folder itself), `$VITLAB_DATA`, `./data`, `../shared/data`, `<repository>/data`,
 `<repository>/../shared/data`. Text is read as UTF-8, byte for byte (no newline translation), except OpenWebText
 documents, which are normalised as the Hugging Face loader nanoGPT used does (universal newlines, runs of 3+ newlines
@@ -28,6 +28,10 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from .._archive import UnsafeArchiveError, check_member_name
+from .._download import download as fetch
+from .._files import (Checksum, DataDirMismatchError, DatasetNotFoundError, download_dir, not_in_data_dir,
+                      search_places, verify_file)
 from ._registry import TextDatasetInfo, text_dataset_info
 
 __all__ = ["TextSource", "resolve_source", "verify_source", "NotUTF8Error", "MissingSplitError", "rechunk",
@@ -115,9 +119,7 @@ def _normalise_document(text: str) -> str:
 
 
 def _check_member(archive: str, member: tarfile.TarInfo) -> None:
-    from ..data._archive import UnsafeArchiveError, _check_member_name
-
-    _check_member_name(Path(archive), member.name)
+    check_member_name(Path(archive), member.name)
     if not (member.isfile() or member.isdir()):
         raise UnsafeArchiveError(f"{archive}: member {member.name!r} is a link or special file; refusing to read it")
 
@@ -260,10 +262,6 @@ def _looks_like(folder: Path, info: TextDatasetInfo) -> bool:
 
 
 def _find_root(info: TextDatasetInfo, data_dir) -> tuple[Path | None, list[str]]:
-    from ..data._locate import search_places
-
-    from ..data._locate import not_in_data_dir
-
     looked, found = [], []
     for folder, why in search_places(data_dir):
         if folder is None:
@@ -292,9 +290,6 @@ def verify_source(source: "TextSource") -> list[tuple[str, str]]:
     """(path, sha256) of the source's files: a file with a registered digest (`TextDatasetInfo.checksums`) is checked
     against it on every load (hashed once per process for a given path, size and mtime) and a mismatch raises
     `ChecksumError` naming the file, the expected and the actual digest; the others are listed as not verified."""
-    from ..data._locate import verify_file
-    from ..data._sources import Checksum
-
     files = []
     for path in source.source_files():
         expected = source.info.checksums.get(path.name)
@@ -305,8 +300,6 @@ def verify_source(source: "TextSource") -> list[tuple[str, str]]:
 
 
 def _not_found(info: TextDatasetInfo, looked: list[str], data_dir) -> FileNotFoundError:
-    from ..data._locate import DatasetNotFoundError, download_dir
-
     names = " or ".join(repr(f) for f in info.folders)
     wanted = "holding " + _wanted(info)
     lines = [f"{info.name}: dataset not found. Looked for a folder named {names} ({wanted}) in:", *looked]
@@ -327,8 +320,6 @@ def resolve_source(dataset: str, data_dir: str | os.PathLike | None = None, down
             raise FileNotFoundError(f"{dataset}: {path} is not a file")
         digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
         return TextSource(info, dataset, f"textfile-{_sanitise(path.stem)}-{digest}", path.parent, {"all": path})
-    from ..data._locate import DataDirMismatchError
-
     try:
         root, looked = _find_root(info, data_dir)
     except DataDirMismatchError:
@@ -338,9 +329,6 @@ def resolve_source(dataset: str, data_dir: str | os.PathLike | None = None, down
     if root is None:
         if not (download and info.url):
             raise _not_found(info, looked, data_dir)
-        from .._download import download as fetch
-        from ..data._locate import download_dir
-
         dest = download_dir(data_dir) / info.folders[0] / info.files["all"][0]
         root = fetch(url or info.url, dest, sha256=info.sha256, progress=progress).parent
     source = TextSource(info, dataset, dataset, root)

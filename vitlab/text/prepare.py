@@ -36,6 +36,7 @@ import numpy as np
 
 from .._download import cache_dir as vitlab_cache_dir
 from .._download import file_digests
+from .._version import __version__
 from ._gpt2 import find_gpt2_files
 from ._io import atomic_open, atomic_write_json, file_lock
 from ._sources import MissingSplitError, TextSource, _sanitise, resolve_source, verify_source
@@ -242,7 +243,7 @@ def _prepare(root: Path, source: TextSource, spec: str, gpt2_pair, tracked: list
             "missing_splits": {s: paths for s, paths in source.missing.items() if s in source.info.splits},
             "split_rule": source.info.split_rule,
             "source": {"layout": source.layout, "root": str(source.root.resolve()), "files": fingerprint[:n_text]},
-            "tokenizer_source": fingerprint[n_text:], "vitlab_version": _vitlab_version(),
+            "tokenizer_source": fingerprint[n_text:], "vitlab_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     if source.layout == "documents":
         n_docs, val = source.document_split()
@@ -391,8 +392,3 @@ def _verify_shards(prepared: PreparedText) -> None:
 def _show(progress: bool | None) -> bool:
     return sys.stderr.isatty() if progress is None else progress
 
-
-def _vitlab_version() -> str | None:
-    import vitlab
-
-    return getattr(vitlab, "__version__", None)

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .. import __version__
+from .._version import __version__
 from .checkpoint import strict_json, write_text_atomic
 from .config import TrainConfig, config_to_dict
 

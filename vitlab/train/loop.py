@@ -32,7 +32,7 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
 from .._profile import count_flops
-from ..models._hub import METADATA_KEY, model_spec
+from ..models import METADATA_KEY, model_spec
 from .build import autocast_for, build_model, describe_model, describe_precision, peak_flops, tied_names
 from .checkpoint import (RunDirBusy, RunDirLock, find_checkpoint, load_training_state, move_run_aside,
                          remove_stale_temporaries, save_checkpoint, write_text_atomic)

@@ -10,7 +10,7 @@ from typing import Mapping
 import torch
 import torch.nn.functional as F
 
-from ..models import resample_position_embedding
+from ._layers import resample_position_embedding
 
 __all__ = ["adapt_input_conv", "resize_patch_kernel", "resize_position_grid", "adapt_state_dict"]
 

@@ -1,24 +1,67 @@
-"""Reading weight files safely and loading them, in our layout or an official one, with strict checks.
+"""Reading weight files safely and loading them, in our layout or an official one, with strict checks: the one
+place weight files are read, used by `create_model(pretrained=True / checkpoint_path=...)`, by vitlab.convert and
+by everything above.
 
 Files users hand us are untrusted: safetensors files are read as tensors only, and pickled `.pth` files go through
 `torch.load(weights_only=True)`, which refuses anything but tensors and plain containers (no code runs).
+
+Official layouts (CRATE, CRATE-α, CRATE-α-CLIPA, Hugging Face ViT, GPT-2) are key maps that vitlab.convert
+registers here when it is imported (`register_layout`); `vitlab.create_model` imports it, so pretrained official
+weights load through it.
 """
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 import torch
 from torch import nn
 
 from .adapt import adapt_state_dict
-from .official import LAYOUTS, detect_layout
 
-__all__ = ["CheckpointMismatchError", "resolve_weights_path", "read_weights", "unwrap_state_dict", "convert_state_dict", "load_checkpoint"]
+__all__ = ["CheckpointMismatchError", "resolve_weights_path", "read_weights", "unwrap_state_dict", "convert_state_dict",
+           "load_checkpoint", "Layout", "LAYOUTS", "register_layout", "detect_layout"]
 
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module")
 _PREFIXES = ("module.", "_orig_mod.")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A foreign key layout: `convert(state_dict, model)` renames its keys to ours, `after_load(model)` runs after a
+    successful load (e.g. a LayerNorm eps the weights were trained with)."""
+    name: str
+    marker: str | None  # a key only this layout has (None: recognised by `detect`)
+    convert: Callable[[Mapping[str, torch.Tensor], nn.Module], dict[str, torch.Tensor]]
+    after_load: Callable[[nn.Module], None] = lambda model: None
+    detect: Callable[[Mapping[str, torch.Tensor]], bool] | None = None  # for layouts told apart by shapes
+
+
+LAYOUTS: dict[str, Layout] = {}  # filled by vitlab.convert (register_layout), in detection order
+
+
+def register_layout(layout: Layout) -> Layout:
+    """Adds `layout` to LAYOUTS: `load_checkpoint(layout=name)` uses it and `detect_layout` recognises it."""
+    if layout.name in LAYOUTS or layout.name in ("auto", "vitlab"):
+        raise ValueError(f"checkpoint layout {layout.name!r} is registered twice")
+    LAYOUTS[layout.name] = layout
+    return layout
+
+
+def detect_layout(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """'crate_alpha_clipa_official' (key `visual.transformer.resblocks.0.mlp.c_fc`), 'crate_official',
+    'crate_alpha_official', 'hf_vit', 'gpt2_hf' (Conv1D c_attn (d, 3d)), 'nanogpt' (GPT-2 keys in nn.Linear layout
+    without the `transformer.` prefix or with mask buffers), or 'vitlab' (our keys, also timm's for the ViT and
+    nanoGPT's for GPT): the first registered layout that recognises the keys."""
+    for layout in LAYOUTS.values():
+        if layout.detect is not None:
+            if layout.detect(state_dict):
+                return layout.name
+        elif layout.marker in state_dict or "vit." + layout.marker in state_dict:
+            return layout.name
+    return "vitlab"
 
 
 class CheckpointMismatchError(ValueError):
@@ -111,7 +154,7 @@ def unwrap_state_dict(obj: Mapping, source: str = "checkpoint") -> dict[str, tor
 def convert_state_dict(state_dict: Mapping[str, torch.Tensor], model: nn.Module,
                        layout: str = "auto") -> tuple[dict[str, torch.Tensor], str]:
     """Returns (state dict in this library's keys, layout name). `layout`: 'auto', 'vitlab' (also timm's ViT), or
-    one of the official layouts in `vitlab.convert.official.LAYOUTS`."""
+    one of the official layouts in `LAYOUTS` (registered by vitlab.convert)."""
     if layout == "auto":
         layout = detect_layout(state_dict)
     if layout == "vitlab":

@@ -4,7 +4,7 @@ Archives are untrusted input: every member is checked before anything is written
 '..' components, links or device files are refused, as are members whose path under the destination passes through a
 symlink already there (e.g. `dest/sub -> /elsewhere` and a member `sub/file`): extraction never writes through a link. Extraction goes into a temporary folder inside the destination,
 and each top-level entry is then renamed into place, so a failed or interrupted extraction leaves no half-written
-folder behind."""
+folder behind. Shared by vitlab.data (extracting downloads) and vitlab.text (reading tar members in memory)."""
 from __future__ import annotations
 
 import os
@@ -14,14 +14,15 @@ import tempfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
-__all__ = ["UnsafeArchiveError", "extract_archive"]
+__all__ = ["UnsafeArchiveError", "check_member_name", "extract_archive"]
 
 
 class UnsafeArchiveError(ValueError):
     """An archive member would be written outside the destination, or is a link or special file."""
 
 
-def _check_member_name(archive: Path, name: str) -> None:
+def check_member_name(archive: Path, name: str) -> None:
+    """Refuses an archive member named with an absolute path or a '..' component (raises `UnsafeArchiveError`)."""
     path = PurePosixPath(name.replace("\\", "/"))
     if path.is_absolute() or name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
         raise UnsafeArchiveError(f"{archive}: member {name!r} has an absolute path; refusing to extract")
@@ -44,7 +45,7 @@ def _extract_tar(archive: Path, into: Path, dest: Path) -> None:
     with tarfile.open(archive) as tar:
         members = tar.getmembers()
         for member in members:
-            _check_member_name(archive, member.name)
+            check_member_name(archive, member.name)
             _check_no_symlink(archive, dest, member.name)
             if not (member.isfile() or member.isdir()):
                 raise UnsafeArchiveError(f"{archive}: member {member.name!r} is a link or special file; refusing to "
@@ -56,7 +57,7 @@ def _extract_tar(archive: Path, into: Path, dest: Path) -> None:
 def _extract_zip(archive: Path, into: Path, dest: Path) -> None:
     with zipfile.ZipFile(archive) as zf:
         for info in zf.infolist():
-            _check_member_name(archive, info.filename)
+            check_member_name(archive, info.filename)
             _check_no_symlink(archive, dest, info.filename)
             if (info.external_attr >> 16) & 0o170000 == 0o120000:  # a symlink stored by a Unix zip
                 raise UnsafeArchiveError(f"{archive}: member {info.filename!r} is a symlink; refusing to extract")
