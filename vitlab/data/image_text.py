@@ -153,7 +153,7 @@ IMAGE_TEXT = ShardKind(
      Column("captions", (CAPTION_EXTENSION,), keep=VALUE, read=_caption)),
     cut_hint="; on_error='skip' keeps its complete samples", missing_hint="on_error='skip' reads the others",
     no_samples="{name}: no image–caption pairs in the shards {urls}", shards_noun="caption shards",
-    missing_member=_unpaired)
+    other_keys_are_samples=False, missing_member=_unpaired)
 
 
 def index_caption_shard(path: str | os.PathLike, on_error: str = "raise") -> ShardIndex:

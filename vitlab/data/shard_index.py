@@ -8,8 +8,9 @@ by offset: images, masks), its value (read while indexing: labels, captions) or 
 `index_tar(path, kind)`, reads the tar headers once (`scan_tar_members`, no image data) into a `ShardIndex`, by one
 rule for every kind:
 
-- a sample is a key with at least one member of a column (other members, `<key>.json` say, are ignored); its
-  samples are in the order of their keys' first members; the first member of a column wins;
+- the samples are the keys in the order of their first members (only the keys with a member of a column when the
+  kind says `other_keys_are_samples=False`: image–caption shards, whose other members, `<key>.json` say, are
+  ignored); the first member of a column wins;
 - a sample without a member of every column, or whose value cannot be read, is an error naming the shard and key
   (`on_error='raise'`) or is left out with a warning ('skip');
 - a truncated tar is an error ('raise': the message ends with the kind's `cut_hint`), or ('skip') its samples
@@ -37,8 +38,9 @@ from webdataset.tariterators import base_plus_ext
 from ._locate import DatasetFormatError, MissingFileError
 from ._subset import Subset, leading
 
-__all__ = ["ShardKind", "Column", "PLACE", "VALUE", "NAME", "ShardIndex", "TarMember", "ShardFiles", "ShardedDataset", "scan_tar_members",
-           "index_tar", "save_offsets", "load_offsets", "image_extension", "SHARD_IMAGE_EXTENSIONS", "OFFSETS_FILE"]
+__all__ = ["ShardKind", "Column", "PLACE", "VALUE", "NAME", "ShardIndex", "TarMember", "ShardFiles", "ShardedDataset",
+           "scan_tar_members", "index_tar", "save_offsets", "load_offsets", "image_extension", "SHARD_IMAGE_EXTENSIONS",
+           "OFFSETS_FILE"]
 
 SHARD_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 OFFSETS_FILE = "index.npz"
@@ -125,15 +127,18 @@ def _no_column(kind: "ShardKind", path: str, key: str, found: dict[str, TarMembe
 
 @dataclass(frozen=True)
 class ShardKind:
-    """A kind of shard: its sample columns and the words of its errors (`shards_noun`, `missing_hint`: a missing
-    shard; `cut_hint`: a truncated tar in 'raise' mode; `no_samples`: no sample at all, formatted with `name` and
-    `urls`; `missing_member(kind, path, key, found)`: a sample without some column)."""
+    """A kind of shard: its sample columns, whether a key without a member of any column is a sample (which then
+    lacks every column: an error) or is ignored (`other_keys_are_samples`), and the words of its errors
+    (`shards_noun`, `missing_hint`: a missing shard; `cut_hint`: a truncated tar in 'raise' mode; `no_samples`: no
+    sample at all, formatted with `name` and `urls`; `missing_member(kind, path, key, found)`: a sample without
+    some column)."""
     name: str
     columns: tuple[Column, ...]
     cut_hint: str
     missing_hint: str
     no_samples: str
     shards_noun: str = "shards"
+    other_keys_are_samples: bool = True
     missing_member: Callable[["ShardKind", str, str, dict[str, TarMember]], str] = _no_column
 
 
@@ -177,6 +182,8 @@ def index_tar(path: str | os.PathLike, kind: ShardKind, on_error: str = "raise")
         raise DatasetFormatError(cut + kind.cut_hint)
     found: dict[str, dict[str, TarMember]] = {}  # key → column name → its first member, keys in first-seen order
     for member in members:
+        if kind.other_keys_are_samples:
+            found.setdefault(member.key, {})
         for column in kind.columns:
             if member.ext in column.extensions:
                 found.setdefault(member.key, {}).setdefault(column.name, member)
@@ -218,15 +225,17 @@ def _stored_names(kind: ShardKind) -> tuple[str, ...]:
 
 def save_offsets(path: str | os.PathLike, kind: ShardKind, shards: list[tuple[ShardIndex, os.stat_result]]) -> None:
     """Writes the indexes of `shards` (with the `os.stat` of each file) as int64 / str arrays: `shard` (each row's
-    shard), each column's `stored_as` arrays, `key`, and the fingerprints `shard_bytes`, `shard_mtime_ns`."""
+    shard), each column's `stored_as` arrays (every column of `kind` has them), `key`, and the fingerprints
+    `shard_bytes`, `shard_mtime_ns`."""
     arrays = {"shard": np.array([s for s, (index, _) in enumerate(shards) for _ in range(len(index))], np.int64)}
     for column in kind.columns:
         parts = [index.columns[column.name] for index, _ in shards]
         if column.keep == PLACE:
+            places = np.concatenate([np.zeros((0, 2), np.int64), *parts]).astype(np.int64)  # (N, 2)
             for part, name in enumerate(column.stored_as):  # offsets, sizes
-                arrays[name] = np.array([int(v) for p in parts for v in p[:, part]], np.int64)
+                arrays[name] = np.ascontiguousarray(places[:, part])
         else:
-            arrays[column.stored_as[0]] = np.array([v for p in parts for v in list(p)], column.dtype)
+            arrays[column.stored_as[0]] = np.concatenate([np.zeros(0, column.dtype), *parts]).astype(column.dtype)
     arrays["key"] = np.array([key for index, _ in shards for key in index.keys], dtype=str)
     arrays["shard_bytes"] = np.array([stat.st_size for _, stat in shards], np.int64)
     arrays["shard_mtime_ns"] = np.array([stat.st_mtime_ns for _, stat in shards], np.int64)
@@ -354,10 +363,10 @@ class ShardedDataset(Subset):
 
     def _select(self, rows: np.ndarray):
         kept = []
-        for shard, start in zip(self.shards, self._starts.tolist()):
-            local = rows[(rows >= start) & (rows < start + len(shard))] - start
-            if len(local):
-                kept.append(shard.rows(local))
+        bounds = np.searchsorted(rows, self._starts)  # rows[bounds[s]:bounds[s + 1]] lie in shard s
+        for s, shard in enumerate(self.shards):
+            if bounds[s + 1] > bounds[s]:
+                kept.append(shard.rows(rows[bounds[s]:bounds[s + 1]] - self._starts[s]))
         return self._with_shards(kept)
 
     def _with_shards(self, indexes: list[ShardIndex]):

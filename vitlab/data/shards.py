@@ -18,9 +18,9 @@ the run with the file and member named ('raise'), or are counted and logged and 
 
 Writing (`write_shards`, `vitlab shards SRC OUT`): samples in a seeded random order, `shard_size` samples (or
 `max_bytes`) per shard, the whole set written into a staging folder and moved in only when complete
-(`vitlab.data.shard_set`, the one shard writer: a reader refuses a folder whose write did not finish), with `index.json` (a wids
-shard index: `shardlist` of `{url, nsamples, filesize}`, plus the classes and statistics vitlab needs) and
-`index.npz` (the member offsets: int64 arrays, loaded with `allow_pickle=False`).
+(`vitlab.data.shard_set`, the one shard writer: a reader refuses a folder whose write did not finish), with
+`index.json` (a wids shard index: `shardlist` of `{url, nsamples, filesize}`, plus the classes and statistics
+vitlab needs) and `index.npz` (the member offsets: int64 arrays, loaded with `allow_pickle=False`).
 """
 from __future__ import annotations
 
