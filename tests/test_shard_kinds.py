@@ -8,15 +8,16 @@ import sys
 import numpy as np
 import pytest
 import torch
-from data_fixtures import write_ade
+from data_fixtures import tar_bytes, write_ade
 from PIL import Image
 
 import vitlab.data.shards as shards_module
-from vitlab.data import (ADE20KDataset, CaptionShardDataset, CsvImageTextDataset, DecodeCrop, EncodedImageDataset,
-                         ImageFolderDataset, SegCrop, SegmentationDataset, SegmentationShardDataset, ShardDataset,
-                         TensorImageDataset, write_caption_shards, write_segmentation_shards, write_shards)
+from vitlab.data import (ADE20KDataset, CaptionShardDataset, CsvImageTextDataset, DatasetFormatError, DecodeCrop,
+                         EncodedImageDataset, ImageFolderDataset, SegCrop, SegmentationDataset,
+                         SegmentationShardDataset, ShardDataset, TensorImageDataset, write_caption_shards,
+                         write_segmentation_shards, write_shards)
 from vitlab.data.scenes import SegmentationTensorDataset
-from vitlab.data.shard_index import ShardIndex, ShardKind, index_tar, load_offsets
+from vitlab.data.shard_index import ShardIndex, ShardKind, index_tar, load_offsets, scan_tar_members
 from vitlab.data.shard_set import write_tar_shards
 
 CROP = DecodeCrop(8, train=False, crop_pct=1.0)
@@ -178,3 +179,32 @@ def test_the_writers_tar_files_are_byte_identical_to_those_before_the_shared_wri
     written = {str(p.relative_to(tmp_path)): hashlib.sha256(p.read_bytes()).hexdigest()[:16]
                for p in sorted(tmp_path.rglob("*.tar"))}
     assert written == GOLDEN
+
+
+def test_one_scanner_by_one_rule_with_what_each_kind_declares(tmp_path):
+    """A key none of whose members is a column: a sample lacking every column in classification and segmentation
+    shards, ignored in caption shards (img2dataset's other members); the first member of a column wins; a cut tar
+    keeps ('skip') the samples complete before the cut."""
+    stray = tmp_path / "stray.tar"
+    stray.write_bytes(tar_bytes({"a.png": png(1), "a.cls": b"1", "a.txt": b"a caption", "b.xyz": b"?"}))
+    with pytest.raises(DatasetFormatError, match=r"stray\.tar: sample 'b' has no an image \(.jpg\|.png\|.webp\) "
+                                                 r"and no a label"):
+        index_tar(stray, ShardDataset.KIND)
+    with pytest.warns(UserWarning) as caught:
+        assert index_tar(stray, SegmentationShardDataset.KIND, "skip").keys == []
+    assert [str(w.message).split(": ", 2)[2] for w in caught] == [
+        "sample 'a' has no mask (.seg.png)", "sample 'b' has no image (.jpg|.png|.webp) and no mask (.seg.png)"]
+    pairs = index_tar(stray, CaptionShardDataset.KIND)
+    assert pairs.keys == ["a"] and pairs.captions == ["a caption"] and pairs.members == ["a.png"]
+    doubled = tmp_path / "doubled.tar"
+    doubled.write_bytes(tar_bytes({"a.jpg": b"first", "a.png": png(2), "a.cls": b"2", "a.json": b'{"label": 0}'}))
+    index = index_tar(doubled, ShardDataset.KIND)
+    assert index.image.tolist() == [[512, 5]] and index.labels.tolist() == [2]
+    whole = tar_bytes({f"k{i}.{ext}": png(i) if ext == "png" else str(i).encode() for i in range(3)
+                       for ext in ("cls", "png")})
+    (tmp_path / "whole.tar").write_bytes(whole)
+    last = scan_tar_members(tmp_path / "whole.tar")[0][-1]  # k2.png
+    for end, kept in ((last.offset + last.size // 2, ["k0", "k1"]), (last.offset + last.size, ["k0", "k1", "k2"])):
+        (tmp_path / "cut.tar").write_bytes(whole[:end])  # in k2.png's data; after it, before the end blocks
+        with pytest.warns(UserWarning, match="cut.tar: truncated"):
+            assert index_tar(tmp_path / "cut.tar", ShardDataset.KIND, "skip").keys == kept
