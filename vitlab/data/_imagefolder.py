@@ -12,6 +12,7 @@ import numpy as np
 
 from ._locate import DatasetFormatError, MissingFileError
 from ._sources import IMAGENET_MEAN, IMAGENET_STD
+from ._subset import Subset
 from .decode import DecodeCrop
 from .encoded import EncodedImageDataset
 
@@ -20,11 +21,14 @@ __all__ = ["ImageFolderDataset", "scan_image_folder", "IMAGE_EXTENSIONS"]
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm")
 
 
-class ImageFolderDataset(EncodedImageDataset):
+class ImageFolderDataset(Subset, EncodedImageDataset):
     """(path, label) samples decoded on access. `dataset[i]` or `dataset[(i, seed)]` -> (uint8 (3, S, S), label).
 
     `crop` is the decode stage (default: evaluation resize + centre crop to 224). For compatibility,
-    `image_size`, `train`, `min_scale` and `crop_pct` build it when `crop` is not given."""
+    `image_size`, `train`, `min_scale` and `crop_pct` build it when `crop` is not given. `subset(n)`: n samples
+    drawn with a fixed seed (vitlab/data/_subset.py), the stored order being class by class."""
+
+    SUBSET_DRAWN = True
 
     def __init__(self, samples: list[tuple[str, int]], classes: list[str], name: str = "imagefolder",
                  image_size: int = 224, train: bool = False, min_scale: float = 0.08, crop_pct: float = 0.875,
@@ -57,15 +61,9 @@ class ImageFolderDataset(EncodedImageDataset):
         path, label = self.samples[index]
         return path, label, path
 
-    def subset(self, n: int) -> "ImageFolderDataset":
-        """`n` samples drawn once with a fixed seed (0), in stored order: an ImageFolder's stored order is class by
-        class, so its first n images would be a few classes only. The same n images for every run."""
-        if not n or n >= len(self):
-            return self
-        keep = np.sort(np.random.default_rng(0).choice(len(self), size=n, replace=False))
-        copy = ImageFolderDataset([self.samples[i] for i in keep], self.classes, self.name, crop=self.crop,
+    def _select(self, rows: np.ndarray) -> "ImageFolderDataset":
+        return ImageFolderDataset([self.samples[i] for i in rows.tolist()], self.classes, self.name, crop=self.crop,
                                   on_error=self.on_error, mean=self.mean, std=self.std)
-        return copy
 
 
 def _image_files(folder: Path) -> list[str]:

@@ -24,6 +24,7 @@ from ._imagefolder import ImageFolderDataset, scan_image_folder
 from ._locate import dataset_files, dataset_info, ensure_downloaded, find_data_root, resolve_split
 from ._oxford import flowers102_samples, pets_samples
 from ._sources import DATASETS, IMAGENET_MEAN, IMAGENET_STD, DatasetInfo
+from ._subset import Subset, leading
 from ._svhn import read_svhn
 from ._tiny import read_tiny_imagenet
 from .decode import DecodeCrop
@@ -37,7 +38,7 @@ _log = logging.getLogger("vitlab.data")
 
 
 @dataclass
-class TensorImageDataset:
+class TensorImageDataset(Subset):
     """A small dataset held in memory. `images`: uint8 (N, C, H, W), C = 1 for MNIST-style data, 3 otherwise;
     `labels`: int64 (N,); `mean` / `std`: per-channel, in [0, 1] units, to normalise with on the device;
     `files`: (path, verified digest) of the files read (see `load_dataset`)."""
@@ -55,12 +56,10 @@ class TensorImageDataset:
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return self.images[index], int(self.labels[index])
 
-    def subset(self, n: int) -> "TensorImageDataset":
-        """The first `n` images (0 or n >= len: all). The in-memory datasets are stored in a mixed class order."""
-        if not n or n >= len(self):
-            return self
-        return TensorImageDataset(self.images[:n], self.labels[:n], self.classes, self.name, self.mean, self.std,
-                                  self.files)
+    def _select(self, rows: np.ndarray) -> "TensorImageDataset":
+        index = leading(rows)  # subset: the first n (vitlab/data/_subset.py), a view of the tensors
+        return TensorImageDataset(self.images[index], self.labels[index], self.classes, self.name, self.mean,
+                                  self.std, self.files)
 
     def __repr__(self) -> str:
         n, c, h, w = self.images.shape

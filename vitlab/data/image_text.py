@@ -8,33 +8,33 @@ module (nothing in it is executed); relative image paths are relative to the tab
 
 `CaptionShardDataset` reads the same pairs from tar shards in the layout img2dataset and DataComp write: the members
 of one sample share a key, `<key>.jpg|jpeg|png|webp` is the image as stored and `<key>.txt` its UTF-8 caption; other
-members (`<key>.json`, ...) are ignored. Each shard is indexed once from its tar headers (`scan_tar_members`, the
-captions read on the way, no image decoded) and images are then read by offset. `write_caption_shards` writes such
+members (`<key>.json`, ...) are ignored. Each shard is indexed once from its tar headers (`vitlab.data.shard_index`,
+the index of the three shard kinds: the captions read on the way, no image decoded) and images are then read by
+offset. `write_caption_shards` writes such
 shards; `load_image_text_dataset` finds a split as a table or as shards.
 """
 from __future__ import annotations
 
 import csv
 import os
-import time
-import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-import numpy as np
 import torch
 
 from ._locate import DatasetFormatError, MissingFileError
 from ._sources import CLASS_CAPTIONED_DATASETS, IMAGE_TEXT_PREFIX, IMAGENET_MEAN, IMAGENET_STD
 from .decode import DecodeCrop
 from .encoded import EncodedImageDataset
-from .shard_set import check_complete, staged_shard_set
-from .shards import SHARD_IMAGE_EXTENSIONS, ShardFiles, _sniff_extension, expand_shard_urls, scan_tar_members
+from ._subset import Subset
+from .shard_index import (NAME, SHARD_IMAGE_EXTENSIONS, VALUE, Column, ShardedDataset, ShardIndex, ShardKind,
+                          TarMember, image_extension, index_tar)
+from .shard_set import check_complete, staged_shard_set, write_tar_shards
+from .shards import expand_shard_urls
 
-__all__ = ["CsvImageTextDataset", "read_caption_table", "CaptionShardDataset", "CaptionShardIndex",
-           "CLASS_CAPTIONED_DATASETS", "index_caption_shard", "caption_shard_urls", "write_caption_shards", "caption_table_to_shards",
-           "load_image_text_dataset", "is_image_text_dataset", "IMAGE_TEXT_PREFIX", "CAPTION_EXTENSION"]
+__all__ = ["CsvImageTextDataset", "read_caption_table", "CaptionShardDataset", "CLASS_CAPTIONED_DATASETS",
+           "index_caption_shard", "caption_shard_urls", "write_caption_shards", "caption_table_to_shards",
+           "load_image_text_dataset", "is_image_text_dataset", "IMAGE_TEXT_PREFIX", "CAPTION_EXTENSION", "IMAGE_TEXT"]
 
 Tokenizer = Callable[[list[str]], torch.Tensor]  # list of N captions -> (N, L) token ids
 CAPTION_EXTENSION = "txt"
@@ -88,7 +88,7 @@ def read_caption_table(path: str | os.PathLike, image_key: str = "filepath", cap
     return rows
 
 
-class CsvImageTextDataset(EncodedImageDataset):
+class CsvImageTextDataset(Subset, EncodedImageDataset):
     """Image–caption pairs from a caption table (see the module docstring); `tokenizer(list[str]) -> (N, L)`.
     Interchangeable with `CaptionShardDataset`: the same items, `captions`, `targets`, `source` and `subset`."""
 
@@ -120,12 +120,9 @@ class CsvImageTextDataset(EncodedImageDataset):
         tokens = self.tokenizer([caption])[0].long()  # (L,)
         return path, tokens, f"{self.table}, row {index + 2}: {path}"  # the name errors give: table, row and image
 
-    def subset(self, n: int) -> "CsvImageTextDataset":
-        """The first `n` pairs in table order (0 or n ≥ len: all)."""
-        if not n or n >= len(self):
-            return self
+    def _select(self, rows) -> "CsvImageTextDataset":
         copy = CsvImageTextDataset(self.table, self.tokenizer, self.crop, on_error=self.on_error, mean=self.mean,
-                                   std=self.std, pairs=self.pairs[:n])
+                                   std=self.std, pairs=[self.pairs[i] for i in rows.tolist()])
         copy.name, copy.files = self.name, self.files
         return copy
 
@@ -133,74 +130,32 @@ class CsvImageTextDataset(EncodedImageDataset):
 # ---------------------------------------------------------------------------------------------------------------
 # shards: <key>.jpg|jpeg|png|webp + <key>.txt
 
-@dataclass
-class CaptionShardIndex:
-    """Where each sample of one shard is: image member `image[i] = (offset, size)`, named `members[i]`, with its
-    caption `captions[i]` (read while indexing)."""
-    path: str
-    image: np.ndarray  # (n, 2) int64: offset, size
-    members: list[str]
-    captions: list[str]
-
-    def __len__(self) -> int:
-        return len(self.members)
-
-    def head(self, n: int) -> "CaptionShardIndex":
-        return CaptionShardIndex(self.path, self.image[:n], self.members[:n], self.captions[:n])
+def _caption(member: TarMember, data: bytes, path: str) -> str:
+    try:
+        return data.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError as err:
+        raise DatasetFormatError(f"{path}: member {member.name}: caption is not UTF-8 text ({err})") from None
 
 
-def _read_captions(path: str, members: list) -> tuple[dict, dict, list[str]]:
-    """(key → image member, key → caption, problems) of one shard's members; a caption that is not UTF-8 is a
-    problem naming the shard and member."""
-    images, captions, problems = {}, {}, []
-    with open(path, "rb") as handle:
-        for member in members:
-            if member.ext in SHARD_IMAGE_EXTENSIONS:
-                images.setdefault(member.key, member)
-            elif member.ext == CAPTION_EXTENSION and member.key not in captions:
-                handle.seek(member.offset)
-                try:
-                    captions[member.key] = handle.read(member.size).decode("utf-8").rstrip("\r\n")
-                except UnicodeDecodeError as err:
-                    captions[member.key] = None
-                    problems.append(f"{path}: member {member.name}: caption is not UTF-8 text ({err})")
-    return images, captions, problems
+def _unpaired(kind: ShardKind, path: str, key: str, found: dict[str, TarMember]) -> str:
+    if "image" in found:
+        return f"{path}: image member {found['image'].name} has no caption member {key}.{CAPTION_EXTENSION}"
+    return f"{path}: caption member {key}.{CAPTION_EXTENSION} has no image member {key}.jpg|jpeg|png|webp"
 
 
-def index_caption_shard(path: str | os.PathLike, on_error: str = "raise") -> CaptionShardIndex:
-    """Scans one tar's headers into a `CaptionShardIndex` (images are not read; captions are). A truncated tar, an
-    image without its `<key>.txt`, a caption without its image or a caption that is not UTF-8 raises
-    `DatasetFormatError` naming the shard and member ('raise'), or is left out with a warning ('skip': for a cut
-    tar the pairs complete before the cut are kept)."""
-    path = str(path)
-    members, cut = scan_tar_members(path)
-    if cut and on_error == "raise":
-        raise DatasetFormatError(cut + "; on_error='skip' keeps its complete samples")
-    images, captions, problems = _read_captions(path, members)
-    if problems and on_error == "raise":
-        raise DatasetFormatError(problems[0])
-    order = list(dict.fromkeys(m.key for m in members if m.key in images or m.key in captions))
-    if cut:
-        problems.insert(0, cut)
-        if order and not (order[-1] in images and order[-1] in captions):
-            order = order[:-1]  # the sample being read when the tar ended: its other member was cut off
-    keep = []
-    for key in order:
-        if key in images and key in captions:
-            if captions[key] is not None:
-                keep.append(key)
-            continue
-        message = (f"{path}: image member {images[key].name} has no caption member {key}.{CAPTION_EXTENSION}"
-                   if key in images else f"{path}: caption member {key}.{CAPTION_EXTENSION} has no image member "
-                   f"{key}.jpg|jpeg|png|webp")
-        if on_error == "raise":
-            raise DatasetFormatError(message)
-        problems.append(message)
-    for message in problems:
-        warnings.warn(f"skipped: {message}", stacklevel=2)
-    return CaptionShardIndex(path, np.array([(images[k].offset, images[k].size) for k in keep],
-                                            np.int64).reshape(-1, 2),
-                             [images[k].name for k in keep], [captions[k] for k in keep])
+IMAGE_TEXT = ShardKind(
+    "image_text",
+    (Column("image", SHARD_IMAGE_EXTENSIONS), Column("members", SHARD_IMAGE_EXTENSIONS, keep=NAME),
+     Column("captions", (CAPTION_EXTENSION,), keep=VALUE, read=_caption)),
+    cut_hint="; on_error='skip' keeps its complete samples", missing_hint="on_error='skip' reads the others",
+    no_samples="{name}: no image–caption pairs in the shards {urls}", shards_noun="caption shards",
+    other_keys_are_samples=False, missing_member=_unpaired)
+
+
+def index_caption_shard(path: str | os.PathLike, on_error: str = "raise") -> ShardIndex:
+    """One caption shard's index (`index_tar`): `image` (offset, size), `members` (the image member's name) and
+    `captions` of each pair (a caption that is not UTF-8 is an error naming the shard and member, or is skipped)."""
+    return index_tar(path, IMAGE_TEXT, on_error)
 
 
 def caption_shard_urls(shards: str | os.PathLike | Iterable[str | os.PathLike]) -> list[str]:
@@ -223,7 +178,7 @@ def caption_shard_urls(shards: str | os.PathLike | Iterable[str | os.PathLike]) 
     return urls
 
 
-class CaptionShardDataset(EncodedImageDataset):
+class CaptionShardDataset(ShardedDataset, EncodedImageDataset):
     """Image–caption pairs from tar shards (see the module docstring), addressable by a global index (shard by
     shard). Items and attributes as `CsvImageTextDataset`'s; `shard_sizes` lets `EncodedLoader` stream them.
 
@@ -232,37 +187,20 @@ class CaptionShardDataset(EncodedImageDataset):
         tokenizer: `tokenizer(list[str]) -> (N, L)` token ids.
         crop, on_error, mean, std: see `EncodedImageDataset`; on_error also covers the indexing errors (missing
             shards, unpaired members, non-UTF-8 captions, cut tars).
-        indexes: precomputed `CaptionShardIndex`es (else each shard is indexed now).
+        indexes: precomputed `ShardIndex`es (else each shard is indexed now).
     """
+
+    KIND = IMAGE_TEXT
 
     def __init__(self, shards: str | os.PathLike | Iterable[str | os.PathLike], tokenizer: Tokenizer,
                  crop: DecodeCrop, on_error: str = "raise", mean: tuple[float, ...] = IMAGENET_MEAN,
                  std: tuple[float, ...] = IMAGENET_STD, name: str | None = None,
-                 indexes: list[CaptionShardIndex] | None = None):
+                 indexes: list[ShardIndex] | None = None):
         if name is None:
             name = f"caption_shards:{Path(shards).name}" if isinstance(shards, (str, os.PathLike)) else "caption_shards"
         super().__init__([], name, crop, on_error, mean, std)
-        urls = caption_shard_urls(shards)
-        missing = [u for u in urls if not os.path.isfile(u)]
-        if missing and on_error == "raise":
-            raise MissingFileError(f"{len(missing)} of {len(urls)} caption shards are missing: "
-                                   f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''} "
-                                   "(on_error='skip' reads the others)")
-        if missing:
-            warnings.warn(f"skipped {len(missing)} missing shard(s): {', '.join(missing[:5])}", stacklevel=2)
-        if indexes is None:
-            indexes = [index_caption_shard(u, on_error) for u in urls if u not in missing]
-        self.shards = [ix for ix in indexes if len(ix)]
-        if not self.shards:
-            raise DatasetFormatError(f"{self.name}: no image–caption pairs in the shards {urls[:3]}"
-                                     f"{' ...' if len(urls) > 3 else ''}")
+        self._open_shards(caption_shard_urls(shards), on_error, indexes, self.name)
         self.tokenizer = tokenizer
-        self.shard_sizes = [len(ix) for ix in self.shards]
-        self._starts = np.cumsum([0] + self.shard_sizes)  # (S + 1,)
-        self._files = ShardFiles()
-
-    def __len__(self) -> int:
-        return int(self._starts[-1])
 
     def __repr__(self) -> str:
         return (f"CaptionShardDataset({self.name}: {len(self)} image–caption pairs in {len(self.shards)} shards, "
@@ -276,29 +214,14 @@ class CaptionShardDataset(EncodedImageDataset):
     def targets(self) -> list[str]:
         return self.captions
 
-    def _locate(self, index: int) -> tuple[CaptionShardIndex, int]:
-        if not 0 <= index < len(self):
-            raise IndexError(f"sample {index} outside 0 … {len(self) - 1}")
-        s = int(np.searchsorted(self._starts, index, side="right")) - 1
-        return self.shards[s], index - int(self._starts[s])
-
     def source(self, index: int) -> tuple[bytes, torch.Tensor, str]:
         shard, row = self._locate(index)
-        data = self._files.read(shard.path, int(shard.image[row, 0]), int(shard.image[row, 1]))
         tokens = self.tokenizer([shard.captions[row]])[0].long()  # (L,)
-        return data, tokens, f"{shard.path}: member {shard.members[row]}"
+        return self._read(shard, "image", row), tokens, f"{shard.path}: member {shard.members[row]}"
 
-    def subset(self, n: int) -> "CaptionShardDataset":
-        """The first `n` pairs in shard order (0 or n ≥ len: all)."""
-        if not n or n >= len(self):
-            return self
-        kept, left = [], n
-        for ix in self.shards:
-            if left:
-                kept.append(ix.head(min(left, len(ix))))
-                left -= len(kept[-1])
-        copy = CaptionShardDataset([ix.path for ix in kept], self.tokenizer, self.crop, self.on_error, self.mean,
-                                   self.std, self.name, kept)
+    def _with_shards(self, indexes: list[ShardIndex]) -> "CaptionShardDataset":
+        copy = CaptionShardDataset([ix.path for ix in indexes], self.tokenizer, self.crop, self.on_error, self.mean,
+                                   self.std, self.name, indexes)
         copy.files = self.files
         return copy
 
@@ -321,7 +244,7 @@ def _image_member(image: str | os.PathLike | bytes) -> tuple[bytes, str]:
                 buffer = io.BytesIO()
                 img.convert("RGB").save(buffer, format="PNG")
             return buffer.getvalue(), "png"
-    return data, _sniff_extension(data)
+    return data, image_extension(data)
 
 
 def write_caption_shards(pairs: Iterable[tuple[str | os.PathLike | bytes, str]], out_dir: str | os.PathLike,
@@ -331,8 +254,6 @@ def write_caption_shards(pairs: Iterable[tuple[str | os.PathLike | bytes, str]],
     UTF-8), keys the pair's position zero-padded to 9 digits. The whole set is written into a staging folder and
     moved in when complete (`vitlab.data.shard_set`): never a part of it. Returns the shard paths. `out_dir` must
     hold no `<prefix>*.tar` unless `overwrite`."""
-    from webdataset import TarWriter
-
     out_dir = Path(out_dir)
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
@@ -340,25 +261,17 @@ def write_caption_shards(pairs: Iterable[tuple[str | os.PathLike | bytes, str]],
     if existing and not overwrite:
         raise FileExistsError(f"{out_dir}: already holds shards ({existing[0].name} ...); overwrite=True replaces "
                               "them")
-    names: list[str] = []
-    with staged_shard_set(out_dir, [f"{prefix}*.tar"]) as staging:
-        writer, count, started = None, 0, int(time.time())
+
+    def samples():  # (tar members, 0) per pair: these shards close by count only
         for i, (image, caption) in enumerate(pairs):
-            if writer is None:
-                names.append(f"{prefix}{len(names):05d}.tar")
-                writer, count = TarWriter(str(staging / names[-1]), encoder=False, mtime=started), 0
             data, ext = _image_member(image)
-            writer.write({"__key__": f"{i:09d}", ext: data, CAPTION_EXTENSION: str(caption).encode("utf-8")})
-            count += 1
-            if count == shard_size:
-                writer.close()
-                writer = None
-        if writer is not None:
-            writer.close()
-        if not names:
+            yield {"__key__": f"{i:09d}", ext: data, CAPTION_EXTENSION: str(caption).encode("utf-8")}, 0
+
+    with staged_shard_set(out_dir, [f"{prefix}*.tar"]) as staging:
+        shards = write_tar_shards(staging, samples(), lambda s: f"{prefix}{s:05d}.tar", shard_size)
+        if not shards:
             raise ValueError("write_caption_shards: no (image, caption) pairs to write")
-    written = [out_dir / name for name in names]
-    return written
+    return [out_dir / shard.path.name for shard in shards]
 
 
 def caption_table_to_shards(table: str | os.PathLike, out_dir: str | os.PathLike, shard_size: int = 1000,

@@ -26,6 +26,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ._subset import Subset, leading
 from .datasets import load_dataset
 
 __all__ = ["SegmentationTensorDataset", "make_scenes", "scene_layout", "paste_items", "fashion_mnist_scenes",
@@ -43,7 +44,7 @@ SCENE_PALETTE = [(0, 0, 0), (31, 119, 180), (255, 127, 14), (44, 160, 44), (214,
 
 
 @dataclass
-class SegmentationTensorDataset:
+class SegmentationTensorDataset(Subset):
     """A semantic-segmentation dataset held in memory. `images`: uint8 (N, C, S, S); `masks`: uint8 (N, S, S) with
     values in 0..num_classes-1 or `ignore_index`; `mean` / `std`: per channel, in [0, 1] units; `palette`: one RGB
     triple per class; `files`: (path, verified digest) of the source files."""
@@ -75,11 +76,9 @@ class SegmentationTensorDataset:
         """(image uint8 (C, S, S), mask uint8 (S, S))."""
         return self.images[index], self.masks[index]
 
-    def subset(self, n: int) -> "SegmentationTensorDataset":
-        """The first `n` scenes (0 or n >= len: all)."""
-        if not n or n >= len(self):
-            return self
-        return SegmentationTensorDataset(self.images[:n], self.masks[:n], self.classes, self.name, self.mean,
+    def _select(self, rows: np.ndarray) -> "SegmentationTensorDataset":
+        index = leading(rows)  # subset: the first n scenes (vitlab/data/_subset.py), a view of the tensors
+        return SegmentationTensorDataset(self.images[index], self.masks[index], self.classes, self.name, self.mean,
                                          self.std, self.files, self.palette, self.ignore_index)
 
     def class_frequencies(self) -> torch.Tensor:

@@ -31,6 +31,7 @@ from ._seg_shards import SegmentationShardDataset, index_segmentation_shard, wri
 from ._seg_source import SegmentationDataset, decode_mask, decode_rgb, reduce_zero_label
 from ._seg_transform import SegCrop
 from ._sources import IMAGENET_MEAN, IMAGENET_STD, SEGMENTATION_DATASETS
+from ._subset import Subset
 from .shards import INDEX_FILE
 
 __all__ = ["ADE20KDataset", "SegCrop", "SegmentationDataset", "SegmentationShardDataset", "ADE20K_CLASSES",
@@ -127,7 +128,7 @@ def _pair_files(root: Path, split: str, on_error: str) -> list[tuple[str, str]]:
     return pairs
 
 
-class ADE20KDataset(SegmentationDataset):
+class ADE20KDataset(Subset, SegmentationDataset):
     """ADE20K SceneParsing read from its published folder layout (module docstring).
 
     Args:
@@ -136,7 +137,11 @@ class ADE20KDataset(SegmentationDataset):
         crop: the transform; default: `SegCrop(train=True)` for training, `SegCrop(train=False)` for validation.
         on_error: 'raise' (a bad file stops with its name) or 'skip' (unpaired files are left out with a warning;
             unreadable or inconsistent samples are left out of their batch by the loader, counted and logged).
+
+    `subset(n)`: n pairs drawn with a fixed seed (vitlab/data/_subset.py), the files being ordered by scene.
     """
+
+    SUBSET_DRAWN = True
 
     def __init__(self, root: str | os.PathLike, split: str, crop: SegCrop | None = None, on_error: str = "raise",
                  pairs: list[tuple[str, str]] | None = None):
@@ -161,13 +166,8 @@ class ADE20KDataset(SegmentationDataset):
         image, mask = self.pairs[index]
         return image, mask, image, mask
 
-    def subset(self, n: int) -> "ADE20KDataset":
-        """`n` pairs drawn once with a fixed seed (0), kept in file order (ADE20K's files are ordered by scene, so
-        the first n would be a few scene types only): the same n for every run. 0 or n >= len: all."""
-        if not n or n >= len(self):
-            return self
-        keep = np.sort(np.random.default_rng(0).choice(len(self), size=n, replace=False))
-        return ADE20KDataset(self.root, self.split, self.crop, self.on_error, [self.pairs[i] for i in keep])
+    def _select(self, rows: np.ndarray) -> "ADE20KDataset":
+        return ADE20KDataset(self.root, self.split, self.crop, self.on_error, [self.pairs[i] for i in rows.tolist()])
 
 
 def is_segmentation_dataset(name: str) -> bool:

@@ -1,5 +1,12 @@
-"""All-or-nothing shard sets, for the three shard writers (classification `write_shards`, segmentation
-`write_segmentation_shards`, caption `write_caption_shards`) and their readers.
+"""Writing shard sets, all or nothing: the one writer of the three shard kinds (classification `write_shards`,
+segmentation `write_segmentation_shards`, caption `write_caption_shards`), and the completeness check their readers
+make.
+
+`write_tar_shards` writes samples (each a dict of tar members, as webdataset's `TarWriter` takes it: `__key__` and
+one bytes value per extension; the per-kind part is only how a sample becomes these members) into numbered tar
+files, `shard_size` samples (or `max_bytes`) each, all with the same whole-second mtime (the start of the write),
+and indexes each shard once it is closed; `write_shard_list` writes the `index.json` beside them (wids' shard-index
+format: `shardlist` of `{url, nsamples, filesize}`, plus a `vitlab` entry of the kind's metadata).
 
 A writer writes every file of a set into a staging folder inside the destination, `<out_dir>/.vitlab-writing/`
 (`staged_shard_set`); only when all of them are complete are they moved into `<out_dir>` (renames on one file
@@ -15,16 +22,20 @@ from __future__ import annotations
 import contextlib
 import errno as errno_names
 import os
+import json
 import shutil
+import time
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator, NamedTuple
 
 from ._locate import DatasetFormatError
+from .shard_index import ShardIndex
 
-__all__ = ["staged_shard_set", "check_complete", "IncompleteShardSetError", "ShardWriteError", "STAGING_FOLDER",
-           "TEMP_SUFFIX", "INDEX_FILE"]
+__all__ = ["staged_shard_set", "check_complete", "write_tar_shards", "write_shard_list", "WrittenShard",
+           "IncompleteShardSetError", "ShardWriteError", "STAGING_FOLDER", "TEMP_SUFFIX", "INDEX_FILE", "INDEX_KIND"]
 
 INDEX_FILE = "index.json"  # the index vitlab writes beside classification and segmentation shards
+INDEX_KIND = "wids-shard-index-v1"  # wids' shard-index format, so its tools can read ours
 
 STAGING_FOLDER = ".vitlab-writing"  # hidden: a `*.tar` glob of the destination never sees it
 TEMP_SUFFIX = ".tar.tmp"  # what writers before the staging folder left behind when interrupted
@@ -92,3 +103,43 @@ def staged_shard_set(out_dir: str | os.PathLike, replaces: Iterable[str]) -> Ite
             raise ShardWriteError(err.errno, f"{out_dir}: writing the shard set failed ({name}: "
                                              f"{os.strerror(err.errno)}); {outcome}") from None
         raise
+
+
+class WrittenShard(NamedTuple):
+    path: Path
+    index: ShardIndex | None  # None: written without indexing
+    stat: os.stat_result  # size and mtime_ns, which a rename into the destination keeps (what index.npz records)
+
+
+def write_tar_shards(folder: Path, samples: Iterable[tuple[dict, int]], shard_name: Callable[[int], str],
+                     shard_size: int, max_bytes: int = 0,
+                     index: Callable[[Path], ShardIndex] | None = None) -> list[WrittenShard]:
+    """Writes `samples` ((tar members, bytes counted against `max_bytes`) pairs) in order into
+    `folder/shard_name(0)`, `shard_name(1)` ...: a shard closes at `shard_size` samples or `max_bytes` (0: no
+    limit), and is then read back by `index` (the offsets readers will use; None: not indexed)."""
+    from webdataset import TarWriter
+
+    started = int(time.time())  # a whole-second mtime: a float one costs every member an extra 1 KiB PAX header
+    shards: list[WrittenShard] = []
+    writer, path, count, written = None, None, 0, 0
+    for members, size in samples:
+        if writer is None:
+            path = folder / shard_name(len(shards))
+            writer, count, written = TarWriter(str(path), encoder=False, mtime=started), 0, 0
+        writer.write(members)
+        count, written = count + 1, written + size
+        if count >= shard_size or (max_bytes and written >= max_bytes):
+            writer.close()
+            writer = None
+            shards.append(WrittenShard(path, index(path) if index else None, path.stat()))
+    if writer is not None:
+        writer.close()
+        shards.append(WrittenShard(path, index(path) if index else None, path.stat()))
+    return shards
+
+
+def write_shard_list(folder: Path, name: str, shards: list[WrittenShard], meta: dict) -> None:
+    """`folder/index.json` listing `shards` (each indexed), with the kind's metadata `meta` as its `vitlab` entry."""
+    shardlist = [{"url": s.path.name, "nsamples": len(s.index), "filesize": s.stat.st_size} for s in shards]
+    index = {"__kind__": INDEX_KIND, "wids_version": 1, "name": name, "shardlist": shardlist, "vitlab": meta}
+    (folder / INDEX_FILE).write_text(json.dumps(index, indent=1))
