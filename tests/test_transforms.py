@@ -149,7 +149,8 @@ def test_precedence_override_then_run_config_then_model_then_defaults():
 
 
 @pytest.mark.parametrize("call, message", [
-    (lambda: resolve_data_config(crop_pct=1.5), r"crop_pct must be a number in \(0, 1\], got 1.5 \(from the override\)"),
+    (lambda: resolve_data_config(crop_pct=1.5),
+     r"crop_pct must be a number in \(0, 1\], got 1.5 \(from the override\)"),
     (lambda: resolve_data_config({"crop_pct": 0}), r"got 0 \(from the model's pretrained_cfg\)"),
     (lambda: resolve_data_config(run_config=SimpleNamespace(dataset="imagenet", image_size=None, crop_pct=2.0)),
      r"got 2.0 \(from the run config\)"),  # any object with a TrainConfig's dataset, image_size and crop_pct

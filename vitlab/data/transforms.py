@@ -32,13 +32,13 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from ._sources import IMAGENET_MEAN, IMAGENET_STD
 from .decode import (DecodeCrop, ImageDecodeError, _to_rgb_array, center_crop_box, decode_image, open_image_file,
                      read_file_bytes, resize_center_crop)
 
 __all__ = ["DataConfig", "CROP_MODES", "INTERPOLATIONS", "resolve_data_config", "create_transform", "ImageTransform",
            "load_image", "normalize_images"]
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 INTERPOLATIONS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
                   "nearest": Image.Resampling.NEAREST}
 CROP_MODES = ("center", "decode", "resize_crop", "short_side")
@@ -213,6 +213,17 @@ class ImageTransform:
     config: DataConfig
     normalize: bool = True
 
+    def __post_init__(self) -> None:
+        config = self.config
+        if not isinstance(config, DataConfig):
+            raise TypeError(f"an image transform needs a DataConfig (from resolve_data_config), got "
+                            f"{type(config).__name__}")
+        if config.in_chans not in (1, 3):
+            raise ValueError(f"cannot prepare images for a model with {config.in_chans} input channels (expected 1 "
+                             "or 3)")
+        if config.input_size[1] != config.input_size[2]:
+            raise ValueError(f"create_transform prepares square inputs, got input_size {config.input_size}")
+
     def __call__(self, image) -> torch.Tensor:
         config, what = self.config, os.fspath(image) if isinstance(image, (str, os.PathLike)) else "image"
         if config.crop_mode == "decode":
@@ -251,13 +262,5 @@ class ImageTransform:
 def create_transform(data_config: DataConfig, normalize: bool = True) -> ImageTransform:
     """The transform of `data_config` (see `ImageTransform`): decode, channels (L for 1, RGB for 3), the crop mode's
     resize / crop, then (images / 255 − mean) / std unless `normalize=False` (then uint8, timm's prefetcher case:
-    normalised later in batches, see `normalize_images`)."""
-    if not isinstance(data_config, DataConfig):
-        raise TypeError(f"create_transform needs a DataConfig (from resolve_data_config), got "
-                        f"{type(data_config).__name__}")
-    if data_config.in_chans not in (1, 3):
-        raise ValueError(f"cannot prepare images for a model with {data_config.in_chans} input channels (expected 1 "
-                         "or 3)")
-    if data_config.input_size[1] != data_config.input_size[2]:
-        raise ValueError(f"create_transform prepares square inputs, got input_size {data_config.input_size}")
+    normalised later in batches, see `normalize_images`). in_chans must be 1 or 3 and input_size square."""
     return ImageTransform(data_config, normalize)
