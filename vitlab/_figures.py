@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 __all__ = ["STYLE", "PNG_DPI", "FORMATS", "styled", "new_figure", "save_figure", "legend_below", "value_colorbar",
-           "figure_format"]
+           "figure_format", "show_panel", "smooth_map", "tint_masks"]
 
 PNG_DPI = 300
 """Raster resolution of every PNG unless a caller asks otherwise (print quality at the figure's size)."""
@@ -117,3 +117,40 @@ def value_colorbar(fig, axes, cmap: str, vmin: float, vmax: float, label: str, t
         if ticklabels is not None:
             bar.set_ticklabels(list(ticklabels))
     return bar
+
+
+def smooth_map(grid_map, size: int):
+    """A patch-grid map (h, w) tensor → (size, size) numpy array, bilinear, scaled to [0, 1] (a heat-map panel)."""
+    import torch.nn.functional as F
+
+    up = F.interpolate(grid_map[None, None].float(), size=(size, size), mode="bilinear", align_corners=False)[0, 0]
+    up = up - up.min()
+    return (up / up.max().clamp_min(1e-12)).numpy()
+
+
+def show_panel(ax, display, title: str = "", heat=None, rgb=None) -> None:
+    """One image panel without ticks: `display` uint8 (S, S, C) tensor (gray when C = 1), or `rgb` (S, S, 3) in
+    [0, 1] instead; `heat` (S, S) in [0, 1] drawn over it in inferno at alpha 0.6."""
+    image = display.numpy()
+    gray = image[..., 0] if image.shape[-1] == 1 else None
+    if rgb is not None:
+        ax.imshow(rgb, interpolation="nearest")
+    else:
+        ax.imshow(gray if gray is not None else image, cmap="gray" if gray is not None else None, vmin=0, vmax=255)
+    if heat is not None:
+        ax.imshow(heat, cmap="inferno", alpha=0.6, vmin=0, vmax=1)
+    ax.set_title(title, fontsize=6.5)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def tint_masks(base, masks: list, colours):
+    """The image `base` (S, S, 3) in [0, 1] with each boolean mask (S, S) blended in its colour (`colours` (K, 3),
+    cycled), the background dimmed."""
+    import numpy as np
+
+    out = base * 0.45
+    for i, mask in enumerate(masks):
+        colour = colours[i % len(colours)]
+        out = np.where(mask[..., None], 0.45 * base + 0.55 * colour, out)
+    return np.clip(out, 0, 1)

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._figures import new_figure, save_figure, styled, value_colorbar
+from .._figures import new_figure, save_figure, show_panel, smooth_map, styled, tint_masks, value_colorbar
 from .runner import Study, confidence_interval
 
 __all__ = ["segmentation_report", "segmentation_figures", "run_scores"]
@@ -52,13 +52,13 @@ def run_scores(model, cache: Path, images: dict[str, int]) -> dict[str, Any]:
 
 
 def _untrained(config, seed: int):
-    from ..interpret._load import _with_run_preprocessing
+    from ..interpret import with_run_preprocessing
     from ..models import create_model
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = create_model(config.model, num_classes=10, in_chans=1, img_size=28, **config.model_kwargs)
-    return _with_run_preprocessing(model, config)
+    return with_run_preprocessing(model, config)
 
 
 def _cell(values: list[float]) -> str:
@@ -173,9 +173,8 @@ def segmentation_figures(study: Study, records: list[dict[str, Any]], root: Path
 @styled
 @torch.no_grad()
 def _example_figure(models: dict, path: Path, count: int = 6) -> Path:
-    from ..data import load_dataset
+    from ..data import load_dataset, normalize_images, resolve_data_config
     from ..interpret.attention import cls_attention, grid_shape, record_attention
-    from ..interpret.render import _show, _smooth, _tint
     from ..interpret.segment import fashion_mnist_foreground, unsupervised_masks
 
     data = load_dataset("fashion_mnist", "test")
@@ -188,22 +187,22 @@ def _example_figure(models: dict, path: Path, count: int = 6) -> Path:
     axes = fig.subplots(count, columns, squeeze=False)
     base = (display.float() / 255).repeat(1, 1, 1, 3).numpy()
     for b in range(count):
-        _show(axes[b, 0], display[b], "input" if b == 0 else "")
-        _show(axes[b, 1], display[b], "silhouette" if b == 0 else "", rgb=_tint(base[b], [truth[b].numpy()], colours))
+        show_panel(axes[b, 0], display[b], "input" if b == 0 else "")
+        show_panel(axes[b, 1], display[b], "silhouette" if b == 0 else "",
+                   rgb=tint_masks(base[b], [truth[b].numpy()], colours))
     for m, (name, model) in enumerate(models.items()):
-        cfg = model.pretrained_cfg
-        x = (pixels.float() / 255 - torch.tensor(cfg["mean"]).view(1, -1, 1, 1)) / torch.tensor(cfg["std"]).view(
-            1, -1, 1, 1)  # (B, 1, 28, 28)
+        config = resolve_data_config(model)
+        x = normalize_images(pixels, config.mean, config.std)  # (B, 1, 28, 28)
         maps = cls_attention(record_attention(model, x), grid_shape(model), model.num_prefix_tokens)  # (B, L, H, h, w)
         attention_mask = unsupervised_masks(model, x, "attention")  # (B, 28, 28)
         cut = unsupervised_masks(model, x, "maskcut")
         for b in range(count):
             col = 2 + 3 * m
-            _show(axes[b, col], display[b], f"{name}\nattention" if b == 0 else "",
-                  heat=_smooth(maps[b, -1].mean(dim=0), 28))
-            _show(axes[b, col + 1], display[b], f"{name}\nmask" if b == 0 else "",
-                  rgb=_tint(base[b], [attention_mask[b].numpy()], colours))
-            _show(axes[b, col + 2], display[b], f"{name}\nMaskCut" if b == 0 else "",
-                  rgb=_tint(base[b], [cut[b].numpy()], colours))
+            show_panel(axes[b, col], display[b], f"{name}\nattention" if b == 0 else "",
+                       heat=smooth_map(maps[b, -1].mean(dim=0), 28))
+            show_panel(axes[b, col + 1], display[b], f"{name}\nmask" if b == 0 else "",
+                       rgb=tint_masks(base[b], [attention_mask[b].numpy()], colours))
+            show_panel(axes[b, col + 2], display[b], f"{name}\nMaskCut" if b == 0 else "",
+                       rgb=tint_masks(base[b], [cut[b].numpy()], colours))
     value_colorbar(fig, axes, "inferno", 0, 1, "attention (÷ panel max)")
     return save_figure(fig, path, palette=True)

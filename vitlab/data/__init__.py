@@ -17,6 +17,8 @@ from .segmentation import (SEGMENTATION_DATASETS, ADE20KDataset, SegCrop, Segmen
                            write_segmentation_shards)
 from .shards import ShardDataset, expand_shard_urls, write_shards
 from .templates import DEFAULT_TEMPLATES_FILE, class_names_from_file, imagefolder_class_names, read_templates
+from .transforms import (CROP_MODES, DataConfig, ImageTransform, create_transform, load_image, normalize_images,
+                         resolve_data_config)
 
 __all__ = ["load_dataset", "TensorImageDataset", "ImageFolderDataset", "ShardDataset", "EncodedImageDataset",
            "DecodeCrop", "DecodeFailure", "check_images", "ImageDecodeError", "decode_image", "write_shards",
@@ -28,4 +30,6 @@ __all__ = ["load_dataset", "TensorImageDataset", "ImageFolderDataset", "ShardDat
            "SegmentationDataset", "SegmentationShardDataset", "write_segmentation_shards",
            "CsvImageTextDataset", "CaptionShardDataset", "read_caption_table", "write_caption_shards",
            "caption_table_to_shards", "load_image_text_dataset", "is_image_text_dataset",
-           "read_templates", "DEFAULT_TEMPLATES_FILE", "class_names_from_file", "imagefolder_class_names"]
+           "read_templates", "DEFAULT_TEMPLATES_FILE", "class_names_from_file", "imagefolder_class_names",
+           "DataConfig", "CROP_MODES", "resolve_data_config", "create_transform", "ImageTransform", "load_image",
+           "normalize_images"]

@@ -57,7 +57,7 @@ except ImportError:  # optional at import time: Pillow decodes everything then
     simplejpeg = None
 
 __all__ = ["DecodeCrop", "ImageDecodeError", "decode_image", "read_file_bytes", "open_image_file",
-           "MAX_IMAGE_FILE_BYTES", "random_resized_crop_box", "center_crop_box"]
+           "MAX_IMAGE_FILE_BYTES", "random_resized_crop_box", "center_crop_box", "resize_center_crop"]
 
 Box = tuple[float, float, float, float]  # (left, upper, right, lower) in pixels, Pillow's convention
 _JPEG_MAGIC = b"\xff\xd8\xff"
@@ -288,9 +288,20 @@ def _crop_resize(pixels: np.ndarray, plan: _Plan, crop: DecodeCrop) -> np.ndarra
         left, top = min(left, cols - 1), min(top, rows - 1)
         right, bottom = min(max(right, left + 1), cols), min(max(bottom, top + 1), rows)
         return _resize(pixels[top:bottom, left:right], size, size)  # (size, size, 3)
-    short, long = min(plan.width, plan.height), max(plan.width, plan.height)
+    return resize_center_crop(pixels, crop, plan.width, plan.height)
+
+
+def resize_center_crop(pixels: np.ndarray, crop: DecodeCrop, width: int | None = None,
+                       height: int | None = None) -> np.ndarray:
+    """The eval crop of `crop` (train=False): uint8 (h, w, 3) pixels → (size, size, 3), C-contiguous. The short side
+    is resized to floor(size / crop_pct) (long side truncated, torchvision's ``Resize``), then the centre is cut
+    (torchvision's ``CenterCrop`` rounding). `width` x `height`: the source's size when `pixels` were decoded at a
+    reduced DCT scale (default: the pixels' own size)."""
+    width, height = width or pixels.shape[1], height or pixels.shape[0]
+    size = crop.size
+    short, long = min(width, height), max(width, height)
     new_short, new_long = crop.resize_size, int(crop.resize_size * long / short)  # torchvision's Resize
-    new_w, new_h = (new_short, new_long) if plan.width <= plan.height else (new_long, new_short)
+    new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
     resized = _resize(pixels, new_h, new_w)  # (new_h, new_w, 3)
     top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))  # torchvision's CenterCrop
     return np.ascontiguousarray(resized[top:top + size, left:left + size])  # (size, size, 3)

@@ -11,7 +11,9 @@ from typing import Any, Sequence
 
 from torch import nn
 
-__all__ = ["load_model", "parse_model_kwargs", "LanguageModelRunError"]
+from ..data import resolve_data_config
+
+__all__ = ["load_model", "parse_model_kwargs", "LanguageModelRunError", "with_run_preprocessing"]
 
 
 def parse_model_kwargs(items: Sequence[str] | None) -> dict[str, Any]:
@@ -92,24 +94,23 @@ def load_model(checkpoint: str | os.PathLike, model: str | None = None,
     from ..train import config_from_dict
 
     config = config_from_dict(json.loads((run_dir / "config.json").read_text())["config"])
-    return _with_run_preprocessing(net, config, run_dir), label
+    return with_run_preprocessing(net, config, run_dir), label
 
 
-def _with_run_preprocessing(net: nn.Module, config, run_dir: Path | None = None) -> nn.Module:
-    """Sets `pretrained_cfg` to what the run fed the model: its mean / std and channels (a segmentation run's
-    segmentation.json, else its image-classification dataset's), the model's input size, no extra crop (the run's
-    images were resized to the input size)."""
-    from ..data import dataset_info
+def with_run_preprocessing(net: nn.Module, config, run_dir: Path | None = None) -> nn.Module:
+    """Sets `net.pretrained_cfg` to what a run (its TrainConfig `config`) fed the model: its dataset's mean / std
+    and channels (a segmentation run's from its `run_dir`/segmentation.json), the model's input size, no extra crop
+    (crop_pct 1.0: interpretation sees the whole short side, whatever crop the run's eval decode used), through
+    `vitlab.data.resolve_data_config(net, run_config=config)`."""
     from ..data.segmentation import is_segmentation_dataset
 
+    overrides = {}
     if run_dir is not None and is_segmentation_dataset(config.dataset):  # not in the classification registry
         meta = json.loads((run_dir / "segmentation.json").read_text())  # what the segmentation run normalised with
-        mean, std = tuple(meta["mean"]), tuple(meta["std"])
-    else:
-        info = dataset_info(config.dataset)
-        mean, std = tuple(info.mean), tuple(info.std)
+        overrides = {"mean": tuple(meta["mean"]), "std": tuple(meta["std"])}
     size = net.patch_embed.grid_size * net.patch_embed.patch_size
-    net.pretrained_cfg = {**getattr(net, "pretrained_cfg", {}), "mean": mean, "std": std,
-                          "input_size": (len(mean), size, size), "crop_pct": 1.0,
+    data = resolve_data_config(net, run_config=config, crop_pct=1.0, **overrides)
+    net.pretrained_cfg = {**getattr(net, "pretrained_cfg", {}), "mean": data.mean, "std": data.std,
+                          "input_size": (data.in_chans, size, size), "crop_pct": 1.0,
                           "num_classes": getattr(net, "num_classes", None), "dataset": config.dataset}
     return net

@@ -19,9 +19,8 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from torch import nn
 
-from ..data.decode import open_image_file
+from ..data import create_transform, load_image, resolve_data_config
 from ..data.segmentation import is_segmentation_dataset, load_segmentation_dataset
 from ..models import create_model
 from ..models.segmentation import SegmentationModel
@@ -61,20 +60,13 @@ def load_segmentation_run(run: str | os.PathLike) -> SegmentationRun:
                            f"{run_dir.parent.name}/{run_dir.name} ({weights.parent.name}/)")
 
 
-def _file_image(path: Path, channels: int, short_side: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with open_image_file(path) as image:
-            image = image.convert("L" if channels == 1 else "RGB")
-            original = (image.size[1], image.size[0])  # (H, W)
-            scale = short_side / min(image.size)
-            size = (max(1, round(image.size[0] * scale)), max(1, round(image.size[1] * scale)))
-            array = np.asarray(image.resize(size, Image.Resampling.BILINEAR))
-    except (UnidentifiedImageError, OSError) as err:
-        raise ValueError(f"{path}: not an image Pillow can read ({err})") from None
-    image = torch.from_numpy(array.reshape(array.shape[0], array.shape[1], channels).copy()).permute(2, 0, 1)
-    return image, original
+def _file_image(path: Path, meta: dict[str, Any]) -> tuple[torch.Tensor, tuple[int, int]]:
+    """uint8 (C, H, W) with the short side at the run's crop size (bilinear, aspect kept) and the file's (H0, W0)."""
+    config = resolve_data_config(input_size=(meta["in_chans"], meta["image_size"], meta["image_size"]),
+                                 mean=meta["mean"], std=meta["std"], interpolation="bilinear", crop_pct=1.0,
+                                 crop_mode="short_side")
+    image = load_image(path)
+    return create_transform(config, normalize=False)(image), (image.size[1], image.size[0])
 
 
 def load_segmentation_inputs(specs: Sequence[str], meta: dict[str, Any], data_dir: str | os.PathLike | None = None
@@ -88,7 +80,7 @@ def load_segmentation_inputs(specs: Sequence[str], meta: dict[str, Any], data_di
     for spec in specs:
         path = Path(spec)
         if path.is_file():
-            image, original = _file_image(path, meta["in_chans"], meta["image_size"])
+            image, original = _file_image(path, meta)
             out.append((path.stem, image, None, original))
         elif (match := _ITEM.match(spec)) is not None and is_segmentation_dataset(match["dataset"]):
             name, split, index = match["dataset"], match["split"] or "test", int(match["index"])

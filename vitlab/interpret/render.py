@@ -20,11 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.decode import open_image_file
+from ..data import create_transform, load_image, normalize_images, resolve_data_config
+from ..data.decode import center_crop_box
 from ..models import get_blocks
 from .attention import attention_rollout, cls_attention, grid_shape, patch_features, pca_rgb, record_attention
 from .segment import _as_dicts, attention_scores, mass_threshold, maskcut, score_batch, upsample_mask
-from .._figures import figure_format, new_figure, save_figure, styled, value_colorbar
+from .._figures import (figure_format, new_figure, save_figure, show_panel, smooth_map, styled, tint_masks,
+                        value_colorbar)
 
 __all__ = ["Inputs", "load_inputs", "plot_attention", "plot_segmentation", "save_mask", "evaluate_mask_files"]
 
@@ -42,29 +44,6 @@ class Inputs:
     sources: list[tuple[int, int, tuple[float, float, float, float]]] | None = None
 
 
-def _preprocess(image, cfg: dict) -> np.ndarray:
-    return _preprocess_with_box(image, cfg)[0]
-
-
-def _preprocess_with_box(image, cfg: dict) -> tuple[np.ndarray, tuple[int, int, tuple[float, float, float, float]]]:
-    """Pillow image → uint8 (S, S, C): resize the short side to S / crop_pct, centre-crop S × S (timm's eval
-    transform) with the cfg's interpolation, in the model's channels (L for 1, RGB for 3); also the source's
-    (width, height, crop box)."""
-    from PIL import Image
-
-    from ..data.decode import center_crop_box
-
-    channels, size = cfg["input_size"][0], cfg["input_size"][-1]
-    if channels not in (1, 3):
-        raise ValueError(f"cannot show images to a model with {channels} input channels (expected 1 or 3)")
-    image = image.convert("L" if channels == 1 else "RGB")
-    resample = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
-                "nearest": Image.Resampling.NEAREST}.get(cfg.get("interpolation", "bicubic"), Image.Resampling.BICUBIC)
-    box = center_crop_box(*image.size, size, cfg.get("crop_pct", 1.0))
-    array = np.asarray(image.resize((size, size), resample, box=box))
-    return array.reshape(size, size, channels), (image.size[0], image.size[1], box)
-
-
 def _dataset_item(spec: re.Match, data_dir: str | os.PathLike | None):
     from PIL import Image
 
@@ -80,35 +59,27 @@ def _dataset_item(spec: re.Match, data_dir: str | os.PathLike | None):
 
 def load_inputs(specs: Sequence[str], cfg: dict, data_dir: str | os.PathLike | None = None) -> Inputs:
     """Images from files (anything Pillow decodes) or dataset items written `DATASET[:SPLIT]:INDEX` (e.g.
-    `fashion_mnist:test:0`; split defaults to test), preprocessed for the model whose `pretrained_cfg` is `cfg`."""
-    from PIL import Image, UnidentifiedImageError
-
+    `fashion_mnist:test:0`; split defaults to test), prepared for the model whose `pretrained_cfg` is `cfg`
+    (`vitlab.data.create_transform` of `resolve_data_config(cfg)`: by default timm's centre crop, resampled once)."""
     if not specs:
         raise ValueError("no images given: pass image files or dataset items such as fashion_mnist:test:0")
+    config = resolve_data_config(cfg, crop_mode="center")  # the figures map masks back through the centre box
+    transform = create_transform(config, normalize=False)
     arrays, names, sources = [], [], []
     for spec in specs:
         path = Path(spec)
         if path.is_file():
-            try:
-                with open_image_file(path) as image:
-                    array, source = _preprocess_with_box(image, cfg)
-            except (UnidentifiedImageError, OSError) as err:
-                raise ValueError(f"{path}: not an image Pillow can read ({err})") from None
-            name = path.stem
+            image, name = load_image(path), path.stem
         elif (match := _ITEM.match(spec)) is not None:
             image, name = _dataset_item(match, data_dir)
-            array, source = _preprocess_with_box(image, cfg)
         else:
             raise FileNotFoundError(f"{spec}: no such image file, and not a dataset item DATASET[:SPLIT]:INDEX")
-        arrays.append(array)
+        arrays.append(transform(image).permute(1, 2, 0))  # (S, S, C) uint8
         names.append(name)
-        sources.append(source)
-    display = torch.from_numpy(np.stack(arrays))  # (B, S, S, C) uint8
-    mean = torch.tensor(cfg["mean"], dtype=torch.float32).view(1, -1, 1, 1)
-    std = torch.tensor(cfg["std"], dtype=torch.float32).view(1, -1, 1, 1)
-    if mean.shape[1] != display.shape[-1]:
-        raise ValueError(f"pretrained_cfg mean has {mean.shape[1]} channels, the model takes {display.shape[-1]}")
-    images = (display.permute(0, 3, 1, 2).float() / 255 - mean) / std  # (B, C, S, S)
+        box = center_crop_box(*image.size, config.input_size[-1], config.crop_pct)  # what the centre crop keeps
+        sources.append((image.size[0], image.size[1], box))
+    display = torch.stack(arrays)  # (B, S, S, C) uint8
+    images = normalize_images(display.permute(0, 3, 1, 2), config.mean, config.std)  # (B, C, S, S)
     return Inputs(images, display, _unique(names), sources)
 
 
@@ -121,33 +92,12 @@ def _unique(names: list[str]) -> list[str]:
     return out
 
 
-def _smooth(grid_map: torch.Tensor, size: int) -> np.ndarray:
-    """(h, w) → (size, size) bilinear, scaled to [0, 1]."""
-    up = F.interpolate(grid_map[None, None].float(), size=(size, size), mode="bilinear", align_corners=False)[0, 0]
-    up = up - up.min()
-    return (up / up.max().clamp_min(1e-12)).numpy()
-
-
 def _blocky(grid_map: torch.Tensor, size: int) -> np.ndarray:
     """(h, w[, c]) → (size, size[, c]) nearest neighbour."""
     x = grid_map.float()
     x = x[..., None] if x.ndim == 2 else x
     up = F.interpolate(x.permute(2, 0, 1)[None], size=(size, size), mode="nearest")[0].permute(1, 2, 0)
     return up.squeeze(-1).numpy()
-
-
-def _show(ax, display: torch.Tensor, title: str = "", heat: np.ndarray | None = None, rgb: np.ndarray | None = None):
-    image = display.numpy()
-    gray = image[..., 0] if image.shape[-1] == 1 else None
-    if rgb is not None:
-        ax.imshow(rgb, interpolation="nearest")
-    else:
-        ax.imshow(gray if gray is not None else image, cmap="gray" if gray is not None else None, vmin=0, vmax=255)
-    if heat is not None:
-        ax.imshow(heat, cmap="inferno", alpha=0.6, vmin=0, vmax=1)
-    ax.set_title(title, fontsize=6.5)
-    ax.set_xticks([])
-    ax.set_yticks([])
 
 
 def _select(n: int, chosen: Sequence[int] | None, what: str) -> list[int]:
@@ -189,18 +139,17 @@ def plot_attention(model: nn.Module, inputs: Inputs, out_dir: str | os.PathLike,
         for r, layer in enumerate(rows):
             for c, head in enumerate(cols):
                 m = maps[b, layer, head]
-                _show(axes[r, c], inputs.display[b], f"layer {layer} head {head}\nmax {m.max():.2f}",
-                      heat=_smooth(m, size))
+                show_panel(axes[r, c], inputs.display[b], f"layer {layer} head {head}\nmax {m.max():.2f}",
+                           heat=smooth_map(m, size))
             mean = maps[b, layer].mean(dim=0)
-            _show(axes[r, len(cols)], inputs.display[b], f"layer {layer} mean\nmax {mean.max():.2f}",
-                  heat=_smooth(mean, size))
+            show_panel(axes[r, len(cols)], inputs.display[b], f"layer {layer} mean\nmax {mean.max():.2f}",
+                       heat=smooth_map(mean, size))
             for c in range(len(cols) + 1, ncols):
                 axes[r, c].axis("off")
         last = axes[len(rows)]
-        _show(last[0], inputs.display[b], "input")
-        _show(last[1], inputs.display[b], "attention rollout", heat=_smooth(rollout[b], size))
-        _show(last[2], inputs.display[b], f"PCA of block {pca_block} tokens",
-              rgb=_blocky(pca[b], size))
+        show_panel(last[0], inputs.display[b], "input")
+        show_panel(last[1], inputs.display[b], "attention rollout", heat=smooth_map(rollout[b], size))
+        show_panel(last[2], inputs.display[b], f"PCA of block {pca_block} tokens", rgb=_blocky(pca[b], size))
         for c in range(3, ncols):
             last[c].axis("off")
         architecture = getattr(model, "pretrained_cfg", {}).get("architecture", type(model).__name__)
@@ -270,12 +219,13 @@ def plot_segmentation(model: nn.Module, inputs: Inputs, out_dir: str | os.PathLi
         axes = fig.subplots(1, 5)
         base = inputs.display[b].float().numpy() / 255
         base = np.repeat(base, 3, axis=-1) if base.shape[-1] == 1 else base
-        _show(axes[0], inputs.display[b], "input")
-        _show(axes[1], inputs.display[b], "class-token attention", heat=_smooth(scores[b], size))
+        show_panel(axes[0], inputs.display[b], "input")
+        show_panel(axes[1], inputs.display[b], "class-token attention", heat=smooth_map(scores[b], size))
         for ax, mask, title in ((axes[2], attention_mask[b], f"attention mask ({mass:.0%} mass)"),
                                 (axes[3], rollout_mask[b], "rollout mask")):
-            _show(ax, inputs.display[b], title, rgb=_tint(base, [mask.numpy()], colours))
-        _show(axes[4], inputs.display[b], f"MaskCut (τ={tau})", rgb=_tint(base, list(cuts[b].numpy()), colours))
+            show_panel(ax, inputs.display[b], title, rgb=tint_masks(base, [mask.numpy()], colours))
+        show_panel(axes[4], inputs.display[b], f"MaskCut (τ={tau})",
+                   rgb=tint_masks(base, list(cuts[b].numpy()), colours))
         fig.suptitle(f"{getattr(model, 'pretrained_cfg', {}).get('architecture', type(model).__name__)}: "
                      f"unsupervised masks, {name}", fontsize=8)
         value_colorbar(fig, axes[1], "inferno", 0, 1, "÷ max", ticks=(0, 0.5, 1))
@@ -292,31 +242,18 @@ def _save_masks(inputs: Inputs, b: int, out_dir: Path, masks: dict[str, torch.Te
         save_mask(mask, out_dir / f"{inputs.names[b]}_mask_{kind}.png", source)
 
 
-def _tint(base: np.ndarray, masks: list[np.ndarray], colours: np.ndarray) -> np.ndarray:
-    """The image (S, S, 3) in [0, 1] with each mask blended in its colour (background dimmed)."""
-    out = base * 0.45
-    for i, mask in enumerate(masks):
-        colour = colours[i % len(colours)]
-        out = np.where(mask[..., None], 0.45 * base + 0.55 * colour, out)
-    return np.clip(out, 0, 1)
-
-
 def evaluate_mask_files(model: nn.Module, inputs: Inputs, masks_dir: str | os.PathLike,
                         mass: float = 0.6, tau: float = 0.15) -> dict:
     """Scores every method on the given images against ground-truth mask files `<masks_dir>/<name>.png` (`name` as
     in `inputs.names`; nonzero pixels are foreground), cropped like the images (nearest neighbour)."""
-    from PIL import Image, UnidentifiedImageError
-
-    cfg = {**model.pretrained_cfg, "input_size": (1, *model.pretrained_cfg["input_size"][1:]),
-           "interpolation": "nearest"}
+    # the masks get the images' crop, through nearest neighbour and unnormalised (mean 0, std 1: not used)
+    cfg = model.pretrained_cfg
+    transform = create_transform(resolve_data_config(cfg, in_chans=1, interpolation="nearest", mean=(0.0,),
+                                                     std=(1.0,)), normalize=False)
     targets = []
     for name in inputs.names:
         path = Path(masks_dir) / f"{name}.png"
         if not path.is_file():
             raise FileNotFoundError(f"no ground-truth mask {path} for image {name!r} (masks are named <image stem>.png)")
-        try:
-            with open_image_file(path) as mask:
-                targets.append(torch.from_numpy(_preprocess(mask, cfg)[..., 0] > 0))
-        except (UnidentifiedImageError, OSError) as err:
-            raise ValueError(f"{path}: not an image Pillow can read ({err})") from None
+        targets.append(transform(path)[0] > 0)  # (S, S)
     return _as_dicts(score_batch(model, inputs.images, torch.stack(targets), mass=mass, tau=tau))

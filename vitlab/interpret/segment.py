@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..data import normalize_images
 from ..models import get_blocks
 
 __all__ = ["mass_threshold", "upsample_mask", "maskcut", "fashion_mnist_foreground", "SegmentationScores",
@@ -248,14 +249,12 @@ def evaluate_segmentation(model: torch.nn.Module, images: torch.Tensor, targets:
     `SegmentationScores.as_dict()`.
     """
     model = model.to(device).eval()
-    shift = torch.tensor(mean, device=device).view(1, -1, 1, 1)
-    scale = torch.tensor(std, device=device).view(1, -1, 1, 1)
     if len(images) == 0 or len(images) != len(targets):
         raise ValueError(f"need as many ground-truth masks as images (at least one), got {len(images)} images and "
                          f"{len(targets)} masks")
     scores = None
     for start in range(0, len(images), batch_size):
-        x = (images[start:start + batch_size].to(device).float() / 255 - shift) / scale  # (B, C, H, W)
+        x = normalize_images(images[start:start + batch_size].to(device), mean, std)  # (B, C, H, W)
         scores = score_batch(model, x, targets[start:start + batch_size], scores, mass=mass, tau=tau)
     return _as_dicts(scores)
 

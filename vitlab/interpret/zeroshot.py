@@ -16,13 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..convert import load_checkpoint
-from ..data.decode import open_image_file
+from ..data import DataConfig, create_transform, load_image, resolve_data_config
 from ..data.templates import DEFAULT_TEMPLATES_FILE, read_templates
 from ..models import create_model, get_pretrained_cfg, is_model
 from ..text import load_text_tokenizer
@@ -44,6 +43,13 @@ class ClipBundle:
     image_size: int
     templates: list[str]  # the run's zero-shot templates (its held-out ones), else vitlab's default file
     label: str
+
+    @property
+    def data_config(self) -> DataConfig:
+        """How `vitlab zeroshot` prepares images for this CLIP: short side to image_size (bicubic), the centre at
+        whole-pixel offsets (`crop_mode="resize_crop"`), the bundle's mean / std."""
+        return resolve_data_config(input_size=(self.in_chans, self.image_size, self.image_size), mean=self.mean,
+                                   std=self.std, interpolation="bicubic", crop_pct=1.0, crop_mode="resize_crop")
 
 
 def _from_run(run: str | os.PathLike) -> ClipBundle:
@@ -95,28 +101,14 @@ def load_clip(source: str, checkpoint: str | None = None, tokenizer_path: str | 
 
 
 def load_clip_images(paths: Sequence[str | os.PathLike], bundle: ClipBundle) -> torch.Tensor:
-    """Normalised float images (N, C, S, S): short side resized to S (bicubic), centre crop."""
-    from PIL import Image, UnidentifiedImageError
-
-    out = []
+    """Normalised float images (N, C, S, S): short side resized to S (bicubic), centre crop (`bundle.data_config`
+    through `vitlab.data.create_transform`)."""
+    transform, out = None, []
     for path in paths:
-        try:
-            with open_image_file(path) as image:
-                image = image.convert("L" if bundle.in_chans == 1 else "RGB")
-                scale = bundle.image_size / min(image.size)
-                w, h = max(bundle.image_size, round(image.size[0] * scale)), max(bundle.image_size,
-                                                                                 round(image.size[1] * scale))
-                image = image.resize((w, h), Image.Resampling.BICUBIC)
-                left, top = (w - bundle.image_size) // 2, (h - bundle.image_size) // 2
-                image = image.crop((left, top, left + bundle.image_size, top + bundle.image_size))
-                array = np.asarray(image, dtype=np.float32).reshape(bundle.image_size, bundle.image_size, -1)
-        except (UnidentifiedImageError, OSError) as err:
-            raise ValueError(f"{path}: not an image Pillow can read ({err})") from None
-        out.append(torch.from_numpy(array.copy()).permute(2, 0, 1) / 255)  # (C, S, S) in [0, 1]
-    images = torch.stack(out)
-    mean = torch.tensor(bundle.mean).view(1, -1, 1, 1)
-    std = torch.tensor(bundle.std).view(1, -1, 1, 1)
-    return (images - mean) / std
+        image = load_image(path)  # read first: a bad file is named before anything else is looked at
+        transform = transform or create_transform(bundle.data_config)
+        out.append(transform(image))  # (C, S, S)
+    return torch.stack(out)
 
 
 @torch.no_grad()
