@@ -83,3 +83,14 @@ def test_every_skip_reason_in_the_suite_is_classified():
     for module in modules:
         assert skip_verdict(f"could not import '{module}': No module named '{module}'") is not None, module
     assert all(OPTIONAL_SKIPS.values())
+
+
+def test_ci_runs_the_readmes_test_command_with_the_slowest_tests_listed():
+    """.ci/run installs and tests as the README's test command does, and adds --durations=25 so slow tests show."""
+    readme = (TESTS.parent / "README.md").read_text()
+    command = 'pip install -c constraints/cpu.txt -e ".[dev]" && python -m pytest -q'
+    assert command in readme
+    ci = (TESTS.parent / ".ci" / "run").read_text()
+    assert 'pip install -q -c constraints/cpu.txt -e ".[dev]"' in ci
+    assert re.search(r"^python3 -m pytest -q --durations=25$", ci, re.M)
+    assert '"$status" -eq 5' in ci  # "no tests ran" is a failure

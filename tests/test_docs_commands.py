@@ -96,7 +96,7 @@ PLANS: dict[str, Run | Elsewhere] = {
     # ---- README.md
     "pip install -c constraints/cpu.txt -e . && vitlab train fashion_mnist_vit_mimetic download=true": Run(SHORT),
     'pip install -c constraints/cpu.txt -e ".[dev]" && python -m pytest -q': Elsewhere(
-        ".ci/run runs exactly this command (test_ci_guards checks it); running it here would recurse"),
+        ".ci/run runs this command, with --durations=25 (test_ci_guards checks it); running it here would recurse"),
     'import vitlab\nvitlab.list_models("crate_alpha_*")':
         Run(prelude="images = torch.rand(2, 3, 32, 32)"),
     'import timm, vitlab\nvit = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=2, num_classes=10)':

@@ -189,7 +189,8 @@ def create_model(name: str | None = None, pretrained: bool = False, *,
     if isinstance(init, str) and init in _INITS:
         _INITS[init](model, **(init_kwargs or {}))
     elif init is not None:
-        hint = "" if _INITS else " (the inits register when vitlab.init is imported)"
+        hint = "" if _INITS else (" (the inits register when vitlab.init is imported: `import vitlab.init` first, "
+                                      "or call vitlab.create_model, which does)")
         raise ValueError(f"unknown init {init!r}; expected {' or '.join(['None', *map(repr, _INITS)])}{hint}")
     elif init_kwargs:
         raise ValueError("init_kwargs given without init")
