@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
+import vitlab
 import vitlab._calibrate as calibration
 import vitlab.train.build as build
 from vitlab.train.config import TrainConfig
@@ -135,25 +136,39 @@ def test_an_entry_under_a_foreign_key_is_not_a_hit(measuring, tmp_path):
     assert list(json.loads(path.read_text())["entries"]) == [name]  # the foreign entries dropped
 
 
-def test_auto_on_a_cpu_follows_the_measurement_and_says_so(measuring, tmp_path):
-    model = torch.nn.Linear(2, 2)
-    model.num_features, model.block_size = 192, 65
-    assert build.model_shape(model) == (192, 65) and build.model_shape(None) == build.DEFAULT_SHAPE
-    line = build.describe_precision(TrainConfig(precision="auto"), CPU, model)
-    assert line == [f"precision: bf16 autocast (auto: 2.00x fp32 measured on {calibration.cpu_name()}, w256-t128; "
-                    f"cached in {tmp_path / 'calibration.json'})"]
-    assert build.resolve_precision("auto", CPU, model) == "bf16" and measuring["calls"] == 1  # one measurement
+def test_auto_on_a_cpu_follows_the_measurement_of_the_model_and_says_so(measuring, tmp_path):
+    model = vitlab.create_model("vit_tiny_patch4_32", embed_dim=32, depth=1, num_heads=2)
+    assert build.model_shape(model) == (32, 65) and build.model_shape(torch.nn.Linear(2, 2)) is None
+    line = build.describe_precision(TrainConfig(precision="auto", batch_size=48), CPU, model)
+    assert line == [f"precision: bf16 autocast (auto: 2.00x fp32 measured on {calibration.cpu_name()}, "
+                    f"{type(model).__name__} w32-t128 b64; cached in {tmp_path / 'calibration.json'})"]
+    assert build.resolve_precision("auto", CPU, model, batch=48) == "bf16" and measuring["calls"] == 1  # once
     measuring["times"] = {"fp32": 1.0, "bf16": 10.0}
-    line = build.describe_precision(TrainConfig(precision="auto"), CPU)  # another shape class: measured now
+    line = build.describe_precision(TrainConfig(precision="auto"), CPU)  # no model: one block, measured now
     assert line[0].startswith("precision: fp32 (auto: fp32, bf16 measured 0.10x fp32 on ")
-    assert "(bf16 needs >= 1.15x)" in line[0]
+    assert "block w256-t64 (bf16 needs >= 1.15x); cached in" in line[0]
     build._MEASURED.clear()  # a new process: reads the cache
     assert "read from" in build.describe_precision(TrainConfig(precision="auto"), CPU)[0]
     assert measuring["calls"] == 2
-    measuring["times"] = {"fp32": 1.1, "bf16": 1.0}
-    assert build.resolve_precision("auto", CPU, torch.nn.Linear(2, 2)) == "fp32"  # cached: 0.10x
     assert build.choose_precision("auto", torch.device("cuda")) == build.PrecisionChoice("bf16", "auto: CUDA")
     assert measuring["calls"] == 2  # CUDA: bf16 without measuring
+
+
+def test_the_model_workload_is_timed_on_a_copy_and_leaves_the_random_stream_alone(tmp_path, monkeypatch):
+    monkeypatch.setenv("VITLAB_CACHE", str(tmp_path))
+    model = vitlab.create_model("vit_tiny_patch4_32", embed_dim=32, depth=1, num_heads=2, drop_path_rate=0.1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    name, candidates = build._precision_workload(model, 4)
+    measured = calibration.calibrate("precision", name, candidates, 1.15, budget_s=0.0)  # timed: a warm-up, 3 rounds
+    assert set(measured.seconds) == {"fp32", "bf16"} and all(t > 0 for t in measured.seconds.values())
+    assert name.endswith("b4") and torch.equal(torch.rand(3), expected)  # the calibration drew nothing from it
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+    huge = vitlab.create_model("vit_base_patch16_224", depth=2)  # one sample: over TIMED_FLOPS
+    assert build._precision_workload(huge, 64)[0] == "block w1024-t256"
 
 
 def test_explicit_precision_never_calibrates(measuring, monkeypatch):

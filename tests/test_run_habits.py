@@ -223,9 +223,9 @@ def test_the_start_up_line_says_what_auto_measured_at_the_models_shape(tmp_path,
     monkeypatch.setenv("VITLAB_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(calibration, "measure", lambda candidates, **kwargs: {"fp32": 2.5, "bf16": 1.0})
     train(tiny_run(tmp_path, precision="auto", max_steps=1, device="cpu"))
-    # width 32, 4 x 4 patches + the class token = 17 tokens
-    assert (f"precision: bf16 autocast (auto: 2.50x fp32 measured on {calibration.cpu_name()}, w32-t32; cached in "
-            f"{tmp_path / 'cache' / 'calibration.json'})") in capsys.readouterr().out
+    # the model itself, at its width 32, 4 x 4 patches + the class token = 17 tokens, and the batch of 64
+    assert (f"precision: bf16 autocast (auto: 2.50x fp32 measured on {calibration.cpu_name()}, VisionTransformer "
+            f"w32-t32 b64; cached in {tmp_path / 'cache' / 'calibration.json'})") in capsys.readouterr().out
 
 
 def test_precision_auto_is_bf16_on_cuda_and_where_measured_faster_on_a_cpu(monkeypatch, tmp_path):

@@ -3,9 +3,10 @@ fastest by a margin, and cache what was measured (issue 25).
 
 A CPU's flags do not say whether bf16 autocast trains faster than fp32: an AMX Xeon runs bf16 train steps 2.1-2.4x
 faster, an AVX-512 EPYC with `avx512_bf16` 2.5x, an AVX2 EPYC 0.06-0.12x (emulated). So `precision=auto` on a CPU
-(`vitlab.train.build.resolve_precision`) times a short fp32 and a bf16-autocast forward + backward of one transformer
-block's GEMMs and attention at the model's width and token count (`precision_workload`), interleaved, medians, in
-`BUDGET_S` at most, and picks bf16 only when it is `BF16_MARGIN` times faster.
+(`vitlab.train.build.choose_precision`) times short fp32 and bf16-autocast forward + backward passes of the model
+itself at its training batch (`model_workload`; of one transformer block's GEMMs and attention at its width and
+token count, `precision_workload`, when there is no model or one sample of it is too large to time within the
+budget), interleaved, medians, in `BUDGET_S` at most, and picks bf16 only when it is `BF16_MARGIN` times faster.
 
 The decision is cached in `cache_file()` (`$VITLAB_CACHE/calibration.json`; default `$XDG_CACHE_HOME/vitlab`, else
 `~/.cache/vitlab`), keyed by what, the CPU model, the torch version and the shape class (`shape_class`), with the
@@ -18,6 +19,7 @@ rank 0 may also ask alone, e.g. for its start-up line).
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -36,7 +38,7 @@ import torch.nn.functional as F
 from ._profile import cpu_name
 
 __all__ = ["BF16_MARGIN", "BUDGET_S", "Calibration", "cache_file", "calibration_enabled", "shape_class", "measure",
-           "decide", "calibrate", "precision_workload", "agreed"]
+           "decide", "calibrate", "precision_workload", "model_workload", "agreed"]
 
 BF16_MARGIN = 1.15  # bf16 only when its step is >= 1.15x faster: below that, timing noise on a loaded machine
 # (medians of interleaved repeats still move by ~5-10%) could flip the choice, and a near tie is not worth bf16's
@@ -155,7 +157,8 @@ def calibrate(what: str, shape: str, candidates: Callable[[], dict[str, Callable
     name = _entry_name(key)
     if (hit := _from_entry(name, entries.get(name))) is not None:
         return hit
-    seconds = measure(candidates(), budget_s=budget_s, timer=timer)
+    with torch.random.fork_rng(devices=[]):  # random inputs and weights: the caller's random stream is not touched
+        seconds = measure(candidates(), budget_s=budget_s, timer=timer)
     choice, ratio = decide(seconds, margin)
     calibration = Calibration(key=key, choice=choice, seconds=seconds, ratio=ratio,
                               date=datetime.now(timezone.utc).isoformat(timespec="seconds"))
@@ -189,6 +192,25 @@ def precision_workload(width: int, tokens: int, device: torch.device | str = "cp
             out.float().square().mean().backward()
             for t in (x, *weights):
                 t.grad = None
+        return run
+
+    return {"fp32": step(False), "bf16": step(True)}
+
+
+def model_workload(model: torch.nn.Module, inputs: tuple) -> dict[str, Callable[[], None]]:
+    """{"fp32": step, "bf16": step}: one training forward + backward of a copy of `model` (so neither its weights,
+    buffers nor gradients change) on `inputs`, in fp32 and under bf16 autocast. (`calibrate` leaves the global
+    random stream as it was, so a run trains the same whether it measured or read the cache.)"""
+    copied = copy.deepcopy(model).train()
+    device_type = next(copied.parameters()).device.type
+
+    def step(bf16: bool) -> Callable[[], None]:
+        def run() -> None:
+            with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
+                out = copied(*inputs)
+            outputs = out if isinstance(out, tuple) else (out,)
+            sum(o.float().mean() for o in outputs if torch.is_tensor(o) and o.requires_grad).backward()
+            copied.zero_grad(set_to_none=True)
         return run
 
     return {"fp32": step(False), "bf16": step(True)}
