@@ -9,8 +9,10 @@ token count, `precision_workload`, when there is no model or one sample of it is
 budget), interleaved, medians, in `BUDGET_S` at most, and picks bf16 only when it is `BF16_MARGIN` times faster.
 
 The decision is cached in `cache_file()` (`$VITLAB_CACHE/calibration.json`; default `$XDG_CACHE_HOME/vitlab`, else
-`~/.cache/vitlab`), keyed by what, the CPU model, the torch version and the shape class (`shape_class`), with the
-times per candidate, their ratio and the date. A corrupt or foreign file is ignored with a one-line note and
+`~/.cache/vitlab`), keyed by what, the CPU model, the torch version and the workload's shape class (e.g.
+`VisionTransformer w128-t16 b64`: width, tokens and batch rounded up to powers of two, `shape_class`), with the
+times per candidate, their ratio and the date. The budget holds for a workload sized to it: the minimum of one
+warm-up and 3 interleaved rounds runs whatever a call costs. A corrupt or foreign file is ignored with a one-line note and
 rewritten atomically. `VITLAB_CALIBRATE=0` measures nothing (`calibration_enabled`).
 
 Under torchrun every rank must take the same decision: `agreed` lets rank 0 decide and publish it in the process
