@@ -11,8 +11,11 @@ where a missing input would turn the suite quietly green. So with `CI=true` in t
 - any other skip fails too, asking for its reason to be classified here (a new skip cannot pass CI unseen).
 A skip reason must therefore name what is missing: pytest.importorskip does (“could not import 'timm'”), and
 skipif markers say e.g. "../shared/data/fashion-mnist is absent"."""
+import atexit
 import os
 import re
+import shutil
+import tempfile
 
 import pytest
 import torch
@@ -20,6 +23,14 @@ import torch
 from torchvision_shim import import_torchvision
 
 import_torchvision()
+
+# The calibration cache (vitlab/_calibrate.py) of the whole suite is a temporary folder, never ~/.cache/vitlab, and
+# precision=auto measures nothing (the flag rule) unless a test opts in with VITLAB_CALIBRATE=1: runs stay
+# deterministic and fast. Set here, at import, so the environments that test modules copy from os.environ for
+# their subprocesses (`python -m vitlab train ...`) carry them too.
+_CALIBRATION_CACHE = tempfile.mkdtemp(prefix="vitlab-test-cache-")
+atexit.register(shutil.rmtree, _CALIBRATION_CACHE, ignore_errors=True)
+os.environ["VITLAB_CACHE"], os.environ["VITLAB_CALIBRATE"] = _CALIBRATION_CACHE, "0"
 
 REQUIRED_MODULES = ("timm", "transformers", "tensorboard", "skimage", "sklearn", "simplejpeg", "open_clip")
 REQUIRED_SKIPS = [rf"could not import '({'|'.join(REQUIRED_MODULES)})[.']", r"\.\./shared/data",

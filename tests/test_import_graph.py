@@ -18,7 +18,7 @@ SOURCE = Path(__file__).resolve().parents[1] / "vitlab"
 # datasets, and text needs nothing of data (the file helpers both use live in the root modules).
 LAYERS = {
     "_download": -2, "_archive": -2, "_version": -2, "_profile": -2, "_figures": -2,
-    "_files": -1,
+    "_files": -1, "_calibrate": -1,  # _calibrate reads the CPU's name with _profile
     "models": 0,
     "init": 1, "convert": 1,
     "text": 2,

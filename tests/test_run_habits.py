@@ -216,16 +216,37 @@ def test_bf16_on_a_cpu_without_bf16_units_is_called_out_at_start_up(tmp_path, mo
     assert "without bf16 matrix instructions" not in capsys.readouterr().out
 
 
-def test_precision_auto_is_bf16_on_cuda_and_amx_cpus_only(monkeypatch):
+@needs_fashion
+def test_the_start_up_line_says_what_auto_measured_at_the_models_shape(tmp_path, monkeypatch, capsys):
+    import vitlab._calibrate as calibration
+    monkeypatch.setenv("VITLAB_CALIBRATE", "1")
+    monkeypatch.setenv("VITLAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(calibration, "measure", lambda candidates, **kwargs: {"fp32": 2.5, "bf16": 1.0})
+    train(tiny_run(tmp_path, precision="auto", max_steps=1, device="cpu"))
+    # the model itself, at its width 32, 4 x 4 patches + the class token = 17 tokens, and the batch of 64
+    assert (f"precision: bf16 autocast (auto: 2.50x fp32 measured on {calibration.cpu_name()}, VisionTransformer "
+            f"w32-t32 b64; cached in {tmp_path / 'cache' / 'calibration.json'})") in capsys.readouterr().out
+
+
+def test_precision_auto_is_bf16_on_cuda_and_where_measured_faster_on_a_cpu(monkeypatch, tmp_path):
     import torch
+    import vitlab._calibrate as calibration
+    cpu = torch.device("cpu")
+    # VITLAB_CALIBRATE=0 (the suite's default, tests/conftest.py): the flag rule, bf16 only with AMX tiles
     monkeypatch.setattr(build, "cpu_bf16_flags", lambda cpuinfo="/proc/cpuinfo": ["amx_bf16", "avx512_bf16"])
-    assert build.resolve_precision("auto", torch.device("cpu")) == "bf16"
+    assert build.resolve_precision("auto", cpu) == "bf16"
     monkeypatch.setattr(build, "cpu_bf16_flags", lambda cpuinfo="/proc/cpuinfo": ["avx512_bf16"])
-    assert build.resolve_precision("auto", torch.device("cpu")) == "fp32"  # not measured without AMX: stays fp32
-    monkeypatch.setattr(build, "cpu_bf16_flags", lambda cpuinfo="/proc/cpuinfo": [])
-    assert build.resolve_precision("auto", torch.device("cpu")) == "fp32"
+    assert build.resolve_precision("auto", cpu) == "fp32"
+    # measured: an avx512_bf16 CPU (no AMX) whose bf16 steps run 2.5x faster trains in bf16; one 10x slower in fp32
+    monkeypatch.setenv("VITLAB_CALIBRATE", "1")
+    monkeypatch.setenv("VITLAB_CACHE", str(tmp_path / "fast"))
+    monkeypatch.setattr(calibration, "measure", lambda candidates, **kwargs: {"fp32": 2.5, "bf16": 1.0})
+    assert build.resolve_precision("auto", cpu) == "bf16"
+    monkeypatch.setenv("VITLAB_CACHE", str(tmp_path / "emulated"))
+    monkeypatch.setattr(calibration, "measure", lambda candidates, **kwargs: {"fp32": 1.0, "bf16": 10.0})
+    assert build.resolve_precision("auto", cpu) == "fp32"
     assert build.resolve_precision("auto", torch.device("cuda")) == "bf16"
-    assert build.resolve_precision("bf16", torch.device("cpu")) == "bf16"
+    assert build.resolve_precision("bf16", cpu) == "bf16"
     assert build.resolve_precision("fp32", torch.device("cuda")) == "fp32"
     with pytest.raises(ValueError, match="'auto', 'bf16' or 'fp32'"):
         build.resolve_precision("fp16", torch.device("cpu"))

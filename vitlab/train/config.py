@@ -111,7 +111,7 @@ class TrainConfig:
     grad_accum_steps: int = 1
     grad_clip: float = 0.0  # max global gradient norm, 0: off
     # -- machinery --------------------------------------------------------------------------------------------
-    precision: str = "auto"  # 'auto' (bf16 autocast on CUDA and AMX CPUs, fp32 elsewhere), 'fp32', 'bf16'
+    precision: str = "auto"  # 'auto' (bf16 on CUDA; on a CPU where measured faster: train.build), 'fp32', 'bf16'
     compile: bool = False
     grad_checkpointing: bool = False  # recompute each block in backward: less activation memory, same results
     distributed: str = "ddp"  # under torchrun: 'ddp' or 'fsdp' (FSDP2 fully_shard per block)

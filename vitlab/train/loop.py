@@ -127,7 +127,7 @@ class _Run:
         self.eval_interval = config.eval_interval or max(1, round(config.eval_every * self.steps_per_epoch))
         self.augment_rng = torch.Generator().manual_seed(config.seed * 9973 + info.rank)  # CPU: no device sync
         self.state = RunState()
-        self.autocast = autocast_for(config, info.device)
+        self.autocast = autocast_for(config, info.device, self.model)  # auto: measured at the model's shape
         self.tied = tied_names(self.model)  # e.g. lm_head.weight → transformer.wte.weight: stored once
         if not config.resume and info.is_main:
             self._move_aside()
@@ -313,7 +313,7 @@ class _Run:
         for note in self.task.notes():
             print(note)
         per_device = config.batch_size // (info.world_size * config.grad_accum_steps)
-        for line in describe_precision(config, info.device):
+        for line in describe_precision(config, info.device, self.model):
             print(line)
         print(f"batch: {config.batch_size} global = {info.world_size} process(es) x {config.grad_accum_steps} "
               f"accumulation step(s) x {per_device} per device; workers per process {config.num_workers}")
