@@ -152,8 +152,9 @@ def markdown(results: dict[str, dict]) -> str:
     def cell(row, way, key, fmt):
         return fmt.format(row[way][key]) if way in row else "—"
 
-    lines = ["| model | params | vitlab s | old s | timm s | vitlab / timm | vitlab / old | peak RSS MiB vitlab / old "
-             "/ timm | rise MiB vitlab / old / timm |", "|---|---|---|---|---|---|---|---|---|"]
+    header = ("| model | params | vitlab s | old s | timm s | vitlab / timm | vitlab / old | peak RSS MiB vitlab / old / "
+              "timm | rise MiB vitlab / old / timm |")
+    lines = [header, "|---|---|---|---|---|---|---|---|---|"]
     for row in results.values():
         ratio = f"{row['vitlab_over_timm']:.2f}×" if "vitlab_over_timm" in row else "—"
         peaks = " / ".join(cell(row, way, "peak_rss_mib", "{:.0f}") for way in ("vitlab", "old", "timm"))
