@@ -14,6 +14,7 @@ from .crate_alpha import CRATEAlpha
 from .crate_lm import CRATEAlphaLM, CRATELM
 from .gpt import GPT
 from .vit import VisionTransformer
+from .weight_init import trunc_normal_
 from .segmentation import SegmentationModel, create_segmentation_model
 from .clip import CLIP, TextTransformer, create_clip_model
 
@@ -23,4 +24,4 @@ __all__ = ["TransformerBlocks", "get_blocks", "ImageTransformer", "VisionTransfo
            "resample_position_embedding", "SegmentationModel", "create_segmentation_model", "CLIP", "TextTransformer",
            "create_clip_model", "FeatureGetterNet", "FeatureInfo", "load", "save_pretrained", "from_pretrained",
            "push_to_hub", "describe_architecture", "model_spec", "read_spec", "check_model_size", "short_alias",
-           "register_init", "METADATA_KEY", "resolve_source", "WeightSource", "shape_kwargs"]
+           "register_init", "METADATA_KEY", "resolve_source", "WeightSource", "shape_kwargs", "trunc_normal_"]

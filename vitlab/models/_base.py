@@ -285,12 +285,3 @@ def feature_take_indices(num_blocks: int, indices: int | list[int] | tuple[int, 
         if not take:
             raise ValueError("indices is an empty sequence: name at least one block")
     return take, max(take)
-
-
-def trunc_normal_linear_init_(module: nn.Module, std: float = 0.02) -> None:
-    """timm's ViT init for Linear layers: truncated normal(std) weights (±2σ), zero bias."""
-    if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=std, a=-2 * std, b=2 * std)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-

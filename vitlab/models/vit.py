@@ -7,10 +7,11 @@ from functools import partial
 import torch
 from torch import nn
 
-from ._base import ImageTransformer, trunc_normal_linear_init_
+from ._base import ImageTransformer
 from ._constants import CIFAR10_MEAN, CIFAR10_STD, INCEPTION_MEAN, INCEPTION_STD, model_cfg
 from ._layers import Attention, DropPath, Mlp
 from ._registry import register_model
+from .weight_init import trunc_normal_, trunc_normal_linear_init_
 
 __all__ = ["Block", "VisionTransformer"]
 
@@ -65,7 +66,7 @@ class VisionTransformer(ImageTransformer):
 
     def init_weights(self) -> None:
         if self.pos_embed_type == "learn":
-            nn.init.trunc_normal_(self.pos_embed, std=0.02, a=-0.04, b=0.04)
+            trunc_normal_(self.pos_embed, std=0.02, a=-0.04, b=0.04)  # ±2σ
         if self.cls_token is not None:
             nn.init.normal_(self.cls_token, std=1e-6)
         self.apply(trunc_normal_linear_init_)
