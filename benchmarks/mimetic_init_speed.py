@@ -148,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"command": command, "cpu": cpu, "threads": torch.get_num_threads(), "torch": torch.__version__,
-                       "vitlab": vitlab.__version__, "git_commit": commit, "anchor_commit": ANCHOR_COMMIT, "lapack_warmup_s": warmup,
+                       "vitlab": vitlab.__version__, "git_commit": commit, "anchor_commit": ANCHOR_COMMIT,
+                       "lapack_warmup_s": warmup,
                        "rows": rows}, f, indent=1)
     return 0
 
