@@ -130,7 +130,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     old_init = old_mimetic_init()
     warmup = lapack_warmup()
-    rows = [measure(name, old_init, args.repeats) for name in args.models]
+    rows = []
+    for name in args.models:
+        rows.append(measure(name, old_init, args.repeats))
+        print(f"{name}: old {rows[-1]['old_s']:.2f} s, new {rows[-1]['new_s']:.2f} s", flush=True)
     command = "python " + " ".join(sys.argv)
     cpu = lscpu_summary()
     commit = _git("rev-parse", "HEAD").strip()
