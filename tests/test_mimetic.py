@@ -541,3 +541,82 @@ def test_gpt2_cross_attention_is_reported():
         mimetic_init_(model)
     with pytest.warns(UserWarning):
         assert mimetic_init_(model, strict=False) == 1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Batched factorisation: the same products (and factors, up to each singular vector's sign) as the per-head
+# float64 SVD recipe, in one factorisation call per layer and half
+
+
+def test_batched_balanced_factors_equal_the_per_matrix_svd():
+    g = torch.Generator().manual_seed(0)
+    A = torch.stack([mimetic_target(D, 0.7, 0.7, +1, generator=g) for _ in range(3)])  # (3, d, d)
+    L, R = balanced_factors(A, K)  # (3, d, dh), (3, dh, d)
+    assert L.shape == (3, D, K) and R.shape == (3, K, D)
+    for a, l, r in zip(A, L, R):
+        U, S, Vh = torch.linalg.svd(a)
+        torch.testing.assert_close(l @ r, U[:, :K] * S[:K] @ Vh[:K], atol=1e-11, rtol=0)
+        sign = (l * U[:, :K]).sum(0).sign()  # (dh,)  the SVD's sign choice per singular vector
+        torch.testing.assert_close(l * sign, U[:, :K] * S[:K].sqrt(), atol=1e-9, rtol=0)
+        torch.testing.assert_close(r * sign[:, None], S[:K].sqrt()[:, None] * Vh[:K], atol=1e-9, rtol=0)
+
+
+def test_batched_psd_factor_equals_the_per_matrix_one():
+    g = torch.Generator().manual_seed(1)
+    Z = torch.randn(2, D, D, generator=g, dtype=torch.float64) / math.sqrt(D)
+    A = 0.7 * torch.eye(D, dtype=torch.float64) + 0.7 * (Z + Z.mT) / math.sqrt(2)  # (2, d, d)
+    F = psd_factor(A, K)  # (2, dh, d)
+    assert F.shape == (2, K, D)
+    for a, f in zip(A, F):
+        lam, E = torch.linalg.eigh(a)
+        torch.testing.assert_close(f.T @ f, E[:, -K:] * lam[-K:] @ E[:, -K:].T, atol=1e-10, rtol=0)
+        assert torch.all(f.norm(dim=1)[:-1] >= f.norm(dim=1)[1:])  # rows by decreasing eigenvalue
+
+
+def _reference_products(seed: int, layers: int, tied: bool) -> list[list[torch.Tensor]]:
+    """The recipe written out per head in float64 with torch.linalg.svd / eigh: three seeds per layer from
+    `seed` (QK, VO, baseline), each half drawing its targets Z one after the other from its own generator."""
+    seeds = torch.randint(0, 2**62, (layers, 3), generator=torch.Generator().manual_seed(seed)).tolist()
+    out = []
+    for qk_seed, vo_seed, _ in seeds:
+        g, layer = torch.Generator().manual_seed(qk_seed), []
+        for _ in range(H):
+            Z = torch.randn(D, D, generator=g, dtype=torch.float64) / math.sqrt(D)
+            if tied:
+                lam, E = torch.linalg.eigh(0.7 * torch.eye(D, dtype=torch.float64) + 0.7 * (Z + Z.T) / math.sqrt(2))
+                layer.append(E[:, -K:] * lam[-K:].clamp_min(0) @ E[:, -K:].T)
+                continue
+            U, S, Vh = torch.linalg.svd(0.7 * Z + 0.7 * torch.eye(D, dtype=torch.float64))
+            layer.append(U[:, :K] * S[:K] @ Vh[:K])
+        if not tied:
+            Z = torch.randn(D, D, generator=torch.Generator().manual_seed(vo_seed), dtype=torch.float64)
+            layer.append(0.4 * Z / math.sqrt(D) - 0.4 * torch.eye(D, dtype=torch.float64))
+        out.append(layer)
+    return out
+
+
+@pytest.mark.parametrize("name", ["vit_tiny_patch2_32", "crate_alpha_tiny_patch4_32"])
+def test_products_equal_the_per_head_float64_recipe(name):
+    model = vitlab.create_model(name, depth=2, embed_dim=D, num_heads=H)
+    mimetic_init_(model, seed=0)
+    tied = name.startswith("crate")
+    for block, reference in zip(model.blocks, _reference_products(0, 2, tied)):
+        W = (block.attn.subspace if tied else block.attn.qkv).weight.detach().double()  # rows q | k | v
+        k_off = 0 if tied else D
+        got = [W[h * K:(h + 1) * K].T @ W[k_off + h * K:k_off + (h + 1) * K] for h in range(H)]
+        if not tied:
+            got.append(W[2 * D:].T @ block.attn.proj.weight.detach().double().T)
+        for P, ref in zip(got, reference, strict=True):
+            assert ((P - ref).norm() / ref.norm()).item() < 1e-5
+
+
+def test_one_factorisation_call_per_layer_and_half(monkeypatch):
+    calls = []
+    for fn in ("svd", "eigh"):
+        original = getattr(torch.linalg, fn)
+        monkeypatch.setattr(torch.linalg, fn, lambda *a, _f=original, _n=fn, **k: calls.append(_n) or _f(*a, **k))
+    mimetic_init_(vitlab.create_model("vit_tiny_patch2_32", depth=2), seed=0)
+    assert len(calls) == 2 * 2  # per layer: the H heads' QK targets in one call, VO in one
+    calls.clear()
+    mimetic_init_(vitlab.create_model("crate_tiny_patch4_32", depth=2, embed_dim=D, num_heads=H), seed=0)
+    assert len(calls) == 2  # tied: QK only

@@ -39,20 +39,31 @@ def mimetic_target(d: int, alpha: float, beta: float, sign: float, noise: str = 
     return alpha * mimetic_noise(d, noise, generator) + sign * beta * torch.eye(d, dtype=_F64)
 
 
-def balanced_factors(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """SVD A = U S Vᵀ → L = U·diag(√S), R = diag(√S)·Vᵀ, so L·R = A and LᵀL = R Rᵀ = S.
-    L[:, :r]·R[:r, :] = U_r S_r V_rᵀ is the best rank-r approximation of A (Eckart–Young)."""
-    U, S, Vh = torch.linalg.svd(A)  # (d, d), (d,), (d, d)
+def balanced_factors(A: torch.Tensor, rank: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Balanced factors of the SVD A = U S Vᵀ, batched over leading dims: L = U_r·diag(√S_r) (…, d, r),
+    R = diag(√S_r)·V_rᵀ (…, r, d) for the `rank` r largest singular values (all d by default), so L·R = U_r S_r V_rᵀ
+    is the best rank-r approximation of A (Eckart–Young; A itself at r = d) and LᵀL = R Rᵀ = diag(S_r).
+
+    Computed from the eigendecomposition A Aᵀ = U S² Uᵀ (one batched `eigh`, about half the cost of an SVD) and
+    R = S_r^{-1/2} U_rᵀ A, in A's dtype; columns are ordered by decreasing singular value, like `torch.linalg.svd`.
+    A zero singular value gives zero rows of R."""
+    d = A.shape[-1]
+    r = d if rank is None else rank
+    eigenvalues, eigenvectors = torch.linalg.eigh(A @ A.mT)  # ascending, (…, d), (…, d, d)
+    S = eigenvalues[..., -r:].flip(-1).clamp_min(0).sqrt()  # (…, r)  top singular values, decreasing
+    U = eigenvectors[..., -r:].flip(-1)  # (…, d, r)
     root = S.sqrt()
-    return U * root, root[:, None] * Vh  # L (d, d), R (d, d)
+    inverse_root = torch.where(S > 0, 1 / root.clamp_min(torch.finfo(A.dtype).tiny), torch.zeros_like(root))
+    return U * root[..., None, :], inverse_root[..., :, None] * (U.mT @ A)  # L (…, d, r), R (…, r, d)
 
 
 def psd_factor(A: torch.Tensor, rank: int) -> torch.Tensor:
-    """Tied q = k: the rank-`rank` factor F (rank, d) with FᵀF the best positive-semi-definite rank-`rank`
-    approximation of the symmetric A: top eigenpairs, eigenvalues clipped at 0, F = diag(√λ_top)·E_topᵀ."""
-    eigenvalues, eigenvectors = torch.linalg.eigh(A)  # ascending, (d,), (d, d)
-    top = eigenvalues[-rank:].clamp_min(0)  # (rank,)
-    return top.sqrt()[:, None] * eigenvectors[:, -rank:].T  # (rank, d)
+    """Tied q = k: the rank-`rank` factor F (…, rank, d) with FᵀF the best positive-semi-definite rank-`rank`
+    approximation of the symmetric A (…, d, d): top eigenpairs, eigenvalues clipped at 0, F = diag(√λ_top)·E_topᵀ.
+    Batched over leading dims (one `eigh` call); rows ordered by decreasing eigenvalue."""
+    eigenvalues, eigenvectors = torch.linalg.eigh(A)  # ascending, (…, d), (…, d, d)
+    top = eigenvalues[..., -rank:].flip(-1).clamp_min(0)  # (…, rank)
+    return top.sqrt()[..., :, None] * eigenvectors[..., -rank:].flip(-1).mT  # (…, rank, d)
 
 
 @dataclass(frozen=True)
@@ -80,28 +91,26 @@ class _Recipe:
 
 
 def _qk_weights(view: AttentionView, r: _Recipe, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """QK half, one independent target per head: W_q⁽ʰ⁾ W_k⁽ʰ⁾ᵀ ≈ α1·Z + s1·β1·I at rank dh."""
-    d, dh = view.dim, view.head_dim
-    q_rows, k_rows = [], []
-    for _ in range(view.num_heads):
-        if view.tied:  # q = k = U_h: U_hᵀU_h ≈ β1·I + α1·Sym(Z), Sym(Z) = (Z + Zᵀ)/√2 keeps the entry variance 1/d
-            Z = mimetic_noise(d, r.noise, generator)  # (d, d)
-            A = r.beta_qk * torch.eye(d, dtype=_F64) + r.alpha_qk * (Z + Z.T) / math.sqrt(2)
-            q_rows.append(psd_factor(A, dh))  # (dh, d)  U_h
-            continue
-        L, R = balanced_factors(mimetic_target(d, r.alpha_qk, r.beta_qk, r.sign_qk, r.noise, generator))
-        q_rows.append(L[:, :dh].T)  # (dh, d)  (W_q⁽ʰ⁾)ᵀ
-        k_rows.append(R[:dh, :])  # (dh, d)  (W_k⁽ʰ⁾)ᵀ
-    if view.tied:
-        return {"q": torch.cat(q_rows)}  # (D, d)  U, shared by q, k and v
-    return {"q": torch.cat(q_rows), "k": torch.cat(k_rows)}  # (D, d) each
+    """QK half, one independent target per head: W_q⁽ʰ⁾ W_k⁽ʰ⁾ᵀ ≈ α1·Z + s1·β1·I at rank dh. The H targets are
+    drawn one after the other from `generator` (the draws of the per-head recipe) and factored in ONE batched
+    float32 call: the products differ from a float64 factorisation by ~1e-5 of their size (docs/mimetic.md)."""
+    d, dh, H = view.dim, view.head_dim, view.num_heads
+    Z = torch.stack([mimetic_noise(d, r.noise, generator) for _ in range(H)])  # (H, d, d)
+    eye = torch.eye(d, dtype=_F64)
+    if view.tied:  # q = k = U_h: U_hᵀU_h ≈ β1·I + α1·Sym(Z), Sym(Z) = (Z + Zᵀ)/√2 keeps the entry variance 1/d
+        A = r.beta_qk * eye + r.alpha_qk * (Z + Z.mT) / math.sqrt(2)  # (H, d, d)
+        return {"q": psd_factor(A.float(), dh).flatten(0, 1)}  # (D, d)  U = [U_1; …; U_H], shared by q, k, v
+    A = r.alpha_qk * Z + r.sign_qk * r.beta_qk * eye  # (H, d, d)
+    L, R = balanced_factors(A.float(), dh)  # (H, d, dh), (H, dh, d)
+    return {"q": L.mT.flatten(0, 1), "k": R.flatten(0, 1)}  # (D, d) each: rows of head h = (W_q⁽ʰ⁾)ᵀ, (W_k⁽ʰ⁾)ᵀ
 
 
 def _vo_weights(view: AttentionView, r: _Recipe, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """VO half, once per layer: W_v W_proj = α2·Z + s2·β2·I (exact when D = d, else its best rank-D part)."""
+    """VO half, once per layer: W_v W_proj = α2·Z + s2·β2·I (exact when D = d, else its best rank-D part). Factored
+    in float64: at full rank the smallest singular values (~1e-3) need it."""
     D = view.q.shape[0]
-    L, R = balanced_factors(mimetic_target(view.dim, r.alpha_vo, r.beta_vo, r.sign_vo, r.noise, generator))
-    return {"v": L[:, :D].T, "proj": R[:D, :].T}  # v weight (D, d) = W_vᵀ, proj weight (d, D) = W_projᵀ
+    L, R = balanced_factors(mimetic_target(view.dim, r.alpha_vo, r.beta_vo, r.sign_vo, r.noise, generator), D)
+    return {"v": L.T, "proj": R.T}  # v weight (D, d) = W_vᵀ, proj weight (d, D) = W_projᵀ
 
 
 def _layer_weights(view: AttentionView, r: _Recipe, seeds: list[int]) -> dict[str, torch.Tensor]:
@@ -170,8 +179,9 @@ def mimetic_init_(module: nn.Module, *, init_qk: bool = True, init_vo: bool = Tr
     QK (per head): W_q⁽ʰ⁾ W_k⁽ʰ⁾ᵀ = best rank-dh approximation of alpha_qk·Z + sign_qk·beta_qk·I.
     VO (per layer): W_v W_proj = alpha_vo·Z + sign_vo·beta_vo·I exactly (paper defaults α1 = β1 = 0.7, QK +;
     α2 = β2 = 0.4, VO −). Z: i.i.d. variance 1/d, `noise` 'normal' or 'uniform'. The q, k, v, proj biases of
-    each initialised half are zeroed; nothing else changes. Each target is factored in float64 on the CPU by SVD
-    (L = U√S, R = √S Vᵀ) and copied into the parameters, whatever their device and dtype.
+    each initialised half are zeroed; nothing else changes. Each target is factored on the CPU into balanced SVD
+    factors (L = U√S, R = √S Vᵀ; QK in float32 batched over the heads of a layer, VO in float64) and copied into
+    the parameters, whatever their device and dtype.
 
     Args:
         init_qk, init_vo: switch each half on or off (the other half's weights stay untouched).
